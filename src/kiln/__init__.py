@@ -1,0 +1,24 @@
+"""kiln: an open, self-hosted backend for apps written with the official Modal client."""
+
+from kiln.errors import (
+    ContainerStartError,
+    ImageBuildError,
+    InvalidRequest,
+    KilnError,
+    NotFound,
+    SandboxUnavailable,
+    Unsupported,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContainerStartError",
+    "ImageBuildError",
+    "InvalidRequest",
+    "KilnError",
+    "NotFound",
+    "SandboxUnavailable",
+    "Unsupported",
+    "__version__",
+]

@@ -1,0 +1,64 @@
+"""kiln's configuration, in one place: environment variables with defaults.
+
+KILN_HOME      where state, blobs, layers and containers live (default ~/.kiln)
+KILN_HOST      address the servers listen on (default 127.0.0.1)
+KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 50051 for `kiln server`)
+KILN_LOG       log level of the server (default INFO)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("KILN_HOME") or Path.home() / ".kiln")
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path = field(default_factory=_default_home)
+    host: str = field(default_factory=lambda: os.environ.get("KILN_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(os.environ.get("KILN_PORT", "0")))
+    http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
+    log_level: str = field(default_factory=lambda: os.environ.get("KILN_LOG", "INFO"))
+    # The image builder version we announce; 2025.06 mounts the client's runtime deps.
+    image_builder_version: str = "2025.06"
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.sqlite3"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.home / "layers"
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-process scratch: container upper dirs, sockets. Cleared at start."""
+        return self.home / "run"
+
+    @property
+    def deps_dir(self) -> Path:
+        return self.home / "deps"
+
+
+# How this machine reaches package indexes and the network: its CA bundle and proxies. Build
+# steps and containers inherit these (as Docker passes its proxy build args), so `pip install`
+# works in an image wherever it works on the host. They never enter a layer key.
+HOST_NETWORK_ENV = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
+    "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_NATIVE_TLS",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
+
+
+def host_network_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in HOST_NETWORK_ENV if os.environ.get(name)}

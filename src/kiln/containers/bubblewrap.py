@@ -1,0 +1,116 @@
+"""The local runtime: bubblewrap namespaces over a kernel overlayfs root.
+
+Debian 12's bubblewrap (0.8) has no overlay options, so each container starts as
+`unshare --mount` → `mount -t overlay` → `exec bwrap --bind <merged> /`. The overlay lives only in
+that private mount namespace: when the container's last process exits the kernel drops it, so no
+mount can outlive the container, even if the server is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from kiln.containers.container import Container
+from kiln.containers.spec import ContainerSpec, OutputSink
+from kiln.errors import SandboxUnavailable
+
+# Runs inside the fresh mount namespace: mount the overlay, then become bubblewrap.
+_MOUNT_THEN_EXEC = 'cd "$1" && mount -t overlay kiln -o "$2" "$3" || exit 125; shift 3; exec "$@"'
+
+
+def check_sandbox_support() -> None:
+    """Raise SandboxUnavailable with the fix if this machine cannot run kiln's sandboxes."""
+    if shutil.which("bwrap") is None:
+        raise SandboxUnavailable(
+            "bubblewrap is not installed; kiln runs every container in a bubblewrap sandbox. "
+            "Install it with `sudo apt-get install -y bubblewrap` (Debian/Ubuntu) "
+            "or `sudo dnf install -y bubblewrap` (Fedora)."
+        )
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        raise SandboxUnavailable(
+            "`unshare` and `mount` (util-linux) are required: `sudo apt-get install -y util-linux mount`."
+        )
+    if os.geteuid() != 0:
+        raise SandboxUnavailable(
+            "kiln mounts overlay root filesystems for its containers and must run as root: "
+            "start it with `sudo`."
+        )
+
+
+class BubblewrapRuntime:
+    """Starts containers on this machine. `scratch_root` holds per-container upper/work dirs."""
+
+    def __init__(self, scratch_root: Path, overlay_root: Path) -> None:
+        self.scratch_root = scratch_root
+        # Layer paths are passed relative to this directory: mount options are limited to one page.
+        self.overlay_root = overlay_root
+        self._live: set[Container] = set()
+
+    async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
+        scratch = self.scratch_root / uuid.uuid4().hex[:16]
+        merged = scratch / "merged"
+        work = scratch / "work"
+        upper = spec.upper if spec.upper is not None else scratch / "upper"
+        for d in (merged, work, upper):
+            d.mkdir(parents=True, exist_ok=True)
+        if spec.upper is not None and spec.upper.stat().st_dev != work.stat().st_dev:
+            raise SandboxUnavailable("an overlay's upper and work directories must share a filesystem")
+
+        lowers = ":".join(os.path.relpath(layer, self.overlay_root) for layer in spec.layers)
+        options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
+        argv = [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", _MOUNT_THEN_EXEC, "kiln-overlay",
+            str(self.overlay_root), options, str(merged),
+            *self._bwrap_args(spec, merged),
+        ]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        container = Container(process, scratch, sink)
+        self._live.add(container)
+        asyncio.ensure_future(self._forget_when_done(container))
+        return container
+
+    async def _forget_when_done(self, container: Container) -> None:
+        await container.wait()
+        self._live.discard(container)
+
+    def _bwrap_args(self, spec: ContainerSpec, merged: Path) -> list[str]:
+        args = [
+            "bwrap",
+            "--bind", str(merged), "/",
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", spec.hostname,
+            "--die-with-parent",
+            # Image builds run package managers that chown and setuid: keep root's capabilities
+            # inside the namespaces, as a container engine does.
+            "--cap-add", "ALL",
+            "--clearenv",
+        ]  # fmt: skip
+        if not spec.network:
+            args.append("--unshare-net")
+        else:
+            for name in ("/etc/resolv.conf", "/etc/hosts"):
+                if os.path.exists(name):
+                    args += ["--ro-bind", os.path.realpath(name), name]
+        for bind in spec.binds:
+            args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
+        for key, value in spec.env.items():
+            args += ["--setenv", key, value]
+        args += ["--chdir", spec.cwd, "--", *spec.argv]
+        return args
+
+    async def shutdown(self) -> None:
+        """Kill every container this runtime started."""
+        await asyncio.gather(*(c.kill() for c in list(self._live)), return_exceptions=True)

@@ -1,0 +1,41 @@
+"""Every error kiln shows a user, in one tree. Each message names the fix.
+
+    KilnError
+    ├── InvalidRequest       the request itself is wrong (bad argument, bad spec)
+    ├── NotFound             a named or identified object does not exist
+    ├── Unsupported          a real feature kiln does not implement (yet)
+    ├── ImageBuildError      a build step failed (command, exit code, log tail)
+    ├── ContainerStartError  a container could not be started
+    └── SandboxUnavailable   this machine cannot run sandboxes (bubblewrap, overlayfs, root)
+
+Frontends translate these into their protocol's status codes; errors of other libraries are
+wrapped at the edge (`raise KilnError(...) from exc`) and never leak to users.
+"""
+
+
+class KilnError(Exception):
+    """Base of every error kiln reports to a user."""
+
+
+class InvalidRequest(KilnError):
+    """The request is malformed or asks for something impossible."""
+
+
+class NotFound(KilnError):
+    """A named or identified object does not exist."""
+
+
+class Unsupported(KilnError):
+    """A feature of the client that kiln does not implement."""
+
+
+class ImageBuildError(KilnError):
+    """An image build step failed."""
+
+
+class ContainerStartError(KilnError):
+    """A container could not be started."""
+
+
+class SandboxUnavailable(KilnError):
+    """This machine lacks what sandboxes need (bubblewrap, overlayfs, root)."""

@@ -1,0 +1,1 @@
+"""Images: Dockerfile-style steps executed in sandboxes, stored as content-addressed layers."""

@@ -1,0 +1,57 @@
+"""CPython installations on this machine that can be copied into an image's /usr/local."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HostPython:
+    version: str  # "3.11.7"
+    prefix: Path  # contains bin/python3.X and lib/python3.X/os.py
+
+    @property
+    def minor(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+    def describe(self) -> str:
+        """`python -VV` of this interpreter (what images report as python_version_info)."""
+        out = subprocess.run(
+            [str(self.prefix / "bin" / f"python{self.minor}"), "-VV"], capture_output=True, text=True
+        )
+        return out.stdout.strip() or f"Python {self.version}"
+
+
+def _candidate_prefixes() -> list[Path]:
+    roots = [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"]
+    roots.append(Path(os.environ.get("UV_PYTHON_INSTALL_DIR", Path.home() / ".local/share/uv/python")))
+    prefixes: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            prefixes.extend(sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()))
+    return prefixes
+
+
+def find_host_pythons() -> dict[str, HostPython]:
+    """Relocatable CPythons found on this machine (pyenv, uv), newest patch per minor."""
+    found: dict[str, HostPython] = {}
+    for prefix in _candidate_prefixes():
+        match = re.search(r"(\d+)\.(\d+)\.(\d+)", prefix.name)
+        if not match or "t" in prefix.name.split(match.group(0))[-1][:1]:  # skip free-threaded builds
+            continue
+        version = match.group(0)
+        minor = f"{match.group(1)}.{match.group(2)}"
+        if not (prefix / "bin" / f"python{minor}").exists() or not (prefix / "lib" / f"python{minor}" / "os.py").exists():
+            continue
+        current = found.get(minor)
+        if current is None or _as_tuple(version) > _as_tuple(current.version):
+            found[minor] = HostPython(version, prefix)
+    return found
+
+
+def _as_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))

@@ -1,0 +1,172 @@
+"""Dockerfile instructions, parsed into steps the builder executes.
+
+`RUN` and `COPY` change the filesystem; `WORKDIR` creates its directory; the rest (`ENV`, `CMD`,
+`ENTRYPOINT`, `SHELL`, `USER`, `ARG`, `LABEL`, `EXPOSE`, …) only change the image's config.
+Anything else is refused with a message naming the instruction, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from kiln.errors import ImageBuildError
+
+CONFIG_ONLY = {"ENV", "CMD", "ENTRYPOINT", "SHELL", "USER", "ARG", "LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL"}
+FILESYSTEM = {"RUN", "COPY", "ADD", "WORKDIR"}
+UNSUPPORTED = {"ONBUILD": "ONBUILD triggers", "HEALTHCHECK": "container health checks", "MAINTAINER": None}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One instruction: its keyword and the rest of the line, exactly as written."""
+
+    instruction: str
+    argument: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.instruction} {self.argument}"
+
+
+@dataclass
+class ImageConfig:
+    """What an image records besides files, as in an OCI image config."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    cmd: list[str] = field(default_factory=list)
+    entrypoint: list[str] = field(default_factory=list)
+    shell: list[str] = field(default_factory=lambda: ["/bin/sh", "-c"])
+    user: str = ""
+    python_version_info: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "env": self.env,
+            "workdir": self.workdir,
+            "cmd": self.cmd,
+            "entrypoint": self.entrypoint,
+            "shell": self.shell,
+            "user": self.user,
+            "python_version_info": self.python_version_info,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ImageConfig:
+        config = cls()
+        for key, value in data.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        return config
+
+    def copy(self) -> ImageConfig:
+        return ImageConfig.from_json(json.loads(json.dumps(self.to_json())))
+
+
+def parse_dockerfile(lines: list[str]) -> list[Step]:
+    """Parse Dockerfile lines (continuations, comments and blank lines allowed) into steps."""
+    steps: list[Step] = []
+    pending = ""
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        steps.append(_parse_line(line.strip()))
+    if pending.strip():
+        steps.append(_parse_line(pending.strip()))
+    return steps
+
+
+def _parse_line(line: str) -> Step:
+    keyword, _, argument = line.partition(" ")
+    instruction = keyword.upper()
+    argument = argument.strip()
+    if instruction == "FROM":
+        return Step("FROM", argument)
+    if instruction in UNSUPPORTED:
+        raise ImageBuildError(
+            f"Dockerfile instruction {instruction} is not supported by kiln (`{line}`). "
+            "Remove it from the image definition."
+        )
+    if instruction not in CONFIG_ONLY | FILESYSTEM:
+        raise ImageBuildError(
+            f"Unknown Dockerfile instruction {keyword!r} in `{line}`. "
+            "Valid instructions: FROM, RUN, COPY, ADD, ENV, WORKDIR, CMD, ENTRYPOINT, SHELL, USER, ARG, "
+            "LABEL, EXPOSE, VOLUME, STOPSIGNAL."
+        )
+    if instruction == "RUN" and argument.startswith("<<"):
+        raise ImageBuildError(f"Heredocs in RUN are not supported by kiln (`{line}`): use `run_commands`.")
+    return Step(instruction, argument)
+
+
+def json_or_shell_form(argument: str) -> list[str] | None:
+    """`["a", "b"]` → ['a', 'b']; anything else → None (shell form)."""
+    if argument.startswith("["):
+        try:
+            value = json.loads(argument)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    return None
+
+
+def apply_config_step(config: ImageConfig, step: Step) -> None:
+    """Apply a config-changing instruction (ENV, CMD, …; WORKDIR too) to `config` in place."""
+    arg = step.argument
+    if step.instruction == "ENV":
+        for key, value in parse_env(arg, config.env).items():
+            config.env[key] = value
+    elif step.instruction == "WORKDIR":
+        path = expand(arg, config.env)
+        config.workdir = path if path.startswith("/") else f"{config.workdir or '/'}".rstrip("/") + "/" + path
+    elif step.instruction in ("CMD", "ENTRYPOINT"):
+        form = json_or_shell_form(arg)
+        value = form if form is not None else [*config.shell, arg]
+        if step.instruction == "CMD":
+            config.cmd = value
+        else:
+            config.entrypoint = value
+    elif step.instruction == "SHELL":
+        form = json_or_shell_form(arg)
+        if form is None:
+            raise ImageBuildError(f"SHELL needs the JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"] (got `{step.text}`)")
+        config.shell = form
+    elif step.instruction == "USER":
+        config.user = arg
+    # ARG, LABEL, EXPOSE, VOLUME, STOPSIGNAL: recorded in the layer key, nothing to apply.
+
+
+def parse_env(argument: str, env: dict[str, str]) -> dict[str, str]:
+    """`ENV A=1 B="two words"` or the legacy `ENV A value with spaces`."""
+    words = shlex.split(argument, posix=True)
+    if not words:
+        raise ImageBuildError("ENV needs at least one KEY=value")
+    if "=" not in words[0]:
+        key, _, value = argument.partition(" ")
+        return {key: expand(value.strip(), env)}
+    result: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ImageBuildError(f"ENV expects KEY=value pairs, got {word!r} in `ENV {argument}`")
+        result[key] = expand(value, {**env, **result})
+    return result
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Expand $VAR and ${VAR} from the image's env, as Dockerfile ENV/WORKDIR do."""
+    import re
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, "")
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, value)
