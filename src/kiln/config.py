@@ -4,6 +4,7 @@ KILN_HOME      where state, blobs, layers and containers live (default ~/.kiln)
 KILN_HOST      address the servers listen on (default 127.0.0.1)
 KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 50051 for `kiln server`)
 KILN_LOG       log level of the server (default INFO)
+KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (default: CPU cores)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Config:
     port: int = field(default_factory=lambda: int(os.environ.get("KILN_PORT", "0")))
     http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
     log_level: str = field(default_factory=lambda: os.environ.get("KILN_LOG", "INFO"))
+    # Containers one function may run at once unless it sets max_containers: this machine's cores.
+    max_containers: int = field(default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1)
     # The image builder version we announce; 2025.06 mounts the client's runtime deps.
     image_builder_version: str = "2025.06"
 

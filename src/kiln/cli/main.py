@@ -1,0 +1,106 @@
+"""`kiln`: run Modal apps on this machine.
+
+    kiln run app.py [ARGS]      embedded server + `modal run app.py ARGS`, then stop
+    kiln server                 a long-running server for your usual `modal run …`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from kiln.config import Config
+from kiln.errors import KilnError
+from kiln.server import KilnServer
+
+
+def client_env(grpc_url: str, home: Path) -> dict[str, str]:
+    """What the official client needs to talk to kiln instead of Modal."""
+    config_path = home / "modal.toml"
+    if not config_path.exists():
+        config_path.write_text("")
+    return {
+        "MODAL_SERVER_URL": grpc_url,
+        "MODAL_TOKEN_ID": "ak-kiln",
+        "MODAL_TOKEN_SECRET": "as-kiln",
+        # Keep the user's ~/.modal.toml profiles (which may point at Modal) out of the way.
+        "MODAL_CONFIG_PATH": str(config_path),
+    }
+
+
+@click.group()
+@click.version_option(package_name="kiln")
+def main() -> None:
+    """kiln: an open, self-hosted backend for the official Modal client."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("modal_args", nargs=-1, type=click.UNPROCESSED, required=True)
+def run(modal_args: tuple[str, ...]) -> None:
+    """Run an app on an embedded kiln server: `kiln run app.py[::fn] [--arg v]` or `kiln run -m pkg.mod`."""
+    logging.basicConfig(level=os.environ.get("KILN_LOG", "WARNING"), format="kiln: %(message)s")
+    sys.exit(asyncio.run(_run(list(modal_args))))
+
+
+async def _run(modal_args: list[str]) -> int:
+    server = KilnServer(Config())
+    try:
+        endpoints = await server.start()
+    except KilnError as exc:
+        click.echo(f"kiln: {exc}", err=True)
+        return 2
+    try:
+        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home)}
+        child = await asyncio.create_subprocess_exec(sys.executable, "-m", "modal", "run", *modal_args, env=env)
+        # Ctrl-C reaches the client too (same process group); it stops its app, then exits.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        return await child.wait()
+    finally:
+        await server.stop()
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="gRPC port for clients (default 50051).")
+@click.option("--http-port", default=None, type=int, help="HTTP port for blobs (default: any free port).")
+def server(host: str | None, port: int | None, http_port: int | None) -> None:
+    """Start a long-running kiln server; point `modal` at it with the printed exports."""
+    logging.basicConfig(level=os.environ.get("KILN_LOG", "INFO"), format="%(asctime)s kiln %(levelname)s %(message)s")
+    defaults = Config()
+    config = Config(
+        home=defaults.home,
+        host=host or defaults.host,
+        port=port if port is not None else int(os.environ.get("KILN_PORT", "50051")),
+        http_port=http_port if http_port is not None else defaults.http_port,
+    )
+    try:
+        asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(config: Config) -> None:
+    server = KilnServer(config)
+    try:
+        endpoints = await server.start()
+    except KilnError as exc:
+        click.echo(f"kiln: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"kiln server ready in {server.ready_seconds * 1000:.0f} ms. Point the modal client at it:\n")
+    for key, value in client_env(endpoints.grpc_url, config.home).items():
+        click.echo(f"  export {key}={value}")
+    click.echo("\nthen `modal run app.py`. Ctrl-C stops the server.", err=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    click.echo("kiln: stopping")
+    await server.stop()

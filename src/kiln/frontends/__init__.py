@@ -1,0 +1,1 @@
+"""Protocol frontends: each translates one client protocol into core calls."""

@@ -1,0 +1,1 @@
+"""The Modal frontend: speaks `modal.client.ModalClient` (gRPC) as the official client expects."""

@@ -1,0 +1,122 @@
+"""The container's side: the RPCs `modal._container_entrypoint` makes from inside a sandbox.
+
+Each container talks over its own unix socket, so `ctx.task_id` always names the caller.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+from modal_proto import api_pb2
+
+from kiln.core.calls import DataChunk
+from kiln.core.core import Core
+from kiln.core.pool import Task
+from kiln.core.results import Result, Status
+from kiln.errors import InvalidRequest
+from kiln.frontends.modal.dispatch import CallContext
+
+_GET_INPUTS_WAIT = 20.0  # the client has no deadline here; answer empty now and then so it re-asks
+_ASYNC = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC
+_SYNC = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
+
+
+class ContainerHandlers:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def _task(self, ctx: CallContext) -> Task:
+        task = self.core.scheduler.task(ctx.task_id) if ctx.task_id else None
+        if task is None:
+            raise InvalidRequest("this RPC is only for kiln's containers")
+        return task
+
+    async def ContainerHello(self, req: empty_pb2.Empty, ctx: CallContext) -> empty_pb2.Empty:
+        self._task(ctx).started = True
+        return empty_pb2.Empty()
+
+    async def ContainerHeartbeat(self, req: api_pb2.ContainerHeartbeatRequest, ctx: CallContext) -> api_pb2.ContainerHeartbeatResponse:
+        task = self._task(ctx)
+        response = api_pb2.ContainerHeartbeatResponse()
+        if task.cancelled_inputs:
+            response.cancel_input_event.input_ids.extend(sorted(task.cancelled_inputs))
+            task.cancelled_inputs.clear()
+        return response
+
+    async def FunctionGetInputs(self, req: api_pb2.FunctionGetInputsRequest, ctx: CallContext) -> api_pb2.FunctionGetInputsResponse:
+        task = self._task(ctx)
+        if task.draining or (task.function.single_use and task.inputs_taken):
+            return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
+        calls = self.core.calls
+        items = await calls.take(
+            req.function_id or task.function.function_id,
+            task.task_id,
+            max(1, req.batch_max_size),
+            _GET_INPUTS_WAIT,
+            stop=lambda: task.draining,
+        )
+        if not items:
+            if task.draining:
+                return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
+            return api_pb2.FunctionGetInputsResponse()
+        task.inputs_taken += len(items)
+        task.idle_since = None
+        response = api_pb2.FunctionGetInputsResponse()
+        for item in items:
+            task.inflight.add(item.input_id)
+            call = calls.get(item.call_id)
+            message = api_pb2.FunctionInput.FromString(item.payload)
+            if task.function.single_use:
+                message.final_input = True
+            response.inputs.append(
+                api_pb2.FunctionGetInputsItem(
+                    input_id=item.input_id,
+                    input=message,
+                    function_call_id=item.call_id,
+                    function_call_invocation_type=_ASYNC if call and call.invocation.value == "async" else _SYNC,
+                    retry_count=item.retry_count,
+                )
+            )
+        return response
+
+    async def FunctionPutOutputs(self, req: api_pb2.FunctionPutOutputsRequest, ctx: CallContext) -> empty_pb2.Empty:
+        task = self._task(ctx)
+        for output in req.outputs:
+            result = Result(
+                Status(output.result.status) if output.result.status in Status._value2member_map_ else Status.FAILURE,
+                output.result.exception,
+                output.result.SerializeToString(),
+                output.data_format,
+            )
+            self.core.calls.complete(output.input_id, result, task.task_id)
+            task.inflight.discard(output.input_id)
+        if not task.inflight:
+            task.idle_since = self.core.scheduler.clock()
+        return empty_pb2.Empty()
+
+    async def TaskResult(self, req: api_pb2.TaskResultRequest, ctx: CallContext) -> empty_pb2.Empty:
+        task = self._task(ctx)
+        # Only sent when import, @enter or lifespan startup fails: no container of it can work.
+        task.failure = Result(Status.FAILURE, req.result.exception, req.result.SerializeToString())
+        return empty_pb2.Empty()
+
+    async def FunctionCallPutDataOut(self, req: api_pb2.FunctionCallPutDataRequest, ctx: CallContext) -> empty_pb2.Empty:
+        self._task(ctx)
+        self.core.calls.put_data_out(
+            req.function_call_id,
+            [DataChunk(c.index, c.data_format, c.data) for c in req.data_chunks],
+        )
+        return empty_pb2.Empty()
+
+    async def FunctionGetDynamicConcurrency(
+        self, req: api_pb2.FunctionGetDynamicConcurrencyRequest, ctx: CallContext
+    ) -> api_pb2.FunctionGetDynamicConcurrencyResponse:
+        return api_pb2.FunctionGetDynamicConcurrencyResponse(concurrency=req.max_concurrency or req.target_concurrency)
+
+    async def ContainerStop(self, req: api_pb2.ContainerStopRequest, ctx: CallContext) -> api_pb2.ContainerStopResponse:
+        task = self.core.scheduler.task(req.task_id or ctx.task_id)
+        if task is not None:
+            pool = self.core.scheduler.pools.get(task.function.function_id)
+            if pool is not None:
+                pool.drain(task)
+        return api_pb2.ContainerStopResponse()
+

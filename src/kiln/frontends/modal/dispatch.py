@@ -1,0 +1,126 @@
+"""Maps every RPC of the Modal service onto kiln's handlers.
+
+Handlers are plain coroutines `(request, ctx) -> response` (or async iterators of responses for
+server-streaming RPCs) on the handler classes. An RPC no handler implements answers UNIMPLEMENTED
+with its name, so a client using a feature kiln lacks gets one clear error, never a hang.
+KilnErrors become the status codes the client maps to its own exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+from google.protobuf import symbol_database
+from grpclib.exceptions import GRPCError
+from grpclib.const import Status as GrpcStatus
+
+from kiln import errors
+from modal_proto import api_pb2
+
+log = logging.getLogger("kiln.modal")
+
+SERVICE = api_pb2.DESCRIPTOR.services_by_name["ModalClient"]
+_STATUS_OF = {
+    errors.InvalidRequest: GrpcStatus.INVALID_ARGUMENT,
+    errors.NotFound: GrpcStatus.NOT_FOUND,
+    errors.Unsupported: GrpcStatus.UNIMPLEMENTED,
+    errors.ImageBuildError: GrpcStatus.FAILED_PRECONDITION,
+    errors.ContainerStartError: GrpcStatus.FAILED_PRECONDITION,
+    errors.SandboxUnavailable: GrpcStatus.FAILED_PRECONDITION,
+}
+
+
+class AlreadyExists(errors.InvalidRequest):
+    """Maps to ALREADY_EXISTS (the client raises AlreadyExistsError)."""
+
+
+_STATUS_OF[AlreadyExists] = GrpcStatus.ALREADY_EXISTS
+
+
+@dataclass
+class CallContext:
+    """Who is calling: a user's client, or the container running `task_id`."""
+
+    metadata: dict[str, str] = field(default_factory=dict)
+    task_id: str = ""
+
+    @property
+    def is_container(self) -> bool:
+        return bool(self.task_id)
+
+
+def _message_class(descriptor: Any) -> Any:
+    return symbol_database.Default().GetSymbol(descriptor.full_name)
+
+
+def build_mapping(handlers: list[object], ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext]) -> dict[str, grpclib.const.Handler]:
+    """The grpclib mapping for every method of the service, served by `handlers`."""
+    mapping = {}
+    for method in SERVICE.methods:
+        impl = None
+        for handler in handlers:
+            impl = getattr(handler, method.name, None)
+            if impl is not None:
+                break
+        if method.client_streaming:
+            cardinality = (
+                grpclib.const.Cardinality.STREAM_STREAM if method.server_streaming else grpclib.const.Cardinality.STREAM_UNARY
+            )
+        else:
+            cardinality = (
+                grpclib.const.Cardinality.UNARY_STREAM if method.server_streaming else grpclib.const.Cardinality.UNARY_UNARY
+            )
+        mapping[f"/{SERVICE.full_name}/{method.name}"] = grpclib.const.Handler(
+            _wrap(method.name, impl, method.server_streaming, ctx_factory),
+            cardinality,
+            _message_class(method.input_type),
+            _message_class(method.output_type),
+        )
+    return mapping
+
+
+def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], CallContext]) -> Any:
+    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        if impl is None:
+            raise GRPCError(
+                GrpcStatus.UNIMPLEMENTED,
+                f"kiln does not implement {name} yet, so the client feature that uses it is not available "
+                "on this server.",
+            )
+        request = await stream.recv_message()
+        ctx = ctx_factory(stream)
+        try:
+            if streaming:
+                responses: AsyncIterator[Any] = impl(request, ctx)
+                async for response in responses:
+                    await stream.send_message(response)
+            else:
+                await stream.send_message(await impl(request, ctx))
+        except errors.KilnError as exc:
+            status = next((s for cls, s in _STATUS_OF.items() if type(exc) is cls), None)
+            if status is None:
+                status = next((s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)), GrpcStatus.FAILED_PRECONDITION)
+            raise GRPCError(status, str(exc)) from exc
+        except GRPCError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed", name)
+            # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
+            raise GRPCError(GrpcStatus.FAILED_PRECONDITION, f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)") from exc
+
+    return handle
+
+
+class Service:
+    """A grpclib service object over a prepared mapping."""
+
+    def __init__(self, mapping: dict[str, grpclib.const.Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return self._mapping

@@ -1,0 +1,129 @@
+"""How a Modal function's container boots: image layers, mounts, the client's entrypoint, and a
+private unix socket back to the server.
+
+The container runs `python -m modal._container_entrypoint` with the environment the client's
+runtime reads (MODAL_SERVER_URL, MODAL_CONTAINER_ARGUMENTS_PATH, MODAL_TASK_ID, …). The socket
+is the container's identity: requests on it are from this task and no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import grpclib.server
+from modal_proto import api_pb2
+
+from kiln.config import host_network_env
+from kiln.containers import Bind, Container, ContainerSpec
+from kiln.core.core import Core
+from kiln.core.pool import Task
+from kiln.errors import ContainerStartError
+from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
+from kiln.frontends.modal.objects import secret_env
+from kiln.frontends.modal.registry import Registry
+
+_INSIDE = "/.kiln"  # where the task's socket and arguments appear in the sandbox
+_TAIL = 30
+
+
+class ModalLauncher:
+    def __init__(self, core: Core, registry: Registry, handlers: list[object]) -> None:
+        self.core = core
+        self.registry = registry
+        self.handlers = handlers
+        # Unix socket paths are limited to 108 bytes: keep the per-task directories short.
+        self.sockets_root = Path(tempfile.mkdtemp(prefix="kiln-"))
+        self._servers: dict[str, grpclib.server.Server] = {}
+
+    async def launch(self, task: Task) -> Container:
+        core = self.core
+        modal_function = self.registry.functions.get(task.function.function_id)
+        if modal_function is None or modal_function.function is None:
+            raise ContainerStartError(f"function {task.function.function_id} has no definition")
+        function = modal_function.function
+        app = core.apps.get(task.function.app_id)
+        image_layers, image_config = core.images.layers(function.image_id)
+        mount_layers = [await asyncio.to_thread(core.mounts.layer, mount_id) for mount_id in function.mount_ids]
+        if function.mount_client_dependencies:
+            minor = _python_minor(image_config.python_version_info)
+            mount_layers.append(await core.client_deps.layer(core.config.image_builder_version, minor))
+
+        task_dir = self.sockets_root / task.task_id
+        task_dir.mkdir()
+        arguments = api_pb2.ContainerArguments(
+            task_id=task.task_id,
+            function_id=task.function.function_id,
+            app_id=app.app_id,
+            function_def=function,
+            app_layout=self.registry.app_layout(app.app_id, app.function_ids, app.class_ids),
+            environment_name=app.environment,
+        )
+        (task_dir / "arguments.bin").write_bytes(arguments.SerializeToString())
+        server = grpclib.server.Server([Service(build_mapping(self.handlers, _context_for(task.task_id)))])
+        await server.start(path=str(task_dir / "modal.sock"))
+        self._servers[task.task_id] = server
+
+        workdir = image_config.workdir or "/root"
+        env = {
+            **host_network_env(),
+            **image_config.env,
+            **secret_env(core, list(function.secret_ids)),
+            "MODAL_SERVER_URL": f"unix://{_INSIDE}/modal.sock",
+            "MODAL_IS_REMOTE": "1",
+            "MODAL_CONTAINER_ARGUMENTS_PATH": f"{_INSIDE}/arguments.bin",
+            "MODAL_TASK_ID": task.task_id,
+            "MODAL_IMAGE_ID": function.image_id,
+            "MODAL_ENVIRONMENT": app.environment,
+            "PYTHONUNBUFFERED": "1",
+            # Modal containers import user code from /root and the client from /pkg.
+            "PYTHONPATH": "/pkg" if workdir == "/root" else "/root:/pkg",
+        }
+        tail: list[str] = []
+
+        def sink(fd: int, data: bytes) -> None:
+            text = data.decode(errors="replace")
+            app.logs.append(text, fd, task_id=task.task_id, function_id=task.function.function_id)
+            tail.extend(text.splitlines())
+            del tail[:-_TAIL]
+
+        task.output_tail = tail
+        spec = ContainerSpec(
+            layers=[*reversed(mount_layers), *image_layers],
+            argv=["python", "-m", "modal._container_entrypoint"],
+            env=env,
+            cwd=workdir,
+            binds=[Bind(task_dir, _INSIDE, read_only=False)],
+        )
+        return await core.runtime.start(spec, sink)
+
+    async def cleanup(self, task: Task) -> None:
+        server = self._servers.pop(task.task_id, None)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        shutil.rmtree(self.sockets_root / task.task_id, ignore_errors=True)
+
+    async def shutdown(self) -> None:
+        for task_id in list(self._servers):
+            self._servers.pop(task_id).close()
+        shutil.rmtree(self.sockets_root, ignore_errors=True)
+
+
+def _context_for(task_id: str) -> Callable[[object], CallContext]:
+    context = CallContext(task_id=task_id)
+    return lambda stream: context
+
+
+def _python_minor(version_info: str) -> str:
+    match = re.search(r"(\d+)\.(\d+)", version_info)
+    if match is None:
+        raise ContainerStartError(
+            "the image's Python version is unknown, so kiln cannot attach the client's runtime dependencies; "
+            "build the image from a python base (Image.debian_slim(), or add_python=...)"
+        )
+    return f"{match.group(1)}.{match.group(2)}"

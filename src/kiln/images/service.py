@@ -1,0 +1,114 @@
+"""Image requests: plan, dedupe, build in the background, and report progress to joiners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import ImageBuildError, KilnError, NotFound
+from kiln.ids import stable_id
+from kiln.images.builder import Builder, Plan, Recipe
+from kiln.images.steps import ImageConfig
+from kiln.storage.state import StateStore
+from kiln.streams import INFO, STDOUT, LogBuffer
+
+log = logging.getLogger("kiln.images")
+
+
+@dataclass
+class ImageBuild:
+    """One image's build: its log and, once finished, its outcome."""
+
+    image_id: str
+    top_key: str
+    logs: LogBuffer = field(default_factory=LogBuffer)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.done.is_set() and not self.error
+
+    def finish(self, error: str = "") -> None:
+        self.error = error
+        self.done.set()
+        self.logs.close()
+
+
+class ImageService:
+    def __init__(self, builder: Builder, state: StateStore) -> None:
+        self.builder = builder
+        self.state = state
+        self._builds: dict[str, ImageBuild] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.builds_started = 0  # for tests and benchmarks: how many builds did real work
+
+    def request(self, recipe: Recipe) -> ImageBuild:
+        """Return the image for `recipe`, starting its build if any layer is missing."""
+        plan = self.builder.plan(recipe)
+        image_id = stable_id("im", plan.top_key + recipe.ignore_cache_nonce)
+        current = self._builds.get(image_id)
+        if current is not None and (not current.done.is_set() or (current.succeeded and not recipe.force_build)):
+            return current
+        build = ImageBuild(image_id, plan.top_key)
+        self._builds[image_id] = build
+        if not recipe.force_build and not self.builder.missing(plan):
+            self._record(build)
+            build.finish()
+            return build
+        self.builds_started += 1
+        task = asyncio.ensure_future(self._build(build, plan, recipe))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return build
+
+    async def _build(self, build: ImageBuild, plan: Plan, recipe: Recipe) -> None:
+        error = ""
+        try:
+            await self.builder.build(plan, recipe, lambda text: build.logs.append(text, STDOUT, image_id=build.image_id))
+            self._record(build)
+        except KilnError as exc:
+            error = str(exc)
+        except Exception as exc:
+            log.exception("image build %s failed", build.image_id)
+            error = f"Image build failed inside kiln: {exc!r} (a kiln bug; see the server log)"
+        if error:
+            build.logs.append(error + "\n", INFO, image_id=build.image_id)
+        build.finish(error)
+
+    def _record(self, build: ImageBuild) -> None:
+        self.state.put("images", build.image_id, {"top_key": build.top_key})
+
+    def get(self, image_id: str) -> ImageBuild:
+        build = self._builds.get(image_id)
+        if build is not None:
+            return build
+        record = self.state.get("images", image_id)
+        if record is None or self.builder.store.get(record["top_key"]) is None:
+            raise NotFound(f"Image {image_id} not found on this kiln server")
+        build = ImageBuild(image_id, record["top_key"])
+        build.finish()
+        self._builds[image_id] = build
+        return build
+
+    def top_key(self, image_id: str) -> str:
+        build = self.get(image_id)
+        if not build.succeeded:
+            raise ImageBuildError(f"Image {image_id} is not built: {build.error or 'its build is still running'}")
+        return build.top_key
+
+    def layers(self, image_id: str) -> tuple[list[Path], ImageConfig]:
+        """Overlay lower dirs (topmost first) and config of a built image."""
+        key = self.top_key(image_id)
+        store = self.builder.store
+        layer = store.get(key)
+        assert layer is not None
+        store.touch(key)
+        return store.lower_dirs(key), layer.config
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

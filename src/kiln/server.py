@@ -1,0 +1,123 @@
+"""The kiln server: assembles storage, images, containers, the core and the frontends, and runs
+them on one asyncio loop. Used by `kiln server` and embedded by `kiln run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import grpclib.server
+import uvicorn
+
+from kiln.config import Config, host_network_env
+from kiln.containers import BubblewrapRuntime, check_sandbox_support
+from kiln.core.apps import Apps
+from kiln.core.calls import Calls
+from kiln.core.core import Core
+from kiln.core.pool import Scheduler
+from kiln.frontends.modal.service import ModalFrontend
+from kiln.gateway.http import create_app
+from kiln.images.base import BaseResolver
+from kiln.images.builder import Builder
+from kiln.images.client_deps import ClientDeps
+from kiln.images.layer_store import LayerStore
+from kiln.images.service import ImageService
+from kiln.storage.blobs import BlobStore
+from kiln.storage.mounts import MountStore
+from kiln.storage.state import StateStore
+
+log = logging.getLogger("kiln")
+
+
+@dataclass
+class Endpoints:
+    grpc_url: str
+    http_url: str
+
+
+class KilnServer:
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.core: Core | None = None
+        self.frontend: ModalFrontend | None = None
+        self._grpc: grpclib.server.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.endpoints: Endpoints | None = None
+        self.ready_seconds = 0.0
+
+    async def start(self) -> Endpoints:
+        started = time.monotonic()
+        check_sandbox_support()
+        config = self.config
+        home = config.home
+        for d in (home, config.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        state = StateStore(config.state_db)
+        blobs = BlobStore(config.blobs_dir)
+        layers = LayerStore(config.layers_dir)
+        network_env = host_network_env()
+        runtime = BubblewrapRuntime(config.run_dir, overlay_root=home)
+        builder = Builder(layers, runtime, BaseResolver(home), config.run_dir, network_env)
+        calls = Calls()
+        core = Core(
+            config=config,
+            state=state,
+            blobs=blobs,
+            mounts=MountStore(state, blobs, home / "mounts"),
+            images=ImageService(builder, state),
+            client_deps=ClientDeps(config.deps_dir, network_env),
+            runtime=runtime,
+            apps=Apps(),
+            calls=calls,
+            scheduler=Scheduler(calls, launcher=None, capacity=config.max_containers),  # type: ignore[arg-type]
+        )
+        self.core = core
+
+        http_sock = _bind(config.host, config.http_port)
+        core.http_url = f"http://{config.host}:{http_sock.getsockname()[1]}"
+        self.frontend = ModalFrontend(core)
+        core.scheduler.launcher = self.frontend.launcher
+        core.scheduler.start()
+
+        self._grpc = grpclib.server.Server([self.frontend.service()])
+        grpc_sock = _bind(config.host, config.port)
+        await self._grpc.start(sock=grpc_sock)
+        self._http = uvicorn.Server(uvicorn.Config(create_app(core), log_level="warning", lifespan="off"))
+        self._http_task = asyncio.ensure_future(self._http.serve(sockets=[http_sock]))
+        while not self._http.started:
+            await asyncio.sleep(0.005)
+        self.endpoints = Endpoints(f"http://{config.host}:{grpc_sock.getsockname()[1]}", core.http_url)
+        self.ready_seconds = time.monotonic() - started
+        log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
+        return self.endpoints
+
+    async def stop(self) -> None:
+        core = self.core
+        if core is not None:
+            await core.scheduler.shutdown()
+            await core.runtime.shutdown()
+            await core.images.shutdown()
+        if self.frontend is not None:
+            await self.frontend.launcher.shutdown()
+        if self._grpc is not None:
+            self._grpc.close()
+            await self._grpc.wait_closed()
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                await self._http_task
+        if core is not None:
+            core.state.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

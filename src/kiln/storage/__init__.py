@@ -1,0 +1,1 @@
+"""Embedded storage: content-addressed files on disk and one SQLite database for state."""

@@ -1,0 +1,80 @@
+"""Content-addressed files (by sha256) and uploaded blobs (by blob ID), written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from kiln.errors import InvalidRequest
+from kiln.ids import new_id
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files_dir = root / "sha256"
+        self.blobs_dir = root / "blobs"
+        for d in (self.files_dir, self.blobs_dir, root / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- content-addressed files (mount contents) ----------------------------------------------
+
+    def file_path(self, sha256_hex: str) -> Path:
+        return self.files_dir / sha256_hex[:2] / sha256_hex
+
+    def has_file(self, sha256_hex: str) -> bool:
+        return self.file_path(sha256_hex).exists()
+
+    def put_file(self, data: bytes, expected_sha256: str | None = None) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise InvalidRequest(
+                f"uploaded file content has sha256 {digest}, not the announced {expected_sha256}; "
+                "the file changed during upload: run again"
+            )
+        path = self.file_path(digest)
+        if not path.exists():
+            self._write_atomic(path, data)
+        return digest
+
+    def put_file_from_blob(self, blob_id: str, expected_sha256: str) -> str:
+        return self.put_file(self.read_blob(blob_id), expected_sha256)
+
+    # -- blobs (large payloads the client uploads over HTTP) ------------------------------------
+
+    def new_blob_id(self) -> str:
+        return new_id("bl")
+
+    def blob_path(self, blob_id: str) -> Path:
+        if not blob_id.startswith("bl-") or "/" in blob_id:
+            raise InvalidRequest(f"{blob_id!r} is not a blob ID")
+        return self.blobs_dir / blob_id
+
+    def write_blob(self, blob_id: str, data: bytes) -> str:
+        """Store an uploaded blob; returns its hex MD5 (the ETag the client verifies)."""
+        self._write_atomic(self.blob_path(blob_id), data)
+        return hashlib.md5(data).hexdigest()
+
+    def read_blob(self, blob_id: str) -> bytes:
+        try:
+            return self.blob_path(blob_id).read_bytes()
+        except FileNotFoundError:
+            raise InvalidRequest(f"blob {blob_id} was never uploaded") from None
+
+    def create_blob(self, data: bytes) -> str:
+        blob_id = self.new_blob_id()
+        self.write_blob(blob_id, data)
+        return blob_id
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise

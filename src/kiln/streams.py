@@ -1,0 +1,82 @@
+"""Long-poll primitives shared by the core and the image builder: a wake-up signal and an
+append-only log buffer read with a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+STDOUT, STDERR, INFO = 1, 2, 3
+
+
+class Changed:
+    """Many waiters, woken together whenever something changes."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait for the next notify(); False on timeout."""
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    entry_id: int
+    data: str
+    fd: int
+    timestamp: float
+    task_id: str = ""
+    function_id: str = ""
+    image_id: str = ""
+
+
+class LogBuffer:
+    """Entries numbered from 1; `read(after)` waits until there is something newer or it closes."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: list[LogEntry] = []
+        self._first_id = 1
+        self._max = max_entries
+        self._changed = Changed()
+        self.closed = False
+
+    def append(self, data: str, fd: int = STDOUT, **source: str) -> None:
+        if not data:
+            return
+        entry_id = self._first_id + len(self._entries)
+        self._entries.append(LogEntry(entry_id, data, fd, time.time(), **source))
+        if len(self._entries) > self._max:
+            drop = len(self._entries) - self._max
+            del self._entries[:drop]
+            self._first_id += drop
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.notify()
+
+    def after(self, cursor: int) -> list[LogEntry]:
+        start = max(0, cursor + 1 - self._first_id)
+        return self._entries[start:]
+
+    async def read(self, cursor: int, timeout: float) -> list[LogEntry]:
+        """Entries after `cursor`; waits up to `timeout` seconds for some unless closed."""
+        entries = self.after(cursor)
+        if entries or self.closed:
+            return entries
+        await self._changed.wait(timeout)
+        return self.after(cursor)
