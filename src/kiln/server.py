@@ -82,6 +82,7 @@ class KilnServer:
         self.frontend = ModalFrontend(core)
         core.scheduler.launcher = self.frontend.launcher
         core.scheduler.start()
+        self._upkeep = asyncio.ensure_future(core.maintain())
 
         self._grpc = grpclib.server.Server([self.frontend.service()])
         grpc_sock = _bind(config.host, config.port)
@@ -98,6 +99,8 @@ class KilnServer:
     async def stop(self) -> None:
         core = self.core
         if core is not None:
+            self._upkeep.cancel()
+            await core.shutdown()
             await core.scheduler.shutdown()
             await core.runtime.shutdown()
             await core.images.shutdown()

@@ -104,3 +104,7 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     click.echo("kiln: stopping")
     await server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 
 from kiln.config import Config
 from kiln.containers import BubblewrapRuntime
-from kiln.core.apps import Apps
+from kiln.core.apps import App, Apps, AppState
 from kiln.core.calls import Calls
 from kiln.core.functions import FunctionDef
 from kiln.core.pool import Scheduler
+from kiln.core.results import Result, Status
 from kiln.images.client_deps import ClientDeps
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
+
+
+log = logging.getLogger("kiln")
+
+# An ephemeral app whose client stopped sending heartbeats (every 15 s) for this long is stopped.
+HEARTBEAT_GRACE = 60.0
+_KEEP_RUNNING = {AppState.DEPLOYED, AppState.DETACHED}
 
 
 @dataclass
@@ -35,3 +46,41 @@ class Core:
     def register_function(self, function: FunctionDef) -> None:
         self.functions[function.function_id] = function
         self.scheduler.register(function)
+
+    async def stop_app(self, app: App, reason: str = "The app was stopped.") -> None:
+        """Stop an app: cancel its queued inputs, stop its containers, then end its log stream."""
+        if not app.running:
+            return
+        app.state = AppState.STOPPING
+        for call in list(self.calls.calls.values()):
+            if call.app_id == app.app_id:
+                self.calls.cancel(call.call_id, reason)
+        await self.scheduler.stop_app(app.app_id)
+        for call in list(self.calls.calls.values()):
+            if call.app_id == app.app_id:
+                for item in list(call.inputs.values()):
+                    self.calls.complete(item.input_id, Result(Status.TERMINATED, reason))
+        app.state = AppState.STOPPED
+        app.stopped_at = time.time()
+        app.logs.close()
+
+    async def stop_orphaned_apps(self, now: float) -> None:
+        """Stop ephemeral apps whose client went away without saying so."""
+        for app in list(self.apps.apps.values()):
+            if app.running and app.state not in _KEEP_RUNNING and now - app.last_heartbeat > HEARTBEAT_GRACE:
+                log.warning("app %s sent no heartbeat for %.0f s: stopping it", app.app_id, now - app.last_heartbeat)
+                await self.stop_app(app, "The app's client stopped sending heartbeats.")
+
+    async def maintain(self, interval: float = 5.0) -> None:
+        """Periodic upkeep; runs for the life of the server."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.stop_orphaned_apps(time.monotonic())
+            except Exception:
+                log.exception("app upkeep failed")
+
+    async def shutdown(self) -> None:
+        for app in list(self.apps.apps.values()):
+            if app.running:
+                await self.stop_app(app, "The kiln server is shutting down.")

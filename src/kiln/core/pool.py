@@ -18,9 +18,14 @@ from kiln.core.autoscaler import Load, desired_containers, should_scale_down
 from kiln.core.calls import Calls
 from kiln.core.functions import FunctionDef
 from kiln.core.results import Result, Status
+from kiln.errors import KilnError
 from kiln.ids import new_id
 
 log = logging.getLogger("kiln.pool")
+
+# Containers that die before their first input are restarted this many times, then the
+# function's queued inputs fail with the reason (instead of a crash loop).
+MAX_STARTUP_FAILURES = 3
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Pool:
         self.clock = clock
         self.tasks: dict[str, Task] = {}
         self.stopped = False
+        self.startup_failures = 0
 
     def load(self) -> Load:
         queued, running = self.calls.load(self.function.function_id)
@@ -95,24 +101,35 @@ class Pool:
         asyncio.ensure_future(self._run(task))
 
     async def _run(self, task: Task) -> None:
+        status = None
         try:
             task.container = await self.launcher.launch(task)
             status = await task.container.wait()
             reason = f"The container running {self.function.tag} exited unexpectedly ({status.describe()})"
+        except KilnError as exc:
+            reason = f"Could not start a container for {self.function.tag}: {exc}"
         except Exception as exc:  # a launch failure is reported to the inputs, never raised
             log.exception("could not start a container for %s", self.function.tag)
-            reason = f"Could not start a container for {self.function.tag}: {exc}"
-            status = None
+            reason = f"Could not start a container for {self.function.tag}: {exc!r} (a kiln bug; see the server log)"
         finally:
             self.tasks.pop(task.task_id, None)
             await self.launcher.cleanup(task)
         if task.inflight:
-            self.calls.fail_running(task.task_id, list(task.inflight), Result(Status.FAILURE, reason + " while running this input."))
+            message = f"{reason} while running this input."
+            self.calls.fail_running(task.task_id, list(task.inflight), Result(Status.FAILURE, message))
         if task.failure is not None:
             # Import or @enter failed: no container of this function can run its inputs.
             self.calls.fail_pending(self.function.function_id, task.failure)
-        elif status is None and not self.tasks:
-            self.calls.fail_pending(self.function.function_id, Result(Status.FAILURE, reason))
+        elif status is None or (not task.inputs_taken and not task.draining and not self.stopped):
+            # It died before taking any input: retry a few times, then give up on the queue.
+            self.startup_failures += 1
+            if status is None or self.startup_failures >= MAX_STARTUP_FAILURES:
+                tail = "\n".join(f"  {line}" for line in task.output_tail[-10:])
+                message = f"{reason} before it could run any input." + (f" Its last output:\n{tail}" if tail else "")
+                self.calls.fail_pending(self.function.function_id, Result(Status.FAILURE, message))
+                self.startup_failures = 0
+        else:
+            self.startup_failures = 0
         if not self.stopped:
             self.reconcile()
 

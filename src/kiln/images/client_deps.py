@@ -13,13 +13,13 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import modal
 
 from kiln.errors import ContainerStartError
 from kiln.images.pythons import find_host_pythons
+from kiln.staging import remove_stale_staging, staging_name
 
 log = logging.getLogger("kiln.images")
 
@@ -29,6 +29,8 @@ SITECUSTOMIZE = "import sys; sys.path.append('/__modal/deps')\n"
 class ClientDeps:
     def __init__(self, root: Path, network_env: dict[str, str]) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(root)
         self.network_env = network_env
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -48,7 +50,7 @@ class ClientDeps:
         requirements = Path(modal.__file__).parent / "builder" / f"{builder_version}.txt"
         if not requirements.exists():
             raise ContainerStartError(f"the modal client ships no requirements for image builder {builder_version}")
-        staging = self.root / f".staging-{uuid.uuid4().hex[:8]}"
+        staging = self.root / staging_name()
         deps = staging / "__modal" / "deps"
         deps.mkdir(parents=True)
         try:

@@ -10,13 +10,13 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.images.steps import ImageConfig
+from kiln.staging import remove_stale_staging, staging_name
 
 
 @dataclass
@@ -37,8 +37,7 @@ class LayerStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        for leftover in root.glob(".staging-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_stale_staging(root)
 
     def get(self, key: str) -> Layer | None:
         meta = self.root / key / "layer.json"
@@ -74,7 +73,7 @@ class LayerStore:
     @contextmanager
     def staging(self, key: str) -> Iterator[Path]:
         """A directory to build a layer's files in; removed unless committed."""
-        staging = self.root / f".staging-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        staging = self.root / staging_name()
         (staging / "fs").mkdir(parents=True)
         try:
             yield staging
@@ -109,7 +108,7 @@ class LayerStore:
                 layer = self.get(key)
                 assert layer is not None
                 return layer
-            trash = self.root / f".staging-old-{uuid.uuid4().hex[:8]}"
+            trash = self.root / staging_name()
             os.rename(target, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(staging, target)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import InvalidRequest, NotFound
 from kiln.ids import stable_id
 from kiln.storage.blobs import BlobStore
+from kiln.staging import remove_stale_staging, staging_name
 from kiln.storage.state import StateStore
 
 
@@ -32,6 +32,7 @@ class MountStore:
         self.blobs = blobs
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(root)
 
     def create(self, files: list[MountFile], name: str | None = None, namespace: str = "") -> str:
         missing = [f.path for f in files if not self.blobs.has_file(f.sha256)]
@@ -69,7 +70,7 @@ class MountStore:
         target = self.root / mount_id
         if target.exists():
             return target
-        staging = self.root / f".staging-{uuid.uuid4().hex[:8]}"
+        staging = self.root / staging_name()
         try:
             for f in self.files(mount_id):
                 dest = staging / f.path.lstrip("/")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
 from modal_proto import api_pb2
 
-from kiln.core.apps import App, AppState
+from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.core.results import Result, Status
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.frontends.modal.registry import Registry
 from kiln.ids import stable_id
@@ -68,11 +66,11 @@ class AppHandlers:
     async def AppClientDisconnect(self, req: api_pb2.AppClientDisconnectRequest, ctx: CallContext) -> object:
         app = self.core.apps.get(req.app_id)
         if app.state not in _KEEP_RUNNING:
-            await stop_app(self.core, app)
+            await self.core.stop_app(app)
         return _empty()
 
     async def AppStop(self, req: api_pb2.AppStopRequest, ctx: CallContext) -> object:
-        await stop_app(self.core, self.core.apps.get(req.app_id))
+        await self.core.stop_app(self.core.apps.get(req.app_id))
         return _empty()
 
     async def AppList(self, req: api_pb2.AppListRequest, ctx: CallContext) -> api_pb2.AppListResponse:
@@ -142,25 +140,6 @@ def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
         batches[-1].items.append(api_pb2.TaskLogs(data=entry.data, file_descriptor=entry.fd, timestamp=entry.timestamp))
         batches[-1].entry_id = str(entry.entry_id)
     return batches
-
-
-async def stop_app(core: Core, app: App) -> None:
-    """Stop an app: cancel its queued inputs, stop its containers, then end its log stream."""
-    if app.state in (AppState.STOPPED, AppState.STOPPING):
-        return
-    app.state = AppState.STOPPING
-    for call in list(core.calls.calls.values()):
-        if call.app_id == app.app_id:
-            core.calls.cancel(call.call_id, "The app was stopped.")
-    await core.scheduler.stop_app(app.app_id)
-    for call in list(core.calls.calls.values()):
-        if call.app_id == app.app_id:
-            for item in list(call.inputs.values()):
-                core.calls.complete(item.input_id, Result(Status.TERMINATED, "The app was stopped."))
-    app.state = AppState.STOPPED
-    app.stopped_at = time.time()
-    await asyncio.sleep(0)
-    app.logs.close()
 
 
 def _empty() -> object:

@@ -1,0 +1,36 @@
+"""Staging directories that belong to a process: a crashed process's leftovers can be removed
+at the next start without touching the live staging of another server sharing KILN_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def staging_name() -> str:
+    return f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_staging(root: Path) -> None:
+    """Remove `.staging-<pid>-*` entries whose process is gone."""
+    for entry in root.glob(".staging-*"):
+        parts = entry.name.split("-")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
