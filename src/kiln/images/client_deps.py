@@ -15,10 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-import modal
-
 from kiln.errors import ContainerStartError
-from kiln.images.pythons import find_host_pythons
+from kiln.images.pythons import client_package_dir, find_host_pythons
 from kiln.staging import remove_stale_staging, staging_name
 
 log = logging.getLogger("kiln.images")
@@ -47,7 +45,7 @@ class ClientDeps:
         return target
 
     async def _build(self, builder_version: str, python_minor: str, target: Path) -> None:
-        requirements = Path(modal.__file__).parent / "builder" / f"{builder_version}.txt"
+        requirements = client_package_dir("modal") / "builder" / f"{builder_version}.txt"
         if not requirements.exists():
             raise ContainerStartError(f"the modal client ships no requirements for image builder {builder_version}")
         staging = self.root / staging_name()

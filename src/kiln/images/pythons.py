@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -55,3 +56,11 @@ def find_host_pythons() -> dict[str, HostPython]:
 
 def _as_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
+
+
+def client_package_dir(package: str) -> Path:
+    """Where an installed package lives, without importing it (importing `modal` costs seconds)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the {package} package is not installed")
+    return Path(list(spec.submodule_search_locations)[0])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import os
 import time
 from pathlib import Path
 
-import modal
 from google.protobuf.timestamp_pb2 import Timestamp
 from modal_proto import api_pb2
 
@@ -15,9 +14,11 @@ from kiln.core.core import Core
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.modal.dispatch import AlreadyExists, CallContext
 from kiln.ids import new_id
+from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
 
-CLIENT_MOUNT_NAME = f"modal-client-mount-{modal.__version__}"
+MODAL_VERSION = importlib.metadata.version("modal")
+CLIENT_MOUNT_NAME = f"modal-client-mount-{MODAL_VERSION}"
 _CLIENT_PACKAGES = ("modal", "modal_proto", "modal_version", "synchronicity")
 _GLOBAL = api_pb2.DEPLOYMENT_NAMESPACE_GLOBAL
 
@@ -72,7 +73,7 @@ class ObjectHandlers:
                 hint = ""
                 if req.deployment_name.startswith("modal-client-mount-"):
                     hint = (
-                        f" This kiln server provides {CLIENT_MOUNT_NAME}: use modal=={modal.__version__} in your "
+                        f" This kiln server provides {CLIENT_MOUNT_NAME}: use modal=={MODAL_VERSION} in your "
                         "client, or set MODAL_SYNC_ENTRYPOINT=1 to upload your client's own package."
                     )
                 raise NotFound(f"Mount {req.deployment_name!r} not found.{hint}")
@@ -91,7 +92,7 @@ class ObjectHandlers:
         """The `modal` package this server has installed, as containers expect it under /pkg."""
         files = []
         for package in _CLIENT_PACKAGES:
-            base = Path(importlib.import_module(package).__path__[0])
+            base = client_package_dir(package)
             for root, dirs, names in os.walk(base):
                 dirs[:] = [d for d in dirs if d != "__pycache__"]
                 for name in names:
