@@ -26,7 +26,9 @@ class Config:
     http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
     log_level: str = field(default_factory=lambda: os.environ.get("KILN_LOG", "INFO"))
     # Containers one function may run at once unless it sets max_containers: this machine's cores.
-    max_containers: int = field(default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1)
+    max_containers: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1
+    )
     # The image builder version we announce; 2025.06 mounts the client's runtime deps.
     image_builder_version: str = "2025.06"
 

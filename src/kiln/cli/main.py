@@ -1,7 +1,7 @@
 """`kiln`: run Modal apps on this machine.
 
-    kiln run app.py [ARGS]      embedded server + `modal run app.py ARGS`, then stop
-    kiln server                 a long-running server for your usual `modal run …`
+kiln run app.py [ARGS]      embedded server + `modal run app.py ARGS`, then stop
+kiln server                 a long-running server for your usual `modal run …`
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ async def _run(modal_args: list[str]) -> int:
         return 2
     try:
         env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home)}
-        child = await asyncio.create_subprocess_exec(sys.executable, "-m", "modal", "run", *modal_args, env=env)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modal", "run", *modal_args, env=env
+        )
         # Ctrl-C reaches the client too (same process group); it stops its app, then exits.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -72,7 +74,9 @@ async def _run(modal_args: list[str]) -> int:
 @click.option("--http-port", default=None, type=int, help="HTTP port for blobs (default: any free port).")
 def server(host: str | None, port: int | None, http_port: int | None) -> None:
     """Start a long-running kiln server; point `modal` at it with the printed exports."""
-    logging.basicConfig(level=os.environ.get("KILN_LOG", "INFO"), format="%(asctime)s kiln %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("KILN_LOG", "INFO"), format="%(asctime)s kiln %(levelname)s %(message)s"
+    )
     defaults = Config()
     config = Config(
         home=defaults.home,

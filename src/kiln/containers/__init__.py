@@ -4,8 +4,8 @@ This package knows nothing about functions or images: it runs a command in a san
 """
 
 from kiln.containers.bubblewrap import BubblewrapRuntime, check_sandbox_support
-from kiln.containers.spec import Bind, ContainerSpec, ExitStatus, OutputSink
 from kiln.containers.container import Container
+from kiln.containers.spec import Bind, ContainerSpec, ExitStatus, OutputSink
 
 __all__ = [
     "Bind",

@@ -55,9 +55,13 @@ class Apps:
     def get(self, app_id: str) -> App:
         app = self.apps.get(app_id)
         if app is None:
-            raise NotFound(f"App {app_id} not found on this kiln server (it may have been stopped or the server restarted)")
+            raise NotFound(
+                f"App {app_id} not found on this kiln server (it may have been stopped or the server restarted)"
+            )
         return app
 
     def by_name(self, name: str, environment: str = "") -> App | None:
-        matches = [a for a in self.apps.values() if a.name == name and a.environment == environment and a.running]
+        matches = [
+            a for a in self.apps.values() if a.name == name and a.environment == environment and a.running
+        ]
         return max(matches, key=lambda a: a.created_at) if matches else None

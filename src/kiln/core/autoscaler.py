@@ -15,7 +15,9 @@ class Load:
     containers: int  # containers alive or starting
 
 
-def desired_containers(settings: Autoscaling, target_inputs: int, load: Load, capacity: int | None = None) -> int:
+def desired_containers(
+    settings: Autoscaling, target_inputs: int, load: Load, capacity: int | None = None
+) -> int:
     """How many containers should exist for this load (before scale-down delays).
 
     `capacity` is what the backend can place for one function (the local machine: its cores);

@@ -12,9 +12,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from kiln.streams import Changed
 from kiln.core.results import Result, Status
 from kiln.ids import new_id
+from kiln.streams import Changed
 
 
 class Invocation(enum.Enum):
@@ -155,7 +155,9 @@ class Calls:
         call = self.calls.get(item.call_id)
         if call is not None:
             call.outputs.append(
-                Output(item.input_id, item.idx, result, 0, task_id or item.task_id, item.started_at, time.time())
+                Output(
+                    item.input_id, item.idx, result, 0, task_id or item.task_id, item.started_at, time.time()
+                )
             )
             call.unfinished -= 1
             call.changed.notify()
@@ -188,6 +190,8 @@ class Calls:
                 running.append(item)
             else:
                 self.complete(item.input_id, Result(Status.TERMINATED, message))
+        queue = self.queues[call.function_id]
+        queue.pending = collections.deque(i for i in queue.pending if not i.done)
         return running
 
     def release(self, call_id: str) -> None:

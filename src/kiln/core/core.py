@@ -20,7 +20,6 @@ from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
 
-
 log = logging.getLogger("kiln")
 
 # An ephemeral app whose client stopped sending heartbeats (every 15 s) for this long is stopped.
@@ -68,7 +67,9 @@ class Core:
         """Stop ephemeral apps whose client went away without saying so."""
         for app in list(self.apps.apps.values()):
             if app.running and app.state not in _KEEP_RUNNING and now - app.last_heartbeat > HEARTBEAT_GRACE:
-                log.warning("app %s sent no heartbeat for %.0f s: stopping it", app.app_id, now - app.last_heartbeat)
+                log.warning(
+                    "app %s sent no heartbeat for %.0f s: stopping it", app.app_id, now - app.last_heartbeat
+                )
                 await self.stop_app(app, "The app's client stopped sending heartbeats.")
 
     async def maintain(self, interval: float = 5.0) -> None:

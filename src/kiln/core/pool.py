@@ -91,7 +91,11 @@ class Pool:
         for task in list(self.tasks.values()):
             if surplus <= 0:
                 break
-            if not task.draining and not task.inflight and should_scale_down(function.autoscaling, task.idle_since, now):
+            if (
+                not task.draining
+                and not task.inflight
+                and should_scale_down(function.autoscaling, task.idle_since, now)
+            ):
                 self.drain(task)
                 surplus -= 1
 
@@ -125,7 +129,9 @@ class Pool:
             self.startup_failures += 1
             if status is None or self.startup_failures >= MAX_STARTUP_FAILURES:
                 tail = "\n".join(f"  {line}" for line in task.output_tail[-10:])
-                message = f"{reason} before it could run any input." + (f" Its last output:\n{tail}" if tail else "")
+                message = f"{reason} before it could run any input." + (
+                    f" Its last output:\n{tail}" if tail else ""
+                )
                 self.calls.fail_pending(self.function.function_id, Result(Status.FAILURE, message))
                 self.startup_failures = 0
         else:

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import ImageBuildError
@@ -43,7 +43,9 @@ class BaseImage:
     notice: str = ""  # logged to the build output when a substitution was made
 
 
-_PYTHON_REF = re.compile(r"^(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)(?:\.(\d+))?(?:-slim)?(?:-(\w+))?$")
+_PYTHON_REF = re.compile(
+    r"^(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)(?:\.(\d+))?(?:-slim)?(?:-(\w+))?$"
+)
 _DEBIAN_VERSIONS = {"bullseye": "11", "bookworm": "12", "trixie": "13"}
 _PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -99,7 +101,7 @@ class BaseResolver:
             raise ImageBuildError(
                 f"{reference} needs CPython {minor}, which this machine cannot provide offline. "
                 f"Available: Python {self.available()}. Ask for one of those "
-                f"(e.g. `modal.Image.debian_slim(python_version=\"{self.available().split(', ')[-1]}\")`), "
+                f'(e.g. `modal.Image.debian_slim(python_version="{self.available().split(", ")[-1]}")`), '
                 f"or install CPython {minor} with pyenv or `uv python install {minor}`."
             )
         os_release = host_os_release()
@@ -162,7 +164,11 @@ def snapshot_host_os(dest: Path) -> None:
         elif source.is_dir():
             _link_tree(source, dest / name)
     for name in _HOST_DIRS:
-        _link_tree(Path("/") / name, dest / name, exclude={e[len(name) + 1 :] for e in _HOST_EXCLUDE if e.startswith(name + "/")})
+        _link_tree(
+            Path("/") / name,
+            dest / name,
+            exclude={e[len(name) + 1 :] for e in _HOST_EXCLUDE if e.startswith(name + "/")},
+        )
     for rel, mode in sorted(_EMPTY_DIRS.items()):
         path = dest / rel
         path.mkdir(parents=True, exist_ok=True)
@@ -206,6 +212,8 @@ def _link_tree(source: Path, dest: Path, exclude: set[str] | None = None) -> Non
 def _cp(source: Path, dest: Path) -> None:
     same_fs = os.stat(source, follow_symlinks=False).st_dev == os.stat(dest.parent).st_dev
     flags = ["-a", "--link"] if same_fs else ["-a"]
-    result = subprocess.run(["cp", *flags, "--", str(source), str(dest)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["cp", *flags, "--", str(source), str(dest)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise ImageBuildError(f"could not copy {source} into a base layer: {result.stderr.strip()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import posixpath
 import shlex
 import shutil
 import tempfile
@@ -118,7 +119,16 @@ class Builder:
                 parent = None
                 for base_layer in base.layers:
                     key = layer_key(parent, f"BASE {base_layer.name}")
-                    layers.append(PlannedLayer(key, parent, f"base: {base_layer.name}", step=base_layer.step, base=base_layer, config=base.config.copy()))
+                    layers.append(
+                        PlannedLayer(
+                            key,
+                            parent,
+                            f"base: {base_layer.name}",
+                            step=base_layer.step,
+                            base=base_layer,
+                            config=base.config.copy(),
+                        )
+                    )
                     parent = key
                 config = base.config.copy()
                 continue
@@ -190,7 +200,9 @@ class Builder:
                 await asyncio.to_thread(planned.base.materialize, staging / "fs")
             elif planned.step is not None and planned.step.instruction in ("RUN", "COPY", "ADD", "WORKDIR"):
                 await self._run_step(planned, recipe, staging / "fs", log)
-            return self.store.commit(staging, planned.key, planned.parent, planned.label, planned.config, replace=replace)
+            return self.store.commit(
+                staging, planned.key, planned.parent, planned.label, planned.config, replace=replace
+            )
 
     async def _run_step(self, planned: PlannedLayer, recipe: Recipe, upper: Path, log: LogSink) -> None:
         assert planned.step is not None and planned.parent is not None
@@ -259,25 +271,34 @@ def copy_script(argument: str, workdir: str) -> str:
     paths = [w for w in words if not w.startswith("--")]
     for flag in flags:
         if flag.startswith("--from="):
-            raise ImageBuildError(f"`COPY {argument}`: copying from another image (--from) is not supported by kiln yet")
+            raise ImageBuildError(
+                f"`COPY {argument}`: copying from another image (--from) is not supported by kiln yet"
+            )
     if len(paths) < 2:
         raise ImageBuildError(f"`COPY {argument}` needs a source and a destination")
     *sources, dest = paths
     if not dest.startswith("/"):
         dest = workdir.rstrip("/") + "/" + dest
     to_dir = dest.endswith("/") or len(sources) > 1
+    quoted_dest = shlex.quote(dest)
     lines = ["set -e", f"cd {CONTEXT_MOUNT}"]
     for source in sources:
-        src = source.lstrip("/") or "."
-        src = "." if src in (".", "./") else src
-        quoted_dest = shlex.quote(dest)
-        # Unquoted source: the context's shell globs (COPY *.py /app/) expand here.
+        src = posixpath.normpath(source.lstrip("/") or ".")
+        if src == ".." or src.startswith("../"):
+            raise ImageBuildError(f"`COPY {argument}`: {source} is outside the build context")
+        lines.append(f"set -- {_glob_quote(src)}")  # the context's shell globs (COPY *.py /app/) expand here
         lines.append(
-            f'for s in {_glob_quote(src)}; do '
-            f'if [ ! -e "$s" ]; then echo "COPY failed: {src} is not in the build context" >&2; exit 1; fi; '
-            f'if [ -d "$s" ]; then mkdir -p {quoted_dest} && cp -a "$s"/. {quoted_dest}; '
-            + (f'else mkdir -p {quoted_dest} && cp -a "$s" {quoted_dest}; fi; done' if to_dir else
-               f'else mkdir -p "$(dirname {quoted_dest})" && cp -a "$s" {quoted_dest}; fi; done')
+            f'if [ ! -e "$1" ]; then echo "COPY failed: {src} is not in the build context" >&2; exit 1; fi'
+        )
+        if not to_dir:
+            lines.append(
+                f'if [ $# -gt 1 ]; then echo "COPY failed: {src} matches several files, so the destination '
+                f'must be a directory ending in /" >&2; exit 1; fi'
+            )
+        target_dir = quoted_dest if to_dir else f'"$(dirname {quoted_dest})"'
+        lines.append(
+            f'for s in "$@"; do if [ -d "$s" ]; then mkdir -p {quoted_dest} && cp -a "$s"/. {quoted_dest}; '
+            f'else mkdir -p {target_dir} && cp -a "$s" {quoted_dest}; fi; done'
         )
     return "\n".join(lines)
 
@@ -286,5 +307,11 @@ def _glob_quote(path: str) -> str:
     # Quote everything except glob characters so that only globbing happens.
     out = []
     for char in path:
-        out.append(char if char in "*?[]" else shlex.quote(char) if not char.isalnum() and char not in "._-/" else char)
+        out.append(
+            char
+            if char in "*?[]"
+            else shlex.quote(char)
+            if not char.isalnum() and char not in "._-/"
+            else char
+        )
     return "".join(out)

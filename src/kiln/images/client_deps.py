@@ -47,7 +47,9 @@ class ClientDeps:
     async def _build(self, builder_version: str, python_minor: str, target: Path) -> None:
         requirements = client_package_dir("modal") / "builder" / f"{builder_version}.txt"
         if not requirements.exists():
-            raise ContainerStartError(f"the modal client ships no requirements for image builder {builder_version}")
+            raise ContainerStartError(
+                f"the modal client ships no requirements for image builder {builder_version}"
+            )
         staging = self.root / staging_name()
         deps = staging / "__modal" / "deps"
         deps.mkdir(parents=True)
@@ -56,7 +58,9 @@ class ClientDeps:
             if output is not None:
                 # A pin the package index does not have (an index mirror lagging behind, say):
                 # the same packages unpinned still satisfy the client, as kiln's own install shows.
-                log.warning("pinned client dependencies unavailable; installing them unpinned:\n%s", output[-600:])
+                log.warning(
+                    "pinned client dependencies unavailable; installing them unpinned:\n%s", output[-600:]
+                )
                 unpinned = staging / "requirements-unpinned.txt"
                 unpinned.write_text(_unpin(requirements.read_text()))
                 shutil.rmtree(deps)

@@ -22,7 +22,10 @@ class HostPython:
     def describe(self) -> str:
         """`python -VV` of this interpreter (what images report as python_version_info)."""
         out = subprocess.run(
-            [str(self.prefix / "bin" / f"python{self.minor}"), "-VV"], capture_output=True, text=True
+            [str(self.prefix / "bin" / f"python{self.minor}"), "-VV"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return out.stdout.strip() or f"Python {self.version}"
 
@@ -46,7 +49,10 @@ def find_host_pythons() -> dict[str, HostPython]:
             continue
         version = match.group(0)
         minor = f"{match.group(1)}.{match.group(2)}"
-        if not (prefix / "bin" / f"python{minor}").exists() or not (prefix / "lib" / f"python{minor}" / "os.py").exists():
+        if (
+            not (prefix / "bin" / f"python{minor}").exists()
+            or not (prefix / "lib" / f"python{minor}" / "os.py").exists()
+        ):
             continue
         current = found.get(minor)
         if current is None or _as_tuple(version) > _as_tuple(current.version):
@@ -63,4 +69,4 @@ def client_package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"the {package} package is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))

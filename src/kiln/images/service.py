@@ -50,7 +50,9 @@ class ImageService:
         plan = self.builder.plan(recipe)
         image_id = stable_id("im", plan.top_key + recipe.ignore_cache_nonce)
         current = self._builds.get(image_id)
-        if current is not None and (not current.done.is_set() or (current.succeeded and not recipe.force_build)):
+        if current is not None and (
+            not current.done.is_set() or (current.succeeded and not recipe.force_build)
+        ):
             return current
         build = ImageBuild(image_id, plan.top_key)
         self._builds[image_id] = build
@@ -67,7 +69,9 @@ class ImageService:
     async def _build(self, build: ImageBuild, plan: Plan, recipe: Recipe) -> None:
         error = ""
         try:
-            await self.builder.build(plan, recipe, lambda text: build.logs.append(text, STDOUT, image_id=build.image_id))
+            await self.builder.build(
+                plan, recipe, lambda text: build.logs.append(text, STDOUT, image_id=build.image_id)
+            )
             self._record(build)
         except KilnError as exc:
             error = str(exc)
@@ -96,7 +100,9 @@ class ImageService:
     def top_key(self, image_id: str) -> str:
         build = self.get(image_id)
         if not build.succeeded:
-            raise ImageBuildError(f"Image {image_id} is not built: {build.error or 'its build is still running'}")
+            raise ImageBuildError(
+                f"Image {image_id} is not built: {build.error or 'its build is still running'}"
+            )
         return build.top_key
 
     def layers(self, image_id: str) -> tuple[list[Path], ImageConfig]:

@@ -8,7 +8,7 @@ Anything else is refused with a message naming the instruction, never silently i
 from __future__ import annotations
 
 import json
-import shlex
+import re
 from dataclasses import dataclass, field
 
 from kiln.errors import ImageBuildError
@@ -71,7 +71,8 @@ def parse_dockerfile(lines: list[str]) -> list[Step]:
     pending = ""
     for raw in lines:
         line = raw.rstrip("\n")
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+        # Comment and blank lines are dropped before continuations are joined, as Docker does.
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
@@ -85,7 +86,7 @@ def parse_dockerfile(lines: list[str]) -> list[Step]:
 
 
 def _parse_line(line: str) -> Step:
-    keyword, _, argument = line.partition(" ")
+    keyword, _, argument = line.replace("\t", " ", 1).partition(" ")
     instruction = keyword.upper()
     argument = argument.strip()
     if instruction == "FROM":
@@ -101,7 +102,7 @@ def _parse_line(line: str) -> Step:
             "Valid instructions: FROM, RUN, COPY, ADD, ENV, WORKDIR, CMD, ENTRYPOINT, SHELL, USER, ARG, "
             "LABEL, EXPOSE, VOLUME, STOPSIGNAL."
         )
-    if instruction == "RUN" and argument.startswith("<<"):
+    if instruction in ("RUN", "COPY") and re.search(r"(?<!<)<<(?!<)-?\s*[\"']?\w+", argument):
         raise ImageBuildError(f"Heredocs in RUN are not supported by kiln (`{line}`): use `run_commands`.")
     return Step(instruction, argument)
 
@@ -137,7 +138,9 @@ def apply_config_step(config: ImageConfig, step: Step) -> None:
     elif step.instruction == "SHELL":
         form = json_or_shell_form(arg)
         if form is None:
-            raise ImageBuildError(f"SHELL needs the JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"] (got `{step.text}`)")
+            raise ImageBuildError(
+                f'SHELL needs the JSON form, e.g. SHELL ["/bin/bash", "-c"] (got `{step.text}`)'
+            )
         config.shell = form
     elif step.instruction == "USER":
         config.user = arg
@@ -145,28 +148,50 @@ def apply_config_step(config: ImageConfig, step: Step) -> None:
 
 
 def parse_env(argument: str, env: dict[str, str]) -> dict[str, str]:
-    """`ENV A=1 B="two words"` or the legacy `ENV A value with spaces`."""
-    words = shlex.split(argument, posix=True)
+    """`ENV A=1 B="two words"` or the legacy `ENV A value with spaces`.
+
+    Values expand $VAR from the env as it was before this instruction; single quotes keep a
+    value literal, as in a Dockerfile.
+    """
+    words = _WORD.findall(argument)
     if not words:
         raise ImageBuildError("ENV needs at least one KEY=value")
     if "=" not in words[0]:
         key, _, value = argument.partition(" ")
-        return {key: expand(value.strip(), env)}
+        return {key: _unquote_and_expand(value.strip(), env)}
     result: dict[str, str] = {}
     for word in words:
         key, sep, value = word.partition("=")
         if not sep:
             raise ImageBuildError(f"ENV expects KEY=value pairs, got {word!r} in `ENV {argument}`")
-        result[key] = expand(value, {**env, **result})
+        result[key] = _unquote_and_expand(value, env)
     return result
 
 
+_WORD = re.compile(r"""(?:[^\s"']+|"(?:\\.|[^"\\])*"|'[^']*')+""")
+_SEGMENT = re.compile(r"""'([^']*)'|"((?:\\.|[^"\\])*)"|([^'"]+)""")
+
+
+def _unquote_and_expand(value: str, env: dict[str, str]) -> str:
+    """Shell-like: 'single' is literal, "double" and bare text expand $VAR."""
+    out = []
+    for single, double, bare in _SEGMENT.findall(value):
+        if single:
+            out.append(single)
+        elif double:
+            out.append(expand(re.sub(r"\\(.)", r"\1", double), env))
+        else:
+            out.append(expand(bare, env))
+    return "".join(out)
+
+
 def expand(value: str, env: dict[str, str]) -> str:
-    """Expand $VAR and ${VAR} from the image's env, as Dockerfile ENV/WORKDIR do."""
-    import re
+    """Expand $VAR, ${VAR} and ${VAR:-default} from the image's env, as Dockerfile ENV/WORKDIR do."""
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        return env.get(name, "")
+        name = match.group(1) or match.group(3)
+        default = match.group(2)
+        found = env.get(name, "")
+        return found if found or default is None else default
 
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, value)
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", replace, value)

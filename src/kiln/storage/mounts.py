@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import InvalidRequest, NotFound
 from kiln.ids import stable_id
-from kiln.storage.blobs import BlobStore
 from kiln.staging import remove_stale_staging, staging_name
+from kiln.storage.blobs import BlobStore
 from kiln.storage.state import StateStore
 
 
@@ -37,7 +38,9 @@ class MountStore:
     def create(self, files: list[MountFile], name: str | None = None, namespace: str = "") -> str:
         missing = [f.path for f in files if not self.blobs.has_file(f.sha256)]
         if missing:
-            raise InvalidRequest(f"mount files were never uploaded: {', '.join(missing[:5])}; upload them first")
+            raise InvalidRequest(
+                f"mount files were never uploaded: {', '.join(missing[:5])}; upload them first"
+            )
         for f in files:
             if not f.path.startswith("/") or ".." in f.path.split("/"):
                 raise InvalidRequest(f"mount path {f.path!r} must be absolute and must not contain '..'")
@@ -65,8 +68,25 @@ class MountStore:
     def files(self, mount_id: str) -> list[MountFile]:
         return [MountFile(p, s, m) for p, s, m in self._record(mount_id)["files"]]  # type: ignore[union-attr]
 
-    def layer(self, mount_id: str) -> Path:
-        """The mount's files as a directory tree to overlay at `/` (built once per mount)."""
+    def layer(self, mount_id: str, python: Path | None = None) -> Path:
+        """The mount's files as a directory tree to overlay at `/` (built once per mount).
+
+        With `python` (an interpreter of the container's Python version), the tree's modules are
+        also byte-compiled once, so containers do not each recompile them on every start.
+        """
+        target = self._materialize(mount_id)
+        if python is not None:
+            marker = target.parent / f"{mount_id}.compiled-{python.name}"
+            if not marker.exists():
+                subprocess.run(
+                    [str(python), "-m", "compileall", "-q", "-j", "0", str(target)],
+                    capture_output=True,
+                    check=False,  # a module that does not compile still imports (and fails) in the container
+                )
+                marker.touch()
+        return target
+
+    def _materialize(self, mount_id: str) -> Path:
         target = self.root / mount_id
         if target.exists():
             return target

@@ -26,18 +26,25 @@ class StateStore:
         for kind in KINDS:
             self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, name TEXT, namespace TEXT, "
-                "data TEXT NOT NULL, created_at REAL NOT NULL)"
+                "data TEXT NOT NULL, created_at REAL NOT NULL, named_at REAL NOT NULL DEFAULT 0)"
             )
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({kind})")}
+            if "named_at" not in columns:  # databases made before names were ordered
+                self._db.execute(f"ALTER TABLE {kind} ADD COLUMN named_at REAL NOT NULL DEFAULT 0")
             self._db.execute(f"CREATE INDEX IF NOT EXISTS {kind}_by_name ON {kind} (namespace, name)")
 
-    def put(self, kind: str, object_id: str, data: dict[str, Any], name: str | None = None, namespace: str = "") -> None:
+    def put(
+        self, kind: str, object_id: str, data: dict[str, Any], name: str | None = None, namespace: str = ""
+    ) -> None:
+        now = time.time()
         with self._lock:
             self._db.execute(
-                f"INSERT INTO {kind} (id, name, namespace, data, created_at) VALUES (?, ?, ?, ?, ?) "
+                f"INSERT INTO {kind} (id, name, namespace, data, created_at, named_at) VALUES (?, ?, ?, ?, ?, ?) "
                 # Re-putting an object without a name keeps the name it has (content-addressed mounts).
                 "ON CONFLICT(id) DO UPDATE SET data=excluded.data, name=COALESCE(excluded.name, name), "
-                "namespace=CASE WHEN excluded.name IS NULL THEN namespace ELSE excluded.namespace END",
-                (object_id, name, namespace, json.dumps(data), time.time()),
+                "namespace=CASE WHEN excluded.name IS NULL THEN namespace ELSE excluded.namespace END, "
+                "named_at=CASE WHEN excluded.name IS NULL THEN named_at ELSE excluded.named_at END",
+                (object_id, name, namespace, json.dumps(data), now, now if name is not None else 0),
             )
 
     def get(self, kind: str, object_id: str) -> dict[str, Any] | None:
@@ -48,7 +55,7 @@ class StateStore:
     def find(self, kind: str, name: str, namespace: str = "") -> tuple[str, dict[str, Any]] | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT id, data FROM {kind} WHERE name = ? AND namespace = ? ORDER BY created_at DESC LIMIT 1",
+                f"SELECT id, data FROM {kind} WHERE name = ? AND namespace = ? ORDER BY named_at DESC LIMIT 1",
                 (name, namespace),
             ).fetchone()
         return (row[0], json.loads(row[1])) if row else None

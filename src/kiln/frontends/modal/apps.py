@@ -49,7 +49,9 @@ class AppHandlers:
         self.core.apps.get(req.app_id).last_heartbeat = time.monotonic()
         return _empty()
 
-    async def AppPublish(self, req: api_pb2.AppPublishRequest, ctx: CallContext) -> api_pb2.AppPublishResponse:
+    async def AppPublish(
+        self, req: api_pb2.AppPublishRequest, ctx: CallContext
+    ) -> api_pb2.AppPublishResponse:
         app = self.core.apps.get(req.app_id)
         app.function_ids = dict(req.function_ids)
         app.class_ids = dict(req.class_ids)
@@ -57,11 +59,17 @@ class AppHandlers:
             app.name = req.name
         if req.app_state:
             app.state = AppState(req.app_state)
-        return api_pb2.AppPublishResponse(url=f"{self.core.http_url}/apps/{app.app_id}", deployed_at=time.time())
+        return api_pb2.AppPublishResponse(
+            url=f"{self.core.http_url}/apps/{app.app_id}", deployed_at=time.time()
+        )
 
-    async def AppGetLayout(self, req: api_pb2.AppGetLayoutRequest, ctx: CallContext) -> api_pb2.AppGetLayoutResponse:
+    async def AppGetLayout(
+        self, req: api_pb2.AppGetLayoutRequest, ctx: CallContext
+    ) -> api_pb2.AppGetLayoutResponse:
         app = self.core.apps.get(req.app_id)
-        return api_pb2.AppGetLayoutResponse(app_layout=self.registry.app_layout(app.app_id, app.function_ids, app.class_ids))
+        return api_pb2.AppGetLayoutResponse(
+            app_layout=self.registry.app_layout(app.app_id, app.function_ids, app.class_ids)
+        )
 
     async def AppClientDisconnect(self, req: api_pb2.AppClientDisconnectRequest, ctx: CallContext) -> object:
         app = self.core.apps.get(req.app_id)
@@ -76,7 +84,9 @@ class AppHandlers:
     async def AppList(self, req: api_pb2.AppListRequest, ctx: CallContext) -> api_pb2.AppListResponse:
         items = []
         for app in sorted(self.core.apps.apps.values(), key=lambda a: a.created_at, reverse=True):
-            running = sum(len(p.tasks) for p in self.core.scheduler.pools.values() if p.function.app_id == app.app_id)
+            running = sum(
+                len(p.tasks) for p in self.core.scheduler.pools.values() if p.function.app_id == app.app_id
+            )
             items.append(
                 api_pb2.AppListResponse.AppListItem(
                     app_id=app.app_id,
@@ -90,10 +100,14 @@ class AppHandlers:
             )
         return api_pb2.AppListResponse(apps=items)
 
-    async def AppGetLifecycle(self, req: api_pb2.AppGetLifecycleRequest, ctx: CallContext) -> api_pb2.AppGetLifecycleResponse:
+    async def AppGetLifecycle(
+        self, req: api_pb2.AppGetLifecycleRequest, ctx: CallContext
+    ) -> api_pb2.AppGetLifecycleResponse:
         app = self.core.apps.get(req.app_id)
         return api_pb2.AppGetLifecycleResponse(
-            lifecycle=api_pb2.AppLifecycle(app_state=int(app.state), created_at=app.created_at, stopped_at=app.stopped_at)
+            lifecycle=api_pb2.AppLifecycle(
+                app_state=int(app.state), created_at=app.created_at, stopped_at=app.stopped_at
+            )
         )
 
     async def AppGetByDeploymentName(
@@ -103,7 +117,9 @@ class AppHandlers:
         # An empty app_id (not NOT_FOUND) tells the client the name is free.
         return api_pb2.AppGetByDeploymentNameResponse(app_id=app.app_id if app else "")
 
-    async def AppGetLogs(self, req: api_pb2.AppGetLogsRequest, ctx: CallContext) -> AsyncIterator[api_pb2.TaskLogsBatch]:
+    async def AppGetLogs(
+        self, req: api_pb2.AppGetLogsRequest, ctx: CallContext
+    ) -> AsyncIterator[api_pb2.TaskLogsBatch]:
         app = self.core.apps.get(req.app_id)
         cursor = int(req.last_entry_id) if req.last_entry_id.isdigit() else 0
         deadline = time.monotonic() + min(req.timeout or 55.0, 55.0)
@@ -123,9 +139,11 @@ class AppHandlers:
 
 
 def _wanted(entry: LogEntry, req: api_pb2.AppGetLogsRequest) -> bool:
-    return (not req.task_id or entry.task_id == req.task_id) and (
-        not req.function_id or entry.function_id == req.function_id
-    ) and (not req.file_descriptor or entry.fd == req.file_descriptor)
+    return (
+        (not req.task_id or entry.task_id == req.task_id)
+        and (not req.function_id or entry.function_id == req.function_id)
+        and (not req.file_descriptor or entry.fd == req.file_descriptor)
+    )
 
 
 def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
@@ -135,9 +153,15 @@ def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
     for entry in entries:
         key = (entry.task_id, entry.function_id, entry.image_id)
         if key != source:
-            batches.append(api_pb2.TaskLogsBatch(task_id=entry.task_id, function_id=entry.function_id, image_id=entry.image_id))
+            batches.append(
+                api_pb2.TaskLogsBatch(
+                    task_id=entry.task_id, function_id=entry.function_id, image_id=entry.image_id
+                )
+            )
             source = key
-        batches[-1].items.append(api_pb2.TaskLogs(data=entry.data, file_descriptor=entry.fd, timestamp=entry.timestamp))
+        batches[-1].items.append(
+            api_pb2.TaskLogs(data=entry.data, file_descriptor=entry.fd, timestamp=entry.timestamp)
+        )
         batches[-1].entry_id = str(entry.entry_id)
     return batches
 

@@ -47,12 +47,16 @@ class CallHandlers:
             raise NotFound(f"Function call {call_id} not found (its results may have expired)")
         return call
 
-    async def FunctionMap(self, req: api_pb2.FunctionMapRequest, ctx: CallContext) -> api_pb2.FunctionMapResponse:
+    async def FunctionMap(
+        self, req: api_pb2.FunctionMapRequest, ctx: CallContext
+    ) -> api_pb2.FunctionMapResponse:
         function = self.core.functions.get(req.function_id)
         if function is None:
             raise NotFound(f"Function {req.function_id} is not defined on this kiln server")
         invocation = Invocation.ASYNC if req.function_call_invocation_type == _ASYNC else Invocation.SYNC
-        call = self.core.calls.create(function.function_id, function.app_id, invocation, req.function_call_type == _MAP)
+        call = self.core.calls.create(
+            function.function_id, function.app_id, invocation, req.function_call_type == _MAP
+        )
         response = api_pb2.FunctionMapResponse(
             function_call_id=call.call_id,
             function_call_jwt=input_jwt(-1, call.call_id),
@@ -63,29 +67,49 @@ class CallHandlers:
             response.pipelined_inputs.extend(self._put(call, list(req.pipelined_inputs)))
         return response
 
-    async def FunctionPutInputs(self, req: api_pb2.FunctionPutInputsRequest, ctx: CallContext) -> api_pb2.FunctionPutInputsResponse:
-        return api_pb2.FunctionPutInputsResponse(inputs=self._put(self._call(req.function_call_id), list(req.inputs)))
+    async def FunctionPutInputs(
+        self, req: api_pb2.FunctionPutInputsRequest, ctx: CallContext
+    ) -> api_pb2.FunctionPutInputsResponse:
+        return api_pb2.FunctionPutInputsResponse(
+            inputs=self._put(self._call(req.function_call_id), list(req.inputs))
+        )
 
-    def _put(self, call: FunctionCall, items: list[api_pb2.FunctionPutInputsItem]) -> list[api_pb2.FunctionPutInputsResponseItem]:
+    def _put(
+        self, call: FunctionCall, items: list[api_pb2.FunctionPutInputsItem]
+    ) -> list[api_pb2.FunctionPutInputsResponseItem]:
         if call.cancelled:
             raise InvalidRequest(f"Function call {call.call_id} was cancelled; start a new call")
         created = self.core.calls.put_inputs(
             call,
-            [(item.idx, item.input.SerializeToString(), item.input.method_name, item.input.final_input) for item in items],
+            [
+                (item.idx, item.input.SerializeToString(), item.input.method_name, item.input.final_input)
+                for item in items
+            ],
         )
-        return [api_pb2.FunctionPutInputsResponseItem(idx=i.idx, input_id=i.input_id, input_jwt=input_jwt(i.idx, i.input_id)) for i in created]
+        return [
+            api_pb2.FunctionPutInputsResponseItem(
+                idx=i.idx, input_id=i.input_id, input_jwt=input_jwt(i.idx, i.input_id)
+            )
+            for i in created
+        ]
 
-    async def FunctionFinishInputs(self, req: api_pb2.FunctionFinishInputsRequest, ctx: CallContext) -> object:
+    async def FunctionFinishInputs(
+        self, req: api_pb2.FunctionFinishInputsRequest, ctx: CallContext
+    ) -> object:
         from google.protobuf import empty_pb2
 
         self._call(req.function_call_id)
         return empty_pb2.Empty()
 
-    async def FunctionCallFromId(self, req: api_pb2.FunctionCallFromIdRequest, ctx: CallContext) -> api_pb2.FunctionCallFromIdResponse:
+    async def FunctionCallFromId(
+        self, req: api_pb2.FunctionCallFromIdRequest, ctx: CallContext
+    ) -> api_pb2.FunctionCallFromIdResponse:
         call = self._call(req.function_call_id)
         return api_pb2.FunctionCallFromIdResponse(function_call_id=call.call_id, num_inputs=call.num_inputs)
 
-    async def FunctionGetOutputs(self, req: api_pb2.FunctionGetOutputsRequest, ctx: CallContext) -> api_pb2.FunctionGetOutputsResponse:
+    async def FunctionGetOutputs(
+        self, req: api_pb2.FunctionGetOutputsRequest, ctx: CallContext
+    ) -> api_pb2.FunctionGetOutputsResponse:
         call = self._call(req.function_call_id)
         cursor = int(req.last_entry_id) if req.last_entry_id.isdigit() else 0
         timeout = min(max(req.timeout, 0.0), 55.0)
@@ -104,7 +128,12 @@ class CallHandlers:
             last_entry_id=str(new_cursor),
             num_unfinished_inputs=call.unfinished,
         )
-        if req.clear_on_success and call.unfinished == 0 and (not call.is_map or timeout == 0) and new_cursor >= len(call.outputs):
+        if (
+            req.clear_on_success
+            and call.unfinished == 0
+            and (not call.is_map or timeout == 0)
+            and new_cursor >= len(call.outputs)
+        ):
             # The caller has everything: forget the call (spawned calls keep their results).
             self.core.calls.release(call.call_id)
         return response
@@ -121,7 +150,9 @@ class CallHandlers:
             retry_count=0,
         )
 
-    async def FunctionCallGetDataOut(self, req: api_pb2.FunctionCallGetDataRequest, ctx: CallContext) -> AsyncIterator[api_pb2.DataChunk]:
+    async def FunctionCallGetDataOut(
+        self, req: api_pb2.FunctionCallGetDataRequest, ctx: CallContext
+    ) -> AsyncIterator[api_pb2.DataChunk]:
         call = self._call(req.function_call_id)
         last = req.last_index
         deadline = time.monotonic() + 55.0

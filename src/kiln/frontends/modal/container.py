@@ -34,7 +34,9 @@ class ContainerHandlers:
         self._task(ctx).started = True
         return empty_pb2.Empty()
 
-    async def ContainerHeartbeat(self, req: api_pb2.ContainerHeartbeatRequest, ctx: CallContext) -> api_pb2.ContainerHeartbeatResponse:
+    async def ContainerHeartbeat(
+        self, req: api_pb2.ContainerHeartbeatRequest, ctx: CallContext
+    ) -> api_pb2.ContainerHeartbeatResponse:
         task = self._task(ctx)
         response = api_pb2.ContainerHeartbeatResponse()
         if task.cancelled_inputs:
@@ -42,7 +44,9 @@ class ContainerHandlers:
             task.cancelled_inputs.clear()
         return response
 
-    async def FunctionGetInputs(self, req: api_pb2.FunctionGetInputsRequest, ctx: CallContext) -> api_pb2.FunctionGetInputsResponse:
+    async def FunctionGetInputs(
+        self, req: api_pb2.FunctionGetInputsRequest, ctx: CallContext
+    ) -> api_pb2.FunctionGetInputsResponse:
         task = self._task(ctx)
         if task.draining or (task.function.single_use and task.inputs_taken):
             return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
@@ -56,7 +60,9 @@ class ContainerHandlers:
         )
         if not items:
             if task.draining:
-                return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
+                return api_pb2.FunctionGetInputsResponse(
+                    inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)]
+                )
             return api_pb2.FunctionGetInputsResponse()
         task.inputs_taken += len(items)
         task.idle_since = None
@@ -72,17 +78,23 @@ class ContainerHandlers:
                     input_id=item.input_id,
                     input=message,
                     function_call_id=item.call_id,
-                    function_call_invocation_type=_ASYNC if call and call.invocation.value == "async" else _SYNC,
+                    function_call_invocation_type=_ASYNC
+                    if call and call.invocation.value == "async"
+                    else _SYNC,
                     retry_count=item.retry_count,
                 )
             )
         return response
 
-    async def FunctionPutOutputs(self, req: api_pb2.FunctionPutOutputsRequest, ctx: CallContext) -> empty_pb2.Empty:
+    async def FunctionPutOutputs(
+        self, req: api_pb2.FunctionPutOutputsRequest, ctx: CallContext
+    ) -> empty_pb2.Empty:
         task = self._task(ctx)
         for output in req.outputs:
             result = Result(
-                Status(output.result.status) if output.result.status in Status._value2member_map_ else Status.FAILURE,
+                Status(output.result.status)
+                if output.result.status in Status._value2member_map_
+                else Status.FAILURE,
                 output.result.exception,
                 output.result.SerializeToString(),
                 output.data_format,
@@ -99,7 +111,9 @@ class ContainerHandlers:
         task.failure = Result(Status.FAILURE, req.result.exception, req.result.SerializeToString())
         return empty_pb2.Empty()
 
-    async def FunctionCallPutDataOut(self, req: api_pb2.FunctionCallPutDataRequest, ctx: CallContext) -> empty_pb2.Empty:
+    async def FunctionCallPutDataOut(
+        self, req: api_pb2.FunctionCallPutDataRequest, ctx: CallContext
+    ) -> empty_pb2.Empty:
         self._task(ctx)
         self.core.calls.put_data_out(
             req.function_call_id,
@@ -110,13 +124,16 @@ class ContainerHandlers:
     async def FunctionGetDynamicConcurrency(
         self, req: api_pb2.FunctionGetDynamicConcurrencyRequest, ctx: CallContext
     ) -> api_pb2.FunctionGetDynamicConcurrencyResponse:
-        return api_pb2.FunctionGetDynamicConcurrencyResponse(concurrency=req.max_concurrency or req.target_concurrency)
+        return api_pb2.FunctionGetDynamicConcurrencyResponse(
+            concurrency=req.max_concurrency or req.target_concurrency
+        )
 
-    async def ContainerStop(self, req: api_pb2.ContainerStopRequest, ctx: CallContext) -> api_pb2.ContainerStopResponse:
+    async def ContainerStop(
+        self, req: api_pb2.ContainerStopRequest, ctx: CallContext
+    ) -> api_pb2.ContainerStopResponse:
         task = self.core.scheduler.task(req.task_id or ctx.task_id)
         if task is not None:
             pool = self.core.scheduler.pools.get(task.function.function_id)
             if pool is not None:
                 pool.drain(task)
         return api_pb2.ContainerStopResponse()
-

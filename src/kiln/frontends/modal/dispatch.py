@@ -16,11 +16,11 @@ from typing import Any
 import grpclib.const
 import grpclib.server
 from google.protobuf import symbol_database
-from grpclib.exceptions import GRPCError
 from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
+from modal_proto import api_pb2
 
 from kiln import errors
-from modal_proto import api_pb2
 
 log = logging.getLogger("kiln.modal")
 
@@ -58,7 +58,9 @@ def _message_class(descriptor: Any) -> Any:
     return symbol_database.Default().GetSymbol(descriptor.full_name)
 
 
-def build_mapping(handlers: list[object], ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext]) -> dict[str, grpclib.const.Handler]:
+def build_mapping(
+    handlers: list[object], ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext]
+) -> dict[str, grpclib.const.Handler]:
     """The grpclib mapping for every method of the service, served by `handlers`."""
     mapping = {}
     for method in SERVICE.methods:
@@ -69,11 +71,15 @@ def build_mapping(handlers: list[object], ctx_factory: Callable[[grpclib.server.
                 break
         if method.client_streaming:
             cardinality = (
-                grpclib.const.Cardinality.STREAM_STREAM if method.server_streaming else grpclib.const.Cardinality.STREAM_UNARY
+                grpclib.const.Cardinality.STREAM_STREAM
+                if method.server_streaming
+                else grpclib.const.Cardinality.STREAM_UNARY
             )
         else:
             cardinality = (
-                grpclib.const.Cardinality.UNARY_STREAM if method.server_streaming else grpclib.const.Cardinality.UNARY_UNARY
+                grpclib.const.Cardinality.UNARY_STREAM
+                if method.server_streaming
+                else grpclib.const.Cardinality.UNARY_UNARY
             )
         mapping[f"/{SERVICE.full_name}/{method.name}"] = grpclib.const.Handler(
             _wrap(method.name, impl, method.server_streaming, ctx_factory),
@@ -104,14 +110,20 @@ def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], Ca
         except errors.KilnError as exc:
             status = next((s for cls, s in _STATUS_OF.items() if type(exc) is cls), None)
             if status is None:
-                status = next((s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)), GrpcStatus.FAILED_PRECONDITION)
+                status = next(
+                    (s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)),
+                    GrpcStatus.FAILED_PRECONDITION,
+                )
             raise GRPCError(status, str(exc)) from exc
         except GRPCError:
             raise
         except Exception as exc:
             log.exception("%s failed", name)
             # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
-            raise GRPCError(GrpcStatus.FAILED_PRECONDITION, f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)") from exc
+            raise GRPCError(
+                GrpcStatus.FAILED_PRECONDITION,
+                f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)",
+            ) from exc
 
     return handle
 

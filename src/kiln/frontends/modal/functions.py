@@ -19,7 +19,9 @@ class FunctionHandlers:
         self.core = core
         self.registry = registry
 
-    async def FunctionPrecreate(self, req: api_pb2.FunctionPrecreateRequest, ctx: CallContext) -> api_pb2.FunctionPrecreateResponse:
+    async def FunctionPrecreate(
+        self, req: api_pb2.FunctionPrecreateRequest, ctx: CallContext
+    ) -> api_pb2.FunctionPrecreateResponse:
         function_id = req.existing_function_id or new_id("fu")
         handle = api_pb2.FunctionHandleMetadata(
             function_name=req.function_name,
@@ -30,11 +32,17 @@ class FunctionHandlers:
             app_id=req.app_id,
         )
         for method_name, definition in req.method_definitions.items():
-            handle.method_handle_metadata[method_name].CopyFrom(_method_handle(req.function_name, method_name, definition))
-        self.registry.functions[function_id] = ModalFunction(function_id, req.app_id, req.function_name, handle)
+            handle.method_handle_metadata[method_name].CopyFrom(
+                _method_handle(req.function_name, method_name, definition)
+            )
+        self.registry.functions[function_id] = ModalFunction(
+            function_id, req.app_id, req.function_name, handle
+        )
         return api_pb2.FunctionPrecreateResponse(function_id=function_id, handle_metadata=handle)
 
-    async def FunctionCreate(self, req: api_pb2.FunctionCreateRequest, ctx: CallContext) -> api_pb2.FunctionCreateResponse:
+    async def FunctionCreate(
+        self, req: api_pb2.FunctionCreateRequest, ctx: CallContext
+    ) -> api_pb2.FunctionCreateResponse:
         if req.HasField("function_data"):
             ranked = sorted(req.function_data.ranked_functions, key=lambda r: r.rank)
             function = api_pb2.Function()
@@ -55,8 +63,12 @@ class FunctionHandlers:
         del handle.supported_output_formats[:]
         handle.supported_output_formats.extend(function.supported_output_formats)
         for method_name, definition in function.method_definitions.items():
-            handle.method_handle_metadata[method_name].CopyFrom(_method_handle(function.function_name, method_name, definition))
-        self.registry.functions[function_id] = ModalFunction(function_id, req.app_id, function.function_name, handle, function)
+            handle.method_handle_metadata[method_name].CopyFrom(
+                _method_handle(function.function_name, method_name, definition)
+            )
+        self.registry.functions[function_id] = ModalFunction(
+            function_id, req.app_id, function.function_name, handle, function
+        )
         self.core.register_function(to_core(function_id, req.app_id, function))
         return api_pb2.FunctionCreateResponse(
             function_id=function_id,
@@ -65,21 +77,29 @@ class FunctionHandlers:
             function_data=_function_data(function),
         )
 
-    async def ClassCreate(self, req: api_pb2.ClassCreateRequest, ctx: CallContext) -> api_pb2.ClassCreateResponse:
+    async def ClassCreate(
+        self, req: api_pb2.ClassCreateRequest, ctx: CallContext
+    ) -> api_pb2.ClassCreateResponse:
         class_id = req.existing_class_id or new_id("cs")
         metadata = api_pb2.ClassHandleMetadata()
         self.registry.classes[class_id] = (req.app_id, metadata)
         return api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=metadata)
 
-    async def FunctionGetCurrentStats(self, req: api_pb2.FunctionGetCurrentStatsRequest, ctx: CallContext) -> api_pb2.FunctionStats:
+    async def FunctionGetCurrentStats(
+        self, req: api_pb2.FunctionGetCurrentStatsRequest, ctx: CallContext
+    ) -> api_pb2.FunctionStats:
         pool = self.core.scheduler.pools.get(req.function_id)
         if pool is None:
             raise NotFound(f"Function {req.function_id} is not running on this kiln server")
         load = pool.load()
-        return api_pb2.FunctionStats(backlog=load.queued, num_total_tasks=load.containers, num_running_inputs=load.running)
+        return api_pb2.FunctionStats(
+            backlog=load.queued, num_total_tasks=load.containers, num_running_inputs=load.running
+        )
 
 
-def _method_handle(class_tag: str, method_name: str, definition: api_pb2.MethodDefinition) -> api_pb2.FunctionHandleMetadata:
+def _method_handle(
+    class_tag: str, method_name: str, definition: api_pb2.MethodDefinition
+) -> api_pb2.FunctionHandleMetadata:
     class_name = class_tag.split(".")[0]
     return api_pb2.FunctionHandleMetadata(
         function_name=f"{class_name}.{method_name}",
@@ -143,7 +163,9 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         is_generator=function.function_type == _GENERATOR,
         single_use=function.single_use_containers,
         autoscaling=Autoscaling(
-            min_containers=settings.min_containers if settings.HasField("min_containers") else function.warm_pool_size,
+            min_containers=settings.min_containers
+            if settings.HasField("min_containers")
+            else function.warm_pool_size,
             max_containers=max_containers or None,
             buffer_containers=settings.buffer_containers if settings.HasField("buffer_containers") else 0,
             scaledown_window=float(settings.scaledown_window or function.task_idle_timeout_secs or 60),

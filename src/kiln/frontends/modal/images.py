@@ -27,9 +27,13 @@ class ImageHandlers:
     def recipe(self, req: api_pb2.ImageGetOrCreateRequest) -> Recipe:
         image = req.image
         if req.build_function_id or image.HasField("build_function"):
-            raise KilnError("Image.run_function is not supported by kiln yet; use run_commands or a Dockerfile step instead.")
+            raise KilnError(
+                "Image.run_function is not supported by kiln yet; use run_commands or a Dockerfile step instead."
+            )
         if image.image_registry_config.registry_auth_type:
-            raise KilnError("Private registry images are not supported by kiln yet (no registry is configured).")
+            raise KilnError(
+                "Private registry images are not supported by kiln yet (no registry is configured)."
+            )
         context = BuildContext()
         blobs = self.core.blobs
         for f in image.context_files:
@@ -55,7 +59,9 @@ class ImageHandlers:
             ignore_cache_nonce=uuid.uuid4().hex if req.ignore_cache else "",
         )
 
-    async def ImageGetOrCreate(self, req: api_pb2.ImageGetOrCreateRequest, ctx: CallContext) -> api_pb2.ImageGetOrCreateResponse:
+    async def ImageGetOrCreate(
+        self, req: api_pb2.ImageGetOrCreateRequest, ctx: CallContext
+    ) -> api_pb2.ImageGetOrCreateResponse:
         try:
             build = self.core.images.request(self.recipe(req))
         except KilnError as exc:
@@ -80,7 +86,10 @@ class ImageHandlers:
             if entries:
                 cursor = entries[-1].entry_id
                 yield api_pb2.ImageJoinStreamingResponse(
-                    task_logs=[api_pb2.TaskLogs(data=e.data, file_descriptor=e.fd, timestamp=e.timestamp) for e in entries],
+                    task_logs=[
+                        api_pb2.TaskLogs(data=e.data, file_descriptor=e.fd, timestamp=e.timestamp)
+                        for e in entries
+                    ],
                     entry_id=str(cursor),
                 )
                 continue

@@ -26,6 +26,7 @@ from kiln.errors import ContainerStartError
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 from kiln.frontends.modal.objects import secret_env
 from kiln.frontends.modal.registry import Registry
+from kiln.images.pythons import find_host_pythons
 
 _INSIDE = "/.kiln"  # where the task's socket and arguments appear in the sandbox
 _TAIL = 30
@@ -48,9 +49,19 @@ class ModalLauncher:
         function = modal_function.function
         app = core.apps.get(task.function.app_id)
         image_layers, image_config = core.images.layers(function.image_id)
-        mount_layers = [await asyncio.to_thread(core.mounts.layer, mount_id) for mount_id in function.mount_ids]
+        minor = _python_minor(image_config.python_version_info)
+        python = find_host_pythons().get(minor) if minor else None
+        interpreter = python.prefix / "bin" / f"python{minor}" if python else None
+        mount_layers = [
+            await asyncio.to_thread(core.mounts.layer, mount_id, interpreter)
+            for mount_id in function.mount_ids
+        ]
         if function.mount_client_dependencies:
-            minor = _python_minor(image_config.python_version_info)
+            if not minor:
+                raise ContainerStartError(
+                    "the image's Python version is unknown, so kiln cannot attach the client's runtime "
+                    "dependencies; build the image from a python base (Image.debian_slim(), or add_python=...)"
+                )
             mount_layers.append(await core.client_deps.layer(core.config.image_builder_version, minor))
 
         task_dir = self.sockets_root / task.task_id
@@ -121,9 +132,4 @@ def _context_for(task_id: str) -> Callable[[object], CallContext]:
 
 def _python_minor(version_info: str) -> str:
     match = re.search(r"(\d+)\.(\d+)", version_info)
-    if match is None:
-        raise ContainerStartError(
-            "the image's Python version is unknown, so kiln cannot attach the client's runtime dependencies; "
-            "build the image from a python base (Image.debian_slim(), or add_python=...)"
-        )
-    return f"{match.group(1)}.{match.group(2)}"
+    return f"{match.group(1)}.{match.group(2)}" if match else ""

@@ -29,7 +29,9 @@ class ObjectHandlers:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def BlobCreate(self, req: api_pb2.BlobCreateRequest, ctx: CallContext) -> api_pb2.BlobCreateResponse:
+    async def BlobCreate(
+        self, req: api_pb2.BlobCreateRequest, ctx: CallContext
+    ) -> api_pb2.BlobCreateResponse:
         blob_id = self.core.blobs.new_blob_id()
         url = f"{self.core.http_url}/blobs/{blob_id}"
         return api_pb2.BlobCreateResponse(
@@ -50,9 +52,13 @@ class ObjectHandlers:
         self, req: api_pb2.MountBatchedCheckExistenceRequest, ctx: CallContext
     ) -> api_pb2.MountBatchedCheckExistenceResponse:
         missing = [h for h in req.sha256_hex_hashes if not self.core.blobs.has_file(h)]
-        return api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing, checked_at=_now())
+        return api_pb2.MountBatchedCheckExistenceResponse(
+            missing_sha256_hex_hashes=missing, checked_at=_now()
+        )
 
-    async def MountPutFile(self, req: api_pb2.MountPutFileRequest, ctx: CallContext) -> api_pb2.MountPutFileResponse:
+    async def MountPutFile(
+        self, req: api_pb2.MountPutFileRequest, ctx: CallContext
+    ) -> api_pb2.MountPutFileResponse:
         if req.WhichOneof("data_oneof") == "data_blob_id":
             self.core.blobs.put_file_from_blob(req.data_blob_id, req.sha256_hex)
         elif req.HasField("data"):
@@ -61,7 +67,9 @@ class ObjectHandlers:
             return api_pb2.MountPutFileResponse(exists=False, checked_at=_now())
         return api_pb2.MountPutFileResponse(exists=True, checked_at=_now())
 
-    async def MountGetOrCreate(self, req: api_pb2.MountGetOrCreateRequest, ctx: CallContext) -> api_pb2.MountGetOrCreateResponse:
+    async def MountGetOrCreate(
+        self, req: api_pb2.MountGetOrCreateRequest, ctx: CallContext
+    ) -> api_pb2.MountGetOrCreateResponse:
         mounts = self.core.mounts
         namespace = str(req.namespace)
         creation = req.object_creation_type
@@ -80,12 +88,18 @@ class ObjectHandlers:
         else:
             files = [MountFile(f.filename, f.sha256_hex, f.mode or 0o644) for f in req.files]
             name = req.deployment_name or None
-            if name and creation == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS and mounts.lookup(name, namespace):
+            if (
+                name
+                and creation == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS
+                and mounts.lookup(name, namespace)
+            ):
                 raise AlreadyExists(f"Mount {name!r} already exists")
             mount_id = mounts.create(files, name=name, namespace=namespace if name else "")
         return api_pb2.MountGetOrCreateResponse(
             mount_id=mount_id,
-            handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex=mounts.checksum(mount_id)),
+            handle_metadata=api_pb2.MountHandleMetadata(
+                content_checksum_sha256_hex=mounts.checksum(mount_id)
+            ),
         )
 
     def _create_client_mount(self) -> str:
@@ -105,7 +119,9 @@ class ObjectHandlers:
 
     # -- secrets -------------------------------------------------------------------------------
 
-    async def SecretGetOrCreate(self, req: api_pb2.SecretGetOrCreateRequest, ctx: CallContext) -> api_pb2.SecretGetOrCreateResponse:
+    async def SecretGetOrCreate(
+        self, req: api_pb2.SecretGetOrCreateRequest, ctx: CallContext
+    ) -> api_pb2.SecretGetOrCreateResponse:
         state = self.core.state
         name = req.deployment_name
         env = req.environment_name
@@ -113,13 +129,19 @@ class ObjectHandlers:
         if name and creation == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
             found = state.find("secrets", name, env)
             if found is None:
-                raise NotFound(f"Secret {name!r} not found. Create it with `modal secret create {name} KEY=value`.")
+                raise NotFound(
+                    f"Secret {name!r} not found. Create it with `modal secret create {name} KEY=value`."
+                )
             secret_id, data = found
             missing = [k for k in req.required_keys if k not in data["env"]]
             if missing:
                 raise NotFound(f"Secret {name!r} is missing the required keys {', '.join(missing)}")
         else:
-            if name and creation == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS and state.find("secrets", name, env):
+            if (
+                name
+                and creation == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS
+                and state.find("secrets", name, env)
+            ):
                 raise AlreadyExists(f"Secret {name!r} already exists")
             for key in req.env_dict:
                 if not key or "=" in key or "\0" in key:
@@ -130,7 +152,9 @@ class ObjectHandlers:
         return api_pb2.SecretGetOrCreateResponse(
             secret_id=secret_id,
             metadata=api_pb2.SecretMetadata(
-                name=name, keys=sorted(data["env"]), creation_info=api_pb2.CreationInfo(created_at=data["created_at"])
+                name=name,
+                keys=sorted(data["env"]),
+                creation_info=api_pb2.CreationInfo(created_at=data["created_at"]),
             ),
         )
 

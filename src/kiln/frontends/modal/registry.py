@@ -20,9 +20,13 @@ class ModalFunction:
 @dataclass
 class Registry:
     functions: dict[str, ModalFunction] = field(default_factory=dict)
-    classes: dict[str, tuple[str, api_pb2.ClassHandleMetadata]] = field(default_factory=dict)  # id → (app, meta)
+    classes: dict[str, tuple[str, api_pb2.ClassHandleMetadata]] = field(
+        default_factory=dict
+    )  # id → (app, meta)
 
-    def app_layout(self, app_id: str, function_ids: dict[str, str], class_ids: dict[str, str]) -> api_pb2.AppLayout:
+    def app_layout(
+        self, app_id: str, function_ids: dict[str, str], class_ids: dict[str, str]
+    ) -> api_pb2.AppLayout:
         """The layout containers index strictly: an Object for every function, class and dependency."""
         layout = api_pb2.AppLayout(function_ids=function_ids, class_ids=class_ids)
         seen: set[str] = set()

@@ -1,0 +1,103 @@
+"""Scaling decisions as pure functions of settings, load and a (fake) clock."""
+
+import pytest
+
+from kiln.core.autoscaler import Load, desired_containers, should_scale_down
+from kiln.core.functions import Autoscaling
+
+
+def load(queued: int = 0, running: int = 0, containers: int = 0) -> Load:
+    return Load(queued=queued, running=running, containers=containers)
+
+
+def test_no_load_no_containers() -> None:
+    assert desired_containers(Autoscaling(), 1, load()) == 0
+
+
+def test_one_container_per_input_by_default() -> None:
+    assert desired_containers(Autoscaling(), 1, load(queued=3, running=2)) == 5
+
+
+@pytest.mark.parametrize(
+    ("demand", "target", "wanted"), [(1, 4, 1), (4, 4, 1), (5, 4, 2), (9, 3, 3), (10, 3, 4)]
+)
+def test_target_inputs_per_container_rounds_up(demand: int, target: int, wanted: int) -> None:
+    assert desired_containers(Autoscaling(), target, load(queued=demand)) == wanted
+
+
+def test_running_inputs_count_as_demand() -> None:
+    assert desired_containers(Autoscaling(), 2, load(running=4)) == 2
+
+
+def test_target_inputs_below_one_is_treated_as_one() -> None:
+    assert desired_containers(Autoscaling(), 0, load(queued=3)) == 3
+
+
+def test_min_containers_kept_without_load() -> None:
+    assert desired_containers(Autoscaling(min_containers=2), 1, load()) == 2
+
+
+def test_min_containers_is_a_floor_not_an_addition() -> None:
+    assert desired_containers(Autoscaling(min_containers=2), 1, load(queued=5)) == 5
+
+
+def test_buffer_added_only_under_load() -> None:
+    settings = Autoscaling(buffer_containers=2)
+    assert desired_containers(settings, 1, load()) == 0
+    assert desired_containers(settings, 1, load(queued=1)) == 3
+
+
+def test_max_containers_caps_demand_and_buffer() -> None:
+    settings = Autoscaling(max_containers=3, buffer_containers=2)
+    assert desired_containers(settings, 1, load(queued=10)) == 3
+    assert desired_containers(settings, 1, load(queued=1)) == 3
+
+
+def test_capacity_caps_when_no_max_is_set() -> None:
+    assert desired_containers(Autoscaling(), 1, load(queued=10), capacity=4) == 4
+    assert desired_containers(Autoscaling(), 1, load(queued=2), capacity=4) == 2
+
+
+def test_explicit_max_overrides_capacity() -> None:
+    assert desired_containers(Autoscaling(max_containers=8), 1, load(queued=10), capacity=4) == 8
+
+
+def test_min_containers_honoured_above_capacity_and_max() -> None:
+    assert desired_containers(Autoscaling(min_containers=6), 1, load(queued=10), capacity=4) == 6
+    assert desired_containers(Autoscaling(min_containers=6, max_containers=2), 1, load(queued=10)) == 6
+
+
+def test_existing_containers_do_not_change_the_target() -> None:
+    settings = Autoscaling()
+    assert desired_containers(settings, 1, load(queued=2, containers=0)) == desired_containers(
+        settings, 1, load(queued=2, containers=7)
+    )
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def test_busy_container_never_scales_down() -> None:
+    clock = FakeClock()
+    assert not should_scale_down(Autoscaling(scaledown_window=0), None, clock.advance(1e6))
+
+
+def test_idle_container_scales_down_after_the_whole_window() -> None:
+    settings = Autoscaling(scaledown_window=60)
+    clock = FakeClock()
+    idle_since = clock.now
+    assert not should_scale_down(settings, idle_since, clock.now)
+    assert not should_scale_down(settings, idle_since, clock.advance(59.5))
+    assert should_scale_down(settings, idle_since, clock.advance(0.5))
+    assert should_scale_down(settings, idle_since, clock.advance(1000))
+
+
+def test_zero_window_scales_down_immediately() -> None:
+    clock = FakeClock()
+    assert should_scale_down(Autoscaling(scaledown_window=0), clock.now, clock.now)
