@@ -82,13 +82,13 @@ def test_unsupported_instructions_are_refused_by_name(instruction: str) -> None:
 
 
 def test_heredoc_run_is_refused() -> None:
-    with pytest.raises(ImageBuildError, match="(?i)heredoc"):
+    with pytest.raises(ImageBuildError, match=r"(?i)heredoc"):
         parse_dockerfile(["RUN <<EOF", "echo hi", "EOF"])
 
 
 def test_heredoc_after_a_command_is_refused_as_a_heredoc() -> None:
     # `RUN python3 <<EOF` is a heredoc too; the error should say so, not blame the script's lines.
-    with pytest.raises(ImageBuildError, match="(?i)heredoc"):
+    with pytest.raises(ImageBuildError, match=r"(?i)heredoc"):
         parse_dockerfile(["RUN python3 <<EOF", "print('hi')", "EOF"])
 
 

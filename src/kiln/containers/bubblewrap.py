@@ -48,7 +48,7 @@ class BubblewrapRuntime:
         self.scratch_root = scratch_root
         # Layer paths are passed relative to this directory: mount options are limited to one page.
         self.overlay_root = overlay_root
-        self._live: set[Container] = set()
+        self._live: dict[Container, asyncio.Future[None]] = {}  # each with the task that reaps it
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
         scratch = self.scratch_root / uuid.uuid4().hex[:16]
@@ -76,13 +76,12 @@ class BubblewrapRuntime:
             start_new_session=True,
         )
         container = Container(process, scratch, sink)
-        self._live.add(container)
-        asyncio.ensure_future(self._forget_when_done(container))
+        self._live[container] = asyncio.ensure_future(self._forget_when_done(container))
         return container
 
     async def _forget_when_done(self, container: Container) -> None:
         await container.wait()
-        self._live.discard(container)
+        self._live.pop(container, None)
 
     def _bwrap_args(self, spec: ContainerSpec, merged: Path) -> list[str]:
         args = [

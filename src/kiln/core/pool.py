@@ -44,6 +44,7 @@ class Task:
     draining: bool = False
     failure: Result | None = None  # set when the container reported an init failure
     enqueued_at: float = field(default_factory=time.time)
+    runner: asyncio.Future[None] | None = None  # owns the container: starts, waits, reports
 
 
 class Launcher(Protocol):
@@ -102,7 +103,7 @@ class Pool:
     def _start(self) -> None:
         task = Task(new_id("ta"), self.function, idle_since=self.clock())
         self.tasks[task.task_id] = task
-        asyncio.ensure_future(self._run(task))
+        task.runner = asyncio.ensure_future(self._run(task))
 
     async def _run(self, task: Task) -> None:
         status = None
