@@ -132,7 +132,7 @@ class Calls:
             if stop() or remaining <= 0:
                 return []
             await queue.changed.wait(remaining)
-        taken = []
+        taken: list[Input] = []
         now = time.time()
         while queue.pending and len(taken) < max_items:
             item = queue.pending.popleft()

@@ -123,18 +123,17 @@ def apply_config_step(config: ImageConfig, step: Step) -> None:
     """Apply a config-changing instruction (ENV, CMD, …; WORKDIR too) to `config` in place."""
     arg = step.argument
     if step.instruction == "ENV":
-        for key, value in parse_env(arg, config.env).items():
-            config.env[key] = value
+        config.env.update(parse_env(arg, config.env))
     elif step.instruction == "WORKDIR":
         path = expand(arg, config.env)
         config.workdir = path if path.startswith("/") else f"{config.workdir or '/'}".rstrip("/") + "/" + path
     elif step.instruction in ("CMD", "ENTRYPOINT"):
         form = json_or_shell_form(arg)
-        value = form if form is not None else [*config.shell, arg]
+        command = form if form is not None else [*config.shell, arg]
         if step.instruction == "CMD":
-            config.cmd = value
+            config.cmd = command
         else:
-            config.entrypoint = value
+            config.entrypoint = command
     elif step.instruction == "SHELL":
         form = json_or_shell_form(arg)
         if form is None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln.errors import InvalidRequest, NotFound
 from kiln.ids import stable_id
@@ -59,14 +60,15 @@ class MountStore:
         found = self.state.find("mounts", name, namespace)
         return found[0] if found else None
 
-    def _record(self, mount_id: str) -> dict[str, object]:
+    def _record(self, mount_id: str) -> dict[str, Any]:
         record = self.state.get("mounts", mount_id)
         if record is None:
             raise NotFound(f"Mount {mount_id} not found on this kiln server")
         return record
 
     def files(self, mount_id: str) -> list[MountFile]:
-        return [MountFile(p, s, m) for p, s, m in self._record(mount_id)["files"]]  # type: ignore[union-attr]
+        files: list[list[Any]] = self._record(mount_id)["files"]
+        return [MountFile(p, s, m) for p, s, m in files]
 
     def layer(self, mount_id: str, python: Path | None = None) -> Path:
         """The mount's files as a directory tree to overlay at `/` (built once per mount).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from modal_proto import api_pb2
 
@@ -91,7 +92,7 @@ class AppHandlers:
                 api_pb2.AppListResponse.AppListItem(
                     app_id=app.app_id,
                     description=app.description,
-                    state=int(app.state),
+                    state=cast(Any, int(app.state)),
                     created_at=app.created_at,
                     stopped_at=app.stopped_at,
                     n_running_tasks=running,
@@ -106,7 +107,7 @@ class AppHandlers:
         app = self.core.apps.get(req.app_id)
         return api_pb2.AppGetLifecycleResponse(
             lifecycle=api_pb2.AppLifecycle(
-                app_state=int(app.state), created_at=app.created_at, stopped_at=app.stopped_at
+                app_state=cast(Any, int(app.state)), created_at=app.created_at, stopped_at=app.stopped_at
             )
         )
 
@@ -160,7 +161,7 @@ def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
             )
             source = key
         batches[-1].items.append(
-            api_pb2.TaskLogs(data=entry.data, file_descriptor=entry.fd, timestamp=entry.timestamp)
+            api_pb2.TaskLogs(data=entry.data, file_descriptor=cast(Any, entry.fd), timestamp=entry.timestamp)
         )
         batches[-1].entry_id = str(entry.entry_id)
     return batches

@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from modal_proto import api_pb2
 
@@ -33,7 +34,7 @@ def input_jwt(idx: int, input_id: str) -> str:
 def to_generic_result(result: Result) -> api_pb2.GenericResult:
     if result.payload:
         return api_pb2.GenericResult.FromString(result.payload)
-    return api_pb2.GenericResult(status=int(result.status), exception=result.message)
+    return api_pb2.GenericResult(status=cast(Any, int(result.status)), exception=result.message)
 
 
 class CallHandlers:
@@ -143,7 +144,7 @@ class CallHandlers:
             result=to_generic_result(output.result),
             idx=output.idx,
             input_id=output.input_id,
-            data_format=output.result.data_format,
+            data_format=cast(Any, output.result.data_format),
             task_id=output.task_id,
             input_started_at=output.started_at,
             output_created_at=output.created_at,
@@ -159,7 +160,9 @@ class CallHandlers:
         while time.monotonic() < deadline:
             for chunk in [c for c in call.data_out if c.index > last]:
                 last = chunk.index
-                yield api_pb2.DataChunk(index=chunk.index, data_format=chunk.data_format, data=chunk.data)
+                yield api_pb2.DataChunk(
+                    index=chunk.index, data_format=cast(Any, chunk.data_format), data=chunk.data
+                )
             if call.unfinished == 0 and call.outputs:
                 return
             await call.changed.wait(max(0.0, deadline - time.monotonic()))

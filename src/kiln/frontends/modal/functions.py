@@ -120,7 +120,9 @@ def _function_data(function: api_pb2.Function) -> api_pb2.FunctionData:
         source = api_pb2.Function.DESCRIPTOR.fields_by_name.get(field.name)
         if source is None or source.type != field.type or source.is_repeated != field.is_repeated:
             continue
-        if field.message_type is not None and source.message_type.full_name != field.message_type.full_name:
+        if field.message_type is not None and (
+            source.message_type is None or source.message_type.full_name != field.message_type.full_name
+        ):
             continue
         value = getattr(function, field.name)
         target = getattr(data, field.name)
@@ -133,7 +135,7 @@ def _function_data(function: api_pb2.Function) -> api_pb2.FunctionData:
         elif field.is_repeated:
             target.extend(value)
         elif field.message_type is not None:
-            if function.HasField(field.name):
+            if function.HasField(field.name):  # type: ignore[arg-type]
                 target.CopyFrom(value)
         else:
             setattr(data, field.name, value)

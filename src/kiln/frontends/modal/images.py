@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from modal_proto import api_pb2
 
@@ -87,7 +88,7 @@ class ImageHandlers:
                 cursor = entries[-1].entry_id
                 yield api_pb2.ImageJoinStreamingResponse(
                     task_logs=[
-                        api_pb2.TaskLogs(data=e.data, file_descriptor=e.fd, timestamp=e.timestamp)
+                        api_pb2.TaskLogs(data=e.data, file_descriptor=cast(Any, e.fd), timestamp=e.timestamp)
                         for e in entries
                     ],
                     entry_id=str(cursor),
