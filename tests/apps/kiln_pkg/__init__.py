@@ -1,0 +1,1 @@
+"""A package run with `modal run -m kiln_pkg.entry`."""
