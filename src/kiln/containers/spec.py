@@ -35,6 +35,9 @@ class ContainerSpec:
     upper: Path | None = None
     network: bool = True
     hostname: str = "kiln"
+    # Limits enforced with cgroups where the kernel allows; 0 = unlimited.
+    cpu_limit: float = 0.0  # cores
+    memory_limit_mb: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,46 @@ from dataclasses import dataclass, field
 @dataclass
 class Autoscaling:
     min_containers: int = 0
-    max_containers: int | None = None  # None: unlimited
+    max_containers: int | None = None  # None: unlimited (the backend's capacity applies)
     buffer_containers: int = 0
     scaledown_window: float = 60.0
 
 
 @dataclass
+class RetryPolicy:
+    """Modal's retry policy: `retries` more attempts after the first, with exponential backoff."""
+
+    retries: int = 0
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0  # seconds
+    max_delay: float = 60.0  # seconds
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to wait before retry `retry_number` (1 = the first retry)."""
+        delay = self.initial_delay * self.backoff_coefficient ** max(0, retry_number - 1)
+        return float(min(delay, self.max_delay))
+
+
+@dataclass
+class Resources:
+    """What a container may use. 0 means "not set"."""
+
+    milli_cpu: int = 0  # request
+    milli_cpu_max: int = 0  # limit
+    memory_mb: int = 0  # request
+    memory_mb_max: int = 0  # limit
+    gpu_type: str = ""  # e.g. "H100"; "" = no GPU
+    gpu_count: int = 0
+
+
+@dataclass
 class FunctionDef:
     """A deployable unit of work. `definition` is the frontend's own description of it (for the
-    Modal frontend: the serialized `Function` message containers are started with)."""
+    Modal frontend: the serialized `Function` message containers are started with).
+
+    A *variant* (a parameterized class instance, or `with_options`) is a FunctionDef of its own,
+    with its own container pool; `base_function_id` names the function it derives from.
+    """
 
     function_id: str
     app_id: str
@@ -24,12 +55,17 @@ class FunctionDef:
     image_id: str = ""
     mount_ids: list[str] = field(default_factory=list)
     secret_ids: list[str] = field(default_factory=list)
-    timeout: float = 300.0
+    timeout: float = 300.0  # per input
+    startup_timeout: float = 300.0  # container start through @enter
     max_inputs: int = 1  # inputs one container runs at once
     target_inputs: int = 1  # inputs per container the autoscaler aims for
     batch_max_size: int = 0
+    batch_linger_ms: int = 0
     is_generator: bool = False
     single_use: bool = False
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    resources: Resources = field(default_factory=Resources)
+    base_function_id: str = ""
     definition: bytes = b""
     needs_client_deps: bool = False
