@@ -14,12 +14,17 @@ import shutil
 import uuid
 from pathlib import Path
 
+from kiln.containers.cgroups import Cgroups
 from kiln.containers.container import Container
 from kiln.containers.spec import ContainerSpec, OutputSink
 from kiln.errors import SandboxUnavailable
 
-# Runs inside the fresh mount namespace: mount the overlay, then become bubblewrap.
-_MOUNT_THEN_EXEC = 'cd "$1" && mount -t overlay kiln -o "$2" "$3" || exit 125; shift 3; exec "$@"'
+# Runs inside the fresh mount namespace: join the container's cgroups (before anything of the
+# container runs), mount the overlay, then become bubblewrap.
+_MOUNT_THEN_EXEC = (
+    'for f in $KILN_CGROUP_PROCS; do echo $$ > "$f" || exit 126; done; '
+    'cd "$1" && mount -t overlay kiln -o "$2" "$3" || exit 125; shift 3; exec "$@"'
+)
 
 
 def check_sandbox_support() -> None:
@@ -49,6 +54,7 @@ class BubblewrapRuntime:
         # Layer paths are passed relative to this directory: mount options are limited to one page.
         self.overlay_root = overlay_root
         self._live: dict[Container, asyncio.Future[None]] = {}  # each with the task that reaps it
+        self.cgroups = Cgroups()
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
         scratch = self.scratch_root / uuid.uuid4().hex[:16]
@@ -68,14 +74,16 @@ class BubblewrapRuntime:
             str(self.overlay_root), options, str(merged),
             *self._bwrap_args(spec, merged),
         ]  # fmt: skip
+        cgroup = self.cgroups.create(scratch.name, spec.cpu_limit, spec.memory_limit_mb)
         process = await asyncio.create_subprocess_exec(
             *argv,
+            env={**os.environ, "KILN_CGROUP_PROCS": " ".join(cgroup.procs_files) if cgroup else ""},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        container = Container(process, scratch, sink)
+        container = Container(process, scratch, sink, cgroup)
         self._live[container] = asyncio.ensure_future(self._forget_when_done(container))
         return container
 
@@ -113,3 +121,4 @@ class BubblewrapRuntime:
     async def shutdown(self) -> None:
         """Kill every container this runtime started."""
         await asyncio.gather(*(c.kill() for c in list(self._live)), return_exceptions=True)
+        self.cgroups.cleanup()

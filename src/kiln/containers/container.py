@@ -9,6 +9,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from kiln.containers.cgroups import Cgroup
 from kiln.containers.spec import ExitStatus, OutputSink
 
 
@@ -25,8 +26,10 @@ class Container:
         process: asyncio.subprocess.Process,
         scratch: Path,
         sink: OutputSink | None,
+        cgroup: Cgroup | None = None,
     ) -> None:
         self.process = process
+        self.cgroup = cgroup
         self.scratch = scratch
         self._sink = sink
         self._pumps = [
@@ -64,6 +67,10 @@ class Container:
         code = await self.process.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._status = _decode_status(code)
+        if self.cgroup is not None:
+            if self.cgroup.oom_killed():
+                self._status = ExitStatus(self._status.code, self._status.signal, oom_killed=True)
+            self.cgroup.remove()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)
         return self._status
 

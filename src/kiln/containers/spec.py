@@ -46,12 +46,15 @@ class ExitStatus:
 
     code: int | None
     signal: int | None
+    oom_killed: bool = False  # the kernel killed it for exceeding its memory limit
 
     @property
     def ok(self) -> bool:
         return self.code == 0
 
     def describe(self) -> str:
+        if self.oom_killed:
+            return "out of memory: it exceeded its memory limit and the kernel killed it; raise `memory=`"
         if self.signal is not None:
             import signal as _signal
 

@@ -1,0 +1,140 @@
+"""Resource limits for containers with Linux control groups (v2, or v1 controllers).
+
+A container's sandbox joins its group before bubblewrap starts, so everything it runs is
+limited. Where the kernel offers no usable controller, limits are not enforced and the server
+says so once (kiln still runs: Modal users' code must not break on a machine without cgroups).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("kiln.containers")
+
+ROOT = Path("/sys/fs/cgroup")
+_PERIOD_US = 100_000
+
+
+@dataclass
+class Cgroup:
+    """One container's groups, one directory per controller hierarchy."""
+
+    dirs: list[Path]
+    memory_dir: Path | None
+    v2: bool
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this group."""
+        if self.memory_dir is None:
+            return False
+        events = self.memory_dir / ("memory.events" if self.v2 else "memory.oom_control")
+        try:
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+class Cgroups:
+    """Creates per-container groups under `<hierarchy>/kiln/<server pid>/`."""
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+        self.v2 = (root / "cgroup.controllers").exists()
+        self._warned = False
+        self._base = f"kiln/{os.getpid()}"
+
+    def _v1_dir(self, controller: str) -> Path | None:
+        path = self.root / controller
+        return path if (path / "cgroup.procs").exists() else None
+
+    def create(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+        """A group enforcing the limits (0 = none), or None when nothing is to be (or can be) enforced."""
+        if cpu_limit <= 0 and memory_limit_mb <= 0:
+            return None
+        try:
+            group = (
+                self._create_v2(name, cpu_limit, memory_limit_mb)
+                if self.v2
+                else self._create_v1(name, cpu_limit, memory_limit_mb)
+            )
+        except OSError as exc:
+            group = None
+            reason = str(exc)
+        else:
+            reason = "no memory or cpu controller is available"
+        if group is None and not self._warned:
+            self._warned = True
+            log.warning("cannot enforce container cpu/memory limits on this machine (%s)", reason)
+        return group
+
+    def _create_v2(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+        controllers = (self.root / "cgroup.controllers").read_text().split()
+        if "memory" not in controllers and "cpu" not in controllers:
+            return None
+        path = self.root / self._base / name
+        path.mkdir(parents=True, exist_ok=True)
+        if memory_limit_mb > 0 and "memory" in controllers:
+            (path / "memory.max").write_text(str(memory_limit_mb * 1024 * 1024))
+            (path / "memory.swap.max").write_text("0")
+        if cpu_limit > 0 and "cpu" in controllers:
+            (path / "cpu.max").write_text(f"{int(cpu_limit * _PERIOD_US)} {_PERIOD_US}")
+        return Cgroup([path], path if memory_limit_mb > 0 else None, v2=True)
+
+    def _create_v1(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+        dirs: list[Path] = []
+        memory_dir = None
+        memory_root = self._v1_dir("memory")
+        if memory_limit_mb > 0 and memory_root is not None:
+            memory_dir = memory_root / self._base / name
+            memory_dir.mkdir(parents=True, exist_ok=True)
+            limit = str(memory_limit_mb * 1024 * 1024)
+            (memory_dir / "memory.limit_in_bytes").write_text(limit)
+            swap = memory_dir / "memory.memsw.limit_in_bytes"
+            if swap.exists():
+                swap.write_text(limit)  # memory + swap: no escaping the limit into swap
+            dirs.append(memory_dir)
+        cpu_root = self._v1_dir("cpu")
+        if cpu_limit > 0 and cpu_root is not None:
+            cpu_dir = cpu_root / self._base / name
+            cpu_dir.mkdir(parents=True, exist_ok=True)
+            (cpu_dir / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+            (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu_limit * _PERIOD_US)))
+            dirs.append(cpu_dir)
+        return Cgroup(dirs, memory_dir, v2=False) if dirs else None
+
+    def cleanup(self) -> None:
+        """Remove this server's (empty) parent groups."""
+        hierarchies = (
+            [self.root] if self.v2 else [p for p in (self._v1_dir("memory"), self._v1_dir("cpu")) if p]
+        )
+        for hierarchy in hierarchies:
+            base = hierarchy / self._base
+            if base.is_dir():
+                for child in base.iterdir():
+                    if child.is_dir():
+                        try:
+                            child.rmdir()
+                        except OSError:
+                            pass
+                try:
+                    base.rmdir()
+                except OSError:
+                    pass
