@@ -8,9 +8,9 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpclib.server
-import uvicorn
 
 from kiln.config import Config, host_network_env
 from kiln.containers import BubblewrapRuntime, check_sandbox_support
@@ -19,7 +19,6 @@ from kiln.core.calls import Calls
 from kiln.core.core import Core
 from kiln.core.pool import Scheduler
 from kiln.frontends.modal.service import ModalFrontend
-from kiln.gateway.http import create_app
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.client_deps import ClientDeps
@@ -44,7 +43,7 @@ class KilnServer:
         self.core: Core | None = None
         self.frontend: ModalFrontend | None = None
         self._grpc: grpclib.server.Server | None = None
-        self._http: uvicorn.Server | None = None
+        self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
         self._http_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
         self.ready_seconds = 0.0
@@ -87,14 +86,21 @@ class KilnServer:
         self._grpc = grpclib.server.Server([self.frontend.service()])
         grpc_sock = _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock)
-        self._http = uvicorn.Server(uvicorn.Config(create_app(core), log_level="warning", lifespan="off"))
-        self._http_task = asyncio.ensure_future(self._http.serve(sockets=[http_sock]))
-        while not self._http.started:
-            await asyncio.sleep(0.005)
+        # The HTTP socket is already listening: connections made before uvicorn is imported and
+        # serving wait in its backlog, so the server is ready as soon as gRPC is.
+        self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         self.endpoints = Endpoints(f"http://{config.host}:{grpc_sock.getsockname()[1]}", core.http_url)
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
+
+    async def _serve_http(self, core: Core, sock: socket.socket) -> None:
+        import uvicorn
+
+        from kiln.gateway.http import create_app
+
+        self._http = uvicorn.Server(uvicorn.Config(create_app(core), log_level="warning", lifespan="off"))
+        await self._http.serve(sockets=[sock])
 
     async def stop(self) -> None:
         core = self.core
@@ -109,10 +115,12 @@ class KilnServer:
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
-        if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task is not None:
+        if self._http_task is not None:
+            if self._http is not None:
+                self._http.should_exit = True
                 await self._http_task
+            else:
+                self._http_task.cancel()
         if core is not None:
             core.state.close()
 
