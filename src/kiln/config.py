@@ -5,6 +5,7 @@ KILN_HOST      address the servers listen on (default 127.0.0.1)
 KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 50051 for `kiln server`)
 KILN_LOG       log level of the server (default INFO)
 KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (default: CPU cores)
+KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Config:
     max_containers: int = field(
         default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1
     )
+    # Run functions that ask for a GPU on the CPU (with a warning) when no matching GPU exists.
+    gpu_fallback_cpu: bool = field(default_factory=lambda: os.environ.get("KILN_GPU_FALLBACK", "") == "cpu")
     # The image builder version we announce; 2025.06 mounts the client's runtime deps.
     image_builder_version: str = "2025.06"
 

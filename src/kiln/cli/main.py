@@ -85,7 +85,13 @@ async def _run(modal_args: list[str]) -> int:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="gRPC port for clients (default 50051).")
 @click.option("--http-port", default=None, type=int, help="HTTP port for blobs (default: any free port).")
-def server(host: str | None, port: int | None, http_port: int | None) -> None:
+@click.option(
+    "--gpu-fallback",
+    type=click.Choice(["none", "cpu"]),
+    default=None,
+    help="`cpu`: run functions that ask for a GPU on the CPU, with a warning, when none matches.",
+)
+def server(host: str | None, port: int | None, http_port: int | None, gpu_fallback: str | None) -> None:
     """Start a long-running kiln server; point `modal` at it with the printed exports."""
     logging.basicConfig(
         level=os.environ.get("KILN_LOG", "INFO"), format="%(asctime)s kiln %(levelname)s %(message)s"
@@ -96,6 +102,7 @@ def server(host: str | None, port: int | None, http_port: int | None) -> None:
         host=host or defaults.host,
         port=port if port is not None else int(os.environ.get("KILN_PORT", "50051")),
         http_port=http_port if http_port is not None else defaults.http_port,
+        gpu_fallback_cpu=defaults.gpu_fallback_cpu if gpu_fallback is None else gpu_fallback == "cpu",
     )
     try:
         run_loop(_serve(config))

@@ -9,16 +9,20 @@ from dataclasses import dataclass, field
 
 from kiln.config import Config
 from kiln.containers import BubblewrapRuntime
+from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
 from kiln.core.calls import Calls
 from kiln.core.functions import FunctionDef
+from kiln.core.gpus import GpuDevice
 from kiln.core.pool import Scheduler
 from kiln.core.results import Result, Status
+from kiln.errors import InvalidRequest
 from kiln.images.client_deps import ClientDeps
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
+from kiln.streams import INFO
 
 log = logging.getLogger("kiln")
 
@@ -40,11 +44,44 @@ class Core:
     calls: Calls
     scheduler: Scheduler
     functions: dict[str, FunctionDef] = field(default_factory=dict)
+    gpus: list[GpuDevice] | None = None  # detected on first use
     http_url: str = ""  # where blob uploads and downloads go
 
     def register_function(self, function: FunctionDef) -> None:
+        """Make a function callable. A GPU request this machine cannot serve is refused here,
+        when the app is created, rather than when its first input waits forever."""
+        self.check_gpu(function)
         self.functions[function.function_id] = function
         self.scheduler.register(function)
+
+    def check_gpu(self, function: FunctionDef) -> None:
+        wanted = function.resources
+        if not wanted.gpu_type:
+            return
+        count = wanted.gpu_count or 1
+        gpus.validate(wanted.gpu_type, count)
+        if self.gpus is None:
+            self.gpus = gpus.detect_gpus()
+        if gpus.capacity(wanted.gpu_type, count, self.gpus) > 0:
+            return
+        request = gpus.describe(wanted.gpu_type, count)
+        have = ", ".join(sorted({d.name for d in self.gpus})) or "no GPU"
+        if self.config.gpu_fallback_cpu:
+            log.warning(
+                "%s asks for gpu=%r; this machine has %s: running it on the CPU", function.tag, request, have
+            )
+            self.apps.get(function.app_id).logs.append(
+                f"kiln: warning: {function.tag} asks for gpu={request!r} but this machine has {have}; "
+                "running it on the CPU (the server was started with KILN_GPU_FALLBACK=cpu).\n",
+                INFO,
+            )
+            function.resources.gpu_type, function.resources.gpu_count = "", 0
+            return
+        raise InvalidRequest(
+            f"{function.tag} asks for gpu={request!r}, but this kiln server has {have}. Run it on a machine "
+            "with such a GPU, or start kiln with KILN_GPU_FALLBACK=cpu (`kiln server --gpu-fallback cpu`) "
+            "to run GPU functions on the CPU."
+        )
 
     async def stop_app(self, app: App, reason: str = "The app was stopped.") -> None:
         """Stop an app: cancel its queued inputs, stop its containers, then end its log stream."""
