@@ -2,12 +2,20 @@
 
 import pytest
 
-from kiln.core.autoscaler import Load, desired_containers, should_scale_down
+from kiln.core.autoscaler import (
+    Load,
+    container_limit,
+    containers_to_start,
+    containers_to_stop,
+    desired_containers,
+    should_scale_down,
+    timed_out,
+)
 from kiln.core.functions import Autoscaling
 
 
-def load(queued: int = 0, running: int = 0, containers: int = 0) -> Load:
-    return Load(queued=queued, running=running, containers=containers)
+def load(queued: int = 0, running: int = 0, containers: int = 0, stopping: int = 0) -> Load:
+    return Load(queued=queued, running=running, containers=containers, stopping=stopping)
 
 
 def test_no_load_no_containers() -> None:
@@ -101,3 +109,66 @@ def test_idle_container_scales_down_after_the_whole_window() -> None:
 def test_zero_window_scales_down_immediately() -> None:
     clock = FakeClock()
     assert should_scale_down(Autoscaling(scaledown_window=0), clock.now, clock.now)
+
+
+def test_start_fills_the_gap_to_the_desired_count() -> None:
+    assert containers_to_start(Autoscaling(), 1, load(queued=3, containers=1)) == 2
+    assert containers_to_start(Autoscaling(), 1, load(queued=3, containers=3)) == 0
+    assert containers_to_start(Autoscaling(), 1, load(queued=1, containers=4)) == 0
+
+
+def test_stopping_containers_count_against_max_containers() -> None:
+    settings = Autoscaling(max_containers=3)
+    # Two containers on their way out (say, single-use ones that ran their input) still exist.
+    assert containers_to_start(settings, 1, load(queued=5, containers=0, stopping=2)) == 1
+    assert containers_to_start(settings, 1, load(queued=5, containers=1, stopping=2)) == 0
+
+
+def test_stopping_containers_count_against_capacity() -> None:
+    assert containers_to_start(Autoscaling(), 1, load(queued=5, stopping=1), capacity=2) == 1
+
+
+def test_min_containers_started_even_past_the_limit() -> None:
+    settings = Autoscaling(min_containers=2, max_containers=1)
+    assert containers_to_start(settings, 1, load()) == 2
+
+
+def test_container_limit() -> None:
+    assert container_limit(Autoscaling(), None) is None
+    assert container_limit(Autoscaling(), 4) == 4
+    assert container_limit(Autoscaling(max_containers=10), 4) == 10
+    assert container_limit(Autoscaling(min_containers=5, max_containers=2), 4) == 5
+
+
+def test_stop_only_the_surplus_and_only_after_the_window() -> None:
+    settings = Autoscaling(scaledown_window=10, min_containers=1)
+    idle = {"ta-a": 100.0, "ta-b": 95.0, "ta-c": None}  # ta-c is busy
+    now_load = load(running=1, containers=3)  # desired: 1 for the busy input (min 1)
+    assert containers_to_stop(settings, 1, now_load, idle, now=104.0) == []
+    assert containers_to_stop(settings, 1, now_load, idle, now=105.0) == ["ta-b"]
+    assert containers_to_stop(settings, 1, now_load, idle, now=110.0) == ["ta-b", "ta-a"]
+
+
+def test_stop_keeps_min_containers() -> None:
+    settings = Autoscaling(scaledown_window=1, min_containers=2)
+    idle = {"ta-a": 0.0, "ta-b": 0.0, "ta-c": 0.0}
+    assert len(containers_to_stop(settings, 1, load(containers=3), idle, now=100.0)) == 1
+
+
+def test_stop_nothing_while_demand_needs_them() -> None:
+    settings = Autoscaling(scaledown_window=0)
+    idle = {"ta-a": 0.0, "ta-b": 0.0}
+    assert containers_to_stop(settings, 1, load(queued=2, containers=2), idle, now=100.0) == []
+
+
+def test_concurrent_containers_scale_by_target_inputs() -> None:
+    # 100 inputs, 100 per container: one container, not a hundred.
+    assert containers_to_start(Autoscaling(), 100, load(queued=100), capacity=8) == 1
+    assert containers_to_start(Autoscaling(), 10, load(queued=100), capacity=8) == 8
+
+
+def test_timed_out_inputs() -> None:
+    started = {"in-a": 0.0, "in-b": 5.0}
+    assert timed_out(started, 10, now=9.9) == []
+    assert timed_out(started, 10, now=10.0) == ["in-a"]
+    assert sorted(timed_out(started, 10, now=20.0)) == ["in-a", "in-b"]

@@ -6,15 +6,31 @@ queue until a container takes it, and its output is kept until the caller has re
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import collections.abc
 import enum
+import logging
 import time
 from dataclasses import dataclass, field
 
+from kiln.core.functions import RetryPolicy
 from kiln.core.results import Result, Status
 from kiln.ids import new_id
 from kiln.streams import Changed
+
+log = logging.getLogger("kiln.calls")
+
+# Modal clamps every retry delay to this range, whatever the policy says.
+MIN_RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 24 * 3600.0
+
+
+CallLater = collections.abc.Callable[[float, collections.abc.Callable[[], None]], object]
+
+
+def _loop_call_later(delay: float, callback: collections.abc.Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class Invocation(enum.Enum):
@@ -31,8 +47,8 @@ class Input:
     payload: bytes  # the frontend's encoding of the arguments
     method_name: str = ""
     final: bool = False
-    retry_count: int = 0
-    task_id: str = ""
+    retry_count: int = 0  # retries charged so far; the container sees it on this attempt
+    task_id: str = ""  # the container running the current attempt
     started_at: float = 0.0
     done: bool = False
 
@@ -62,6 +78,7 @@ class FunctionCall:
     app_id: str
     invocation: Invocation
     is_map: bool
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     inputs: dict[str, Input] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
     unfinished: int = 0
@@ -80,18 +97,41 @@ class FunctionQueue:
         self.running = 0
         self.changed = Changed()
 
+    def matching(self, method_name: str) -> int:
+        return sum(1 for item in self.pending if item.method_name == method_name and not item.done)
+
+
+def retry_delay(policy: RetryPolicy, retry_number: int) -> float:
+    """Seconds before retry `retry_number`, within the bounds Modal documents for any policy."""
+    return min(max(policy.delay(retry_number), MIN_RETRY_DELAY), MAX_RETRY_DELAY)
+
 
 class Calls:
-    """Every live call, and the queues containers take inputs from."""
+    """Every live call, and the queues containers take inputs from.
 
-    def __init__(self) -> None:
+    An input is queued, then held by one container (`task_id`) until that attempt ends. An
+    attempt's outcome goes through `settle()`: a failure with retries left puts the input back
+    in the queue after the policy's backoff; anything else is the input's output.
+    """
+
+    def __init__(self, call_later: CallLater | None = None) -> None:
+        # How retries wait out their backoff (tests pass a fake to skip the waiting).
+        self.call_later = call_later or _loop_call_later
         self.calls: dict[str, FunctionCall] = {}
         self.inputs: dict[str, Input] = {}
         self.queues: dict[str, FunctionQueue] = collections.defaultdict(FunctionQueue)
         self.on_enqueue: list[collections.abc.Callable[[str], None]] = []
+        self.retries = 0  # attempts re-queued by a retry policy, for stats and tests
 
-    def create(self, function_id: str, app_id: str, invocation: Invocation, is_map: bool) -> FunctionCall:
-        call = FunctionCall(new_id("fc"), function_id, app_id, invocation, is_map)
+    def create(
+        self,
+        function_id: str,
+        app_id: str,
+        invocation: Invocation,
+        is_map: bool,
+        retry: RetryPolicy | None = None,
+    ) -> FunctionCall:
+        call = FunctionCall(new_id("fc"), function_id, app_id, invocation, is_map, retry or RetryPolicy())
         self.calls[call.call_id] = call
         return call
 
@@ -110,10 +150,13 @@ class Calls:
             created.append(item)
         call.unfinished += len(items)
         call.num_inputs += len(items)
-        queue.changed.notify()
-        for hook in self.on_enqueue:
-            hook(call.function_id)
+        self._enqueued(call.function_id)
         return created
+
+    def _enqueued(self, function_id: str) -> None:
+        self.queues[function_id].changed.notify()
+        for hook in self.on_enqueue:
+            hook(function_id)
 
     async def take(
         self,
@@ -122,41 +165,126 @@ class Calls:
         max_items: int,
         timeout: float,
         stop: collections.abc.Callable[[], bool] = lambda: False,
+        linger: float = 0.0,
     ) -> list[Input]:
-        """Up to `max_items` inputs for a container; waits up to `timeout` for the first, and
-        returns early (empty) once `stop()` is true."""
+        """Up to `max_items` inputs sharing one method name, for a container.
+
+        Waits up to `timeout` for the first; with `linger`, waits up to that long more for a full
+        batch. Returns early (empty) once `stop()` is true.
+        """
         queue = self.queues[function_id]
-        deadline = time.monotonic() + timeout
-        while not queue.pending:
-            remaining = deadline - time.monotonic()
-            if stop() or remaining <= 0:
-                return []
-            await queue.changed.wait(remaining)
+        if not await _wait_until(queue, lambda: bool(queue.pending), timeout, stop):
+            return []
+        if max_items > 1 and linger > 0:
+            method_name = queue.pending[0].method_name
+            await _wait_until(queue, lambda: queue.matching(method_name) >= max_items, linger, stop)
+        if stop():
+            return []
+        return self._take_now(queue, task_id, max_items)
+
+    def _take_now(self, queue: FunctionQueue, task_id: str, max_items: int) -> list[Input]:
         taken: list[Input] = []
+        skipped: list[Input] = []  # other methods' inputs keep their place
         now = time.time()
         while queue.pending and len(taken) < max_items:
             item = queue.pending.popleft()
             if item.done:
                 continue
+            if taken and item.method_name != taken[0].method_name:
+                skipped.append(item)
+                continue
             item.task_id = task_id
             item.started_at = now
             taken.append(item)
+        queue.pending.extendleft(reversed(skipped))
         queue.running += len(taken)
         return taken
 
-    def complete(self, input_id: str, result: Result, task_id: str = "") -> Input | None:
-        """Record an input's outcome; ignores unknown or already finished inputs."""
-        item = self.inputs.get(input_id)
-        if item is None or item.done:
-            return None
-        item.done = True
+    def _release_from_task(self, item: Input) -> None:
         if item.task_id:
             self.queues[item.function_id].running -= 1
+            item.task_id = ""
+
+    def holds(self, input_id: str, task_id: str, retry_count: int | None = None) -> bool:
+        """Whether `task_id` runs the current attempt of this input (else its news is stale)."""
+        item = self.inputs.get(input_id)
+        return (
+            item is not None
+            and not item.done
+            and item.task_id == task_id
+            and (retry_count is None or retry_count == item.retry_count)
+        )
+
+    def settle(self, input_id: str, result: Result, task_id: str) -> Input | None:
+        """The outcome of the attempt `task_id` was running: retried per the call's policy if it
+        failed and retries are left, otherwise the input's output. Stale attempts are ignored."""
+        if not self.holds(input_id, task_id):
+            return None
+        item = self.inputs[input_id]
+        call = self.calls.get(item.call_id)
+        if call is None:
+            return self.complete(input_id, result, task_id)
+        if call.cancelled and not result.ok and not result.payload:
+            # A failure kiln made up (the container died, say) of a cancelled call: it was cancelled.
+            result = Result(Status.TERMINATED, "The call was cancelled.")
+        if not _should_retry(item, call, result):
+            return self.complete(input_id, result, task_id)
+        self._release_from_task(item)
+        item.retry_count += 1
+        self.retries += 1
+        delay = retry_delay(call.retry, item.retry_count)
+        log.info(
+            "input %s of %s failed (%s); retry %d of %d in %.1f s",
+            input_id,
+            call.call_id,
+            result.message.splitlines()[0] if result.message else result.status.name,
+            item.retry_count,
+            call.retry.retries,
+            delay,
+        )
+        self.call_later(delay, lambda: self._requeue_after_backoff(item))
+        return item
+
+    def _requeue_after_backoff(self, item: Input) -> None:
+        if item.done or self.inputs.get(item.input_id) is not item:
+            return  # cancelled or finished while waiting
+        # Retries go first: they have waited already.
+        self.queues[item.function_id].pending.appendleft(item)
+        self._enqueued(item.function_id)
+
+    def requeue(self, input_ids: collections.abc.Iterable[str], task_id: str) -> None:
+        """Give inputs a container held back to the front of the queue, without charging a retry
+        (their container was stopped for someone else's sake)."""
+        back = []
+        for input_id in input_ids:
+            if not self.holds(input_id, task_id):
+                continue
+            item = self.inputs[input_id]
+            call = self.calls.get(item.call_id)
+            if call is None or call.cancelled:
+                self.complete(input_id, Result(Status.TERMINATED, "The call was cancelled."), task_id)
+                continue
+            self._release_from_task(item)
+            back.append(item)
+        for item in reversed(back):  # in their original order, ahead of the rest
+            self.queues[item.function_id].pending.appendleft(item)
+        for function_id in {item.function_id for item in back}:
+            self._enqueued(function_id)
+
+    def complete(self, input_id: str, result: Result, task_id: str = "") -> Input | None:
+        """Record an input's final outcome; ignores unknown or already finished inputs, and (given
+        `task_id`) outcomes from a container no longer running it."""
+        item = self.inputs.get(input_id)
+        if item is None or item.done or (task_id and item.task_id != task_id):
+            return None
+        item.done = True
+        running_on = item.task_id
+        self._release_from_task(item)
         call = self.calls.get(item.call_id)
         if call is not None:
             call.outputs.append(
                 Output(
-                    item.input_id, item.idx, result, 0, task_id or item.task_id, item.started_at, time.time()
+                    item.input_id, item.idx, result, 0, task_id or running_on, item.started_at, time.time()
                 )
             )
             call.unfinished -= 1
@@ -165,19 +293,20 @@ class Calls:
         return item
 
     def fail_running(self, task_id: str, inputs: list[str], result: Result) -> None:
+        """The attempts `task_id` was running failed (its container died): retry or fail them."""
         for input_id in inputs:
-            self.complete(input_id, result, task_id)
+            self.settle(input_id, result, task_id)
 
     def fail_pending(self, function_id: str, result: Result) -> None:
         """Fail every queued input of a function (its containers cannot start)."""
         queue = self.queues[function_id]
         while queue.pending:
             item = queue.pending.popleft()
-            item.task_id = ""
             self.complete(item.input_id, result)
 
     def cancel(self, call_id: str, message: str = "The call was cancelled.") -> list[Input]:
-        """Cancel queued inputs of a call; returns its running inputs (for the caller to stop)."""
+        """Cancel queued (and retry-waiting) inputs of a call; returns its running inputs (for
+        the caller to stop)."""
         call = self.calls.get(call_id)
         if call is None:
             return []
@@ -222,3 +351,25 @@ class Calls:
         call.data_out.extend(c for c in chunks if c.index not in known)
         call.data_out.sort(key=lambda c: c.index)
         call.changed.notify()
+
+
+def _should_retry(item: Input, call: FunctionCall, result: Result) -> bool:
+    if result.ok or result.status == Status.TERMINATED or call.cancelled:
+        return False
+    return item.retry_count < call.retry.retries
+
+
+async def _wait_until(
+    queue: FunctionQueue,
+    ready: collections.abc.Callable[[], bool],
+    timeout: float,
+    stop: collections.abc.Callable[[], bool],
+) -> bool:
+    """Wait for `ready()` (re-checked whenever the queue changes) for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        remaining = deadline - time.monotonic()
+        if stop() or remaining <= 0:
+            return False
+        await queue.changed.wait(remaining)
+    return True

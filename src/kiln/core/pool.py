@@ -1,22 +1,24 @@
 """Container pools: one per function, started and stopped by the autoscaler's decisions.
 
-The pool owns its containers' lifecycles: a container that exits while holding inputs fails
-them with a message naming how it died, and every container is reaped.
+The pool owns its containers' lifecycles: it hands them inputs, enforces timeouts, and when a
+container exits while holding inputs it retries or fails them with a message naming how it
+died. Every container is reaped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from kiln.containers import Container
-from kiln.core.autoscaler import Load, desired_containers, should_scale_down
-from kiln.core.calls import Calls
-from kiln.core.functions import FunctionDef
+from kiln.core.autoscaler import Load, containers_to_start, containers_to_stop, timed_out
+from kiln.core.calls import Calls, Input
+from kiln.core.functions import Autoscaling, FunctionDef
 from kiln.core.results import Result, Status
 from kiln.errors import KilnError
 from kiln.ids import new_id
@@ -36,13 +38,17 @@ class Task:
     function: FunctionDef
     container: Container | None = None
     started: bool = False  # the container has said hello
-    inflight: set[str] = field(default_factory=set)
+    ready: bool = False  # it has asked for inputs: start-up (imports, @enter) is over
+    launched_at: float | None = None  # pool clock: when its process started
+    inflight: dict[str, float] = field(default_factory=dict)  # input id → when handed over (pool clock)
     cancelled_inputs: set[str] = field(default_factory=set)  # to announce at the next heartbeat
+    cancel_announced: bool = False  # the container was told to cancel an input
     inputs_taken: int = 0
     output_tail: list[str] = field(default_factory=list)  # the container's last lines of output
     idle_since: float | None = None
     draining: bool = False
     failure: Result | None = None  # set when the container reported an init failure
+    killed_for: Result | None = None  # why kiln killed it (a timeout), reported instead of how it died
     enqueued_at: float = field(default_factory=time.time)
     runner: asyncio.Future[None] | None = None  # owns the container: starts, waits, reports
 
@@ -72,33 +78,101 @@ class Pool:
         self.tasks: dict[str, Task] = {}
         self.stopped = False
         self.startup_failures = 0
+        self.overrides: dict[str, Any] = {}  # runtime changes to the autoscaler settings
+        self._kills: set[asyncio.Task[Any]] = set()
+
+    @property
+    def settings(self) -> Autoscaling:
+        """The function's autoscaler settings with the runtime overrides applied."""
+        return dataclasses.replace(self.function.autoscaling, **self.overrides)
+
+    def override(self, changes: dict[str, Any]) -> Autoscaling:
+        """Change autoscaler settings until the function is defined again (its next deploy)."""
+        self.overrides.update(changes)
+        self.reconcile()
+        return self.settings
 
     def load(self) -> Load:
-        queued, running = self.calls.load(self.function.function_id)
-        alive = sum(1 for t in self.tasks.values() if not t.draining)
-        return Load(queued=queued, running=running, containers=alive)
+        queued, _ = self.calls.load(self.function.function_id)
+        serving = [t for t in self.tasks.values() if not t.draining]
+        return Load(
+            queued=queued,
+            running=sum(len(t.inflight) for t in serving),
+            containers=len(serving),
+            stopping=len(self.tasks) - len(serving),
+        )
 
     def reconcile(self) -> None:
         """Start or drain containers to match the autoscaler's decision."""
         if self.stopped:
             return
-        function = self.function
-        load = self.load()
-        wanted = desired_containers(function.autoscaling, function.target_inputs, load, self.capacity)
-        for _ in range(wanted - load.containers):
+        settings, load, target = self.settings, self.load(), self.function.target_inputs
+        for _ in range(containers_to_start(settings, target, load, self.capacity)):
             self._start()
+        idle = {t.task_id: t.idle_since for t in self.tasks.values() if not t.draining and not t.inflight}
+        for task_id in containers_to_stop(settings, target, load, idle, self.clock(), self.capacity):
+            self.drain(self.tasks[task_id])
+
+    def tick(self) -> None:
+        """Periodic upkeep: enforce timeouts, then reconcile."""
         now = self.clock()
-        surplus = load.containers - wanted
         for task in list(self.tasks.values()):
-            if surplus <= 0:
-                break
-            if (
-                not task.draining
-                and not task.inflight
-                and should_scale_down(function.autoscaling, task.idle_since, now)
-            ):
-                self.drain(task)
-                surplus -= 1
+            self._check_startup(task, now)
+            self._check_timeouts(task, now)
+        self.reconcile()
+
+    # --- what containers ask for
+
+    async def next_inputs(self, task: Task, max_items: int, linger: float, wait: float) -> list[Input] | None:
+        """Inputs for a container asking for work (empty: ask again); None tells it to stop."""
+        if not task.ready:
+            task.ready = True
+            task.idle_since = self.clock()  # idle from now on, not from when it began starting
+            self.startup_failures = 0  # containers of this function can start
+        if task.draining or (self.function.single_use and task.inputs_taken):
+            return None
+        items = await self.calls.take(
+            self.function.function_id,
+            task.task_id,
+            max_items,
+            wait,
+            stop=lambda: task.draining,
+            linger=linger,
+        )
+        if not items:
+            return None if task.draining else []
+        now = self.clock()
+        for item in items:
+            task.inflight[item.input_id] = now
+        task.inputs_taken += len(items)
+        task.idle_since = None
+        if self.function.single_use:
+            self.drain(task)  # it runs this one input and exits; a new container serves the queue
+        return items
+
+    def put_outputs(self, task: Task, outputs: Iterable[tuple[str, int, Result]]) -> None:
+        """A container's (input id, retry count, result) outcomes."""
+        for input_id, retry_count, result in outputs:
+            task.inflight.pop(input_id, None)
+            if self.calls.holds(input_id, task.task_id, retry_count):
+                self.calls.settle(input_id, result, task.task_id)
+        if not task.inflight:
+            task.idle_since = self.clock()
+
+    def take_cancellations(self, task: Task) -> list[str]:
+        """Inputs the container should cancel (announced at its heartbeat)."""
+        cancelled = sorted(task.cancelled_inputs & task.inflight.keys())
+        task.cancelled_inputs.clear()
+        if cancelled:
+            task.cancel_announced = True
+        return cancelled
+
+    def terminate(self, task: Task, message: str) -> None:
+        """Kill a container at once; inputs of other calls it held go back to the queue."""
+        if task.killed_for is None:
+            self._kill(task, Result(Status.TERMINATED, message))
+
+    # --- containers
 
     def _start(self) -> None:
         task = Task(new_id("ta"), self.function, idle_since=self.clock())
@@ -106,39 +180,113 @@ class Pool:
         task.runner = asyncio.ensure_future(self._run(task))
 
     async def _run(self, task: Task) -> None:
-        status = None
+        reason, launched = await self._run_container(task)
+        if task.killed_for is not None:
+            reason = task.killed_for.message
+        self._settle_inflight(task, reason)
+        self._count_startup_failure(task, reason, launched)
+        if not self.stopped:
+            self.reconcile()
+
+    async def _run_container(self, task: Task) -> tuple[str, bool]:
+        """Run the container to its end; returns how it ended and whether it started at all."""
+        tag = self.function.tag
         try:
             task.container = await self.launcher.launch(task)
+            task.launched_at = self.clock()
             status = await task.container.wait()
-            reason = f"The container running {self.function.tag} exited unexpectedly ({status.describe()})"
+            return f"The container running {tag} exited unexpectedly ({status.describe()})", True
         except KilnError as exc:
-            reason = f"Could not start a container for {self.function.tag}: {exc}"
+            return f"Could not start a container for {tag}: {exc}", False
         except Exception as exc:  # a launch failure is reported to the inputs, never raised
-            log.exception("could not start a container for %s", self.function.tag)
-            reason = f"Could not start a container for {self.function.tag}: {exc!r} (a kiln bug; see the server log)"
+            log.exception("could not start a container for %s", tag)
+            return f"Could not start a container for {tag}: {exc!r} (a kiln bug; see the server log)", False
         finally:
             self.tasks.pop(task.task_id, None)
             await self.launcher.cleanup(task)
-        if task.inflight:
-            message = f"{reason} while running this input."
-            self.calls.fail_running(task.task_id, list(task.inflight), Result(Status.FAILURE, message))
+
+    def _settle_inflight(self, task: Task, reason: str) -> None:
+        """The container is gone: what happens to the inputs it still held."""
+        held = list(task.inflight)
+        task.inflight.clear()
+        if not held:
+            return
+        if self.stopped:
+            result = Result(Status.TERMINATED, "The app was stopped while this input was running.")
+            self.calls.fail_running(task.task_id, held, result)
+        elif task.cancel_announced:
+            # A container may end itself to cancel one input (sync functions with concurrent
+            # inputs); the others were not at fault.
+            self.calls.requeue(held, task.task_id)
+        else:
+            self.calls.fail_running(
+                task.task_id, held, Result(Status.FAILURE, f"{reason} while running this input.")
+            )
+
+    def _count_startup_failure(self, task: Task, reason: str, launched: bool) -> None:
         if task.failure is not None:
             # Import or @enter failed: no container of this function can run its inputs.
             self.calls.fail_pending(self.function.function_id, task.failure)
-        elif status is None or (not task.inputs_taken and not task.draining and not self.stopped):
-            # It died before taking any input: retry a few times, then give up on the queue.
-            self.startup_failures += 1
-            if status is None or self.startup_failures >= MAX_STARTUP_FAILURES:
-                tail = "\n".join(f"  {line}" for line in task.output_tail[-10:])
-                message = f"{reason} before it could run any input." + (
-                    f" Its last output:\n{tail}" if tail else ""
-                )
-                self.calls.fail_pending(self.function.function_id, Result(Status.FAILURE, message))
-                self.startup_failures = 0
-        else:
+            return
+        if not self._failed_to_start(task, launched):
+            return
+        # Retry a few times, then give up on the queue (unless other containers serve it).
+        self.startup_failures += 1
+        serving = any(t.ready and not t.draining for t in self.tasks.values())
+        if not launched or (self.startup_failures >= MAX_STARTUP_FAILURES and not serving):
+            tail = "\n".join(f"  {line}" for line in task.output_tail[-10:])
+            message = f"{reason} before it could run any input." + (
+                f" Its last output:\n{tail}" if tail else ""
+            )
+            status = task.killed_for.status if task.killed_for is not None else Status.FAILURE
+            self.calls.fail_pending(self.function.function_id, Result(status, message))
             self.startup_failures = 0
-        if not self.stopped:
-            self.reconcile()
+
+    def _failed_to_start(self, task: Task, launched: bool) -> bool:
+        if not launched:
+            return True
+        if task.ready or self.stopped:
+            return False
+        return task.killed_for is not None or not task.draining  # not a scale-down before it was ready
+
+    def _check_startup(self, task: Task, now: float) -> None:
+        if task.ready or task.launched_at is None or task.killed_for is not None:
+            return
+        limit = self.function.startup_timeout
+        if now - task.launched_at >= limit:
+            message = (
+                f"The container for {self.function.tag} did not finish starting (imports and @enter) "
+                f"within its startup timeout of {limit:g} s; raise it with startup_timeout=..."
+            )
+            self._kill(task, Result(Status.TIMEOUT, message))
+
+    def _check_timeouts(self, task: Task, now: float) -> None:
+        if task.killed_for is not None:
+            return
+        expired = timed_out(task.inflight, self.function.timeout, now)
+        if not expired:
+            return
+        limit = self.function.timeout
+        message = (
+            f"{self.function.tag} timed out: this input ran longer than the function's timeout of "
+            f"{limit:g} s, so its container was stopped; raise it with timeout=..."
+        )
+        for input_id in expired:
+            del task.inflight[input_id]
+            self.calls.settle(input_id, Result(Status.TIMEOUT, message), task.task_id)
+        self._kill(task, Result(Status.TIMEOUT, message))
+
+    def _kill(self, task: Task, why: Result) -> None:
+        """Kill a container now, for a reason that is not its inputs' fault: the inputs it still
+        holds go back to the queue uncharged. `why` replaces "exited unexpectedly" in reports."""
+        task.killed_for = why
+        self.calls.requeue(list(task.inflight), task.task_id)
+        task.inflight.clear()
+        self.drain(task)
+        if task.container is not None:
+            kill = asyncio.ensure_future(task.container.kill())
+            self._kills.add(kill)
+            kill.add_done_callback(self._kills.discard)
 
     def drain(self, task: Task) -> None:
         """Ask a container to finish: its next request for inputs gets the kill switch."""
@@ -146,9 +294,14 @@ class Pool:
         self.calls.queues[self.function.function_id].changed.notify()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop every container: idle ones get the kill switch (so @exit runs) and up to `grace`
+        seconds to exit; the rest, and any still running after that, are killed."""
         self.stopped = True
         for task in self.tasks.values():
             self.drain(task)
+        idle = [t.runner for t in self.tasks.values() if t.runner is not None and t.ready and not t.inflight]
+        if idle:
+            await asyncio.wait(idle, timeout=grace)
         containers = [t.container for t in self.tasks.values() if t.container is not None]
         await asyncio.gather(*(c.kill(grace) for c in containers), return_exceptions=True)
 
@@ -179,6 +332,8 @@ class Scheduler:
             pool = Pool(function, self.calls, self.launcher, self.clock, self.capacity)
             self.pools[function.function_id] = pool
         else:
+            if function.definition != pool.function.definition:
+                pool.overrides.clear()  # a new deploy resets runtime overrides (a re-bind does not)
             pool.function = function
         return pool
 
@@ -187,12 +342,29 @@ class Scheduler:
         if pool is not None:
             pool.reconcile()
 
-    def task(self, task_id: str) -> Task | None:
+    def find(self, task_id: str) -> tuple[Pool, Task] | None:
         for pool in self.pools.values():
             task = pool.tasks.get(task_id)
             if task is not None:
-                return task
+                return pool, task
         return None
+
+    def task(self, task_id: str) -> Task | None:
+        found = self.find(task_id)
+        return found[1] if found else None
+
+    def cancel_running(self, inputs: Iterable[Input], terminate: bool = False) -> None:
+        """Stop inputs of a cancelled call that containers are running: announced at their next
+        heartbeat, or (`terminate`) by killing their containers."""
+        for item in inputs:
+            found = self.find(item.task_id)
+            if found is None:
+                continue
+            pool, task = found
+            if terminate:
+                pool.terminate(task, "The call was cancelled and its container terminated.")
+            else:
+                task.cancelled_inputs.add(item.input_id)
 
     def start(self) -> None:
         self._loop_task = asyncio.ensure_future(self._loop())
@@ -202,9 +374,9 @@ class Scheduler:
             await asyncio.sleep(self.tick)
             for pool in list(self.pools.values()):
                 try:
-                    pool.reconcile()
+                    pool.tick()
                 except Exception:
-                    log.exception("reconciling %s failed", pool.function.tag)
+                    log.exception("upkeep of %s failed", pool.function.tag)
 
     async def stop_app(self, app_id: str, grace: float = 5.0) -> None:
         pools = [p for p in self.pools.values() if p.function.app_id == app_id]

@@ -10,8 +10,9 @@ from typing import Any, cast
 
 from modal_proto import api_pb2
 
-from kiln.core.calls import FunctionCall, Invocation, Output
+from kiln.core.calls import MAX_RETRY_DELAY, FunctionCall, Invocation, Output
 from kiln.core.core import Core
+from kiln.core.functions import RetryPolicy
 from kiln.core.results import Result
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.modal.dispatch import CallContext
@@ -56,12 +57,13 @@ class CallHandlers:
             raise NotFound(f"Function {req.function_id} is not defined on this kiln server")
         invocation = Invocation.ASYNC if req.function_call_invocation_type == _ASYNC else Invocation.SYNC
         call = self.core.calls.create(
-            function.function_id, function.app_id, invocation, req.function_call_type == _MAP
+            function.function_id, function.app_id, invocation, req.function_call_type == _MAP, function.retry
         )
         response = api_pb2.FunctionMapResponse(
             function_call_id=call.call_id,
             function_call_jwt=input_jwt(-1, call.call_id),
-            sync_client_retries_enabled=False,
+            retry_policy=retry_policy_to_proto(function.retry),
+            sync_client_retries_enabled=False,  # kiln retries failed inputs itself
             max_inputs_outstanding=_MAX_INPUTS_OUTSTANDING,
         )
         if req.pipelined_inputs:
@@ -171,8 +173,26 @@ class CallHandlers:
         from google.protobuf import empty_pb2
 
         running = self.core.calls.cancel(req.function_call_id)
-        for item in running:
-            task = self.core.scheduler.task(item.task_id)
-            if task is not None:
-                task.cancelled_inputs.add(item.input_id)
+        self.core.scheduler.cancel_running(running, terminate=req.terminate_containers)
         return empty_pb2.Empty()
+
+
+def retry_policy_to_proto(policy: RetryPolicy) -> api_pb2.FunctionRetryPolicy:
+    return api_pb2.FunctionRetryPolicy(
+        retries=policy.retries,
+        backoff_coefficient=policy.backoff_coefficient,
+        initial_delay_ms=round(policy.initial_delay * 1000),
+        max_delay_ms=round(policy.max_delay * 1000),
+    )
+
+
+def retry_policy_from_proto(policy: api_pb2.FunctionRetryPolicy) -> RetryPolicy:
+    """The core's policy (delays in seconds; Modal clamps each delay to [1 s, 24 h] when used)."""
+    return RetryPolicy(
+        retries=policy.retries,
+        backoff_coefficient=policy.backoff_coefficient or 1.0,
+        initial_delay=policy.initial_delay_ms / 1000,
+        max_delay=min(policy.max_delay_ms / 1000, MAX_RETRY_DELAY)
+        if policy.max_delay_ms
+        else MAX_RETRY_DELAY,
+    )

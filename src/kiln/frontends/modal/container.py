@@ -8,9 +8,9 @@ from __future__ import annotations
 from google.protobuf import empty_pb2
 from modal_proto import api_pb2
 
-from kiln.core.calls import DataChunk
+from kiln.core.calls import DataChunk, Invocation
 from kiln.core.core import Core
-from kiln.core.pool import Task
+from kiln.core.pool import Pool, Task
 from kiln.core.results import Result, Status
 from kiln.errors import InvalidRequest
 from kiln.frontends.modal.dispatch import CallContext
@@ -24,11 +24,14 @@ class ContainerHandlers:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    def _task(self, ctx: CallContext) -> Task:
-        task = self.core.scheduler.task(ctx.task_id) if ctx.task_id else None
-        if task is None:
+    def _find(self, ctx: CallContext) -> tuple[Pool, Task]:
+        found = self.core.scheduler.find(ctx.task_id) if ctx.task_id else None
+        if found is None:
             raise InvalidRequest("this RPC is only for kiln's containers")
-        return task
+        return found
+
+    def _task(self, ctx: CallContext) -> Task:
+        return self._find(ctx)[1]
 
     async def ContainerHello(self, req: empty_pb2.Empty, ctx: CallContext) -> empty_pb2.Empty:
         self._task(ctx).started = True
@@ -37,39 +40,26 @@ class ContainerHandlers:
     async def ContainerHeartbeat(
         self, req: api_pb2.ContainerHeartbeatRequest, ctx: CallContext
     ) -> api_pb2.ContainerHeartbeatResponse:
-        task = self._task(ctx)
+        pool, task = self._find(ctx)
         response = api_pb2.ContainerHeartbeatResponse()
-        if task.cancelled_inputs:
-            response.cancel_input_event.input_ids.extend(sorted(task.cancelled_inputs))
-            task.cancelled_inputs.clear()
+        cancelled = pool.take_cancellations(task)
+        if cancelled:
+            response.cancel_input_event.input_ids.extend(cancelled)
         return response
 
     async def FunctionGetInputs(
         self, req: api_pb2.FunctionGetInputsRequest, ctx: CallContext
     ) -> api_pb2.FunctionGetInputsResponse:
-        task = self._task(ctx)
-        if task.draining or (task.function.single_use and task.inputs_taken):
-            return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
-        calls = self.core.calls
-        items = await calls.take(
-            req.function_id or task.function.function_id,
-            task.task_id,
-            max(1, req.batch_max_size),
-            _GET_INPUTS_WAIT,
-            stop=lambda: task.draining,
+        pool, task = self._find(ctx)
+        # The client asserts it never gets more than max(1, batch_max_size) items.
+        items = await pool.next_inputs(
+            task, max(1, req.batch_max_size), req.batch_linger_ms / 1000, _GET_INPUTS_WAIT
         )
-        if not items:
-            if task.draining:
-                return api_pb2.FunctionGetInputsResponse(
-                    inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)]
-                )
-            return api_pb2.FunctionGetInputsResponse()
-        task.inputs_taken += len(items)
-        task.idle_since = None
+        if items is None:
+            return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
         response = api_pb2.FunctionGetInputsResponse()
         for item in items:
-            task.inflight.add(item.input_id)
-            call = calls.get(item.call_id)
+            call = self.core.calls.get(item.call_id)
             message = api_pb2.FunctionInput.FromString(item.payload)
             if task.function.single_use:
                 message.final_input = True
@@ -79,7 +69,7 @@ class ContainerHandlers:
                     input=message,
                     function_call_id=item.call_id,
                     function_call_invocation_type=_ASYNC
-                    if call and call.invocation.value == "async"
+                    if call and call.invocation == Invocation.ASYNC
                     else _SYNC,
                     retry_count=item.retry_count,
                 )
@@ -89,20 +79,8 @@ class ContainerHandlers:
     async def FunctionPutOutputs(
         self, req: api_pb2.FunctionPutOutputsRequest, ctx: CallContext
     ) -> empty_pb2.Empty:
-        task = self._task(ctx)
-        for output in req.outputs:
-            result = Result(
-                Status(output.result.status)
-                if output.result.status in Status._value2member_map_
-                else Status.FAILURE,
-                output.result.exception,
-                output.result.SerializeToString(),
-                output.data_format,
-            )
-            self.core.calls.complete(output.input_id, result, task.task_id)
-            task.inflight.discard(output.input_id)
-        if not task.inflight:
-            task.idle_since = self.core.scheduler.clock()
+        pool, task = self._find(ctx)
+        pool.put_outputs(task, [(o.input_id, o.retry_count, _result(o)) for o in req.outputs])
         return empty_pb2.Empty()
 
     async def TaskResult(self, req: api_pb2.TaskResultRequest, ctx: CallContext) -> empty_pb2.Empty:
@@ -131,9 +109,18 @@ class ContainerHandlers:
     async def ContainerStop(
         self, req: api_pb2.ContainerStopRequest, ctx: CallContext
     ) -> api_pb2.ContainerStopResponse:
-        task = self.core.scheduler.task(req.task_id or ctx.task_id)
-        if task is not None:
-            pool = self.core.scheduler.pools.get(task.function.function_id)
-            if pool is not None:
-                pool.drain(task)
+        found = self.core.scheduler.find(req.task_id or ctx.task_id)
+        if found is not None:
+            pool, task = found
+            pool.drain(task)
         return api_pb2.ContainerStopResponse()
+
+
+def _result(output: api_pb2.FunctionPutOutputsItem) -> Result:
+    status = output.result.status
+    return Result(
+        Status(status) if status in Status._value2member_map_ else Status.FAILURE,
+        output.result.exception,
+        output.result.SerializeToString(),
+        output.data_format,
+    )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from modal_proto import api_pb2
 
+from kiln.core.apps import App
 from kiln.core.core import Core
-from kiln.core.functions import Autoscaling, FunctionDef
-from kiln.errors import NotFound
+from kiln.core.functions import Autoscaling, FunctionDef, Resources
+from kiln.errors import InvalidRequest, NotFound
+from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.frontends.modal.registry import ModalFunction, Registry
+from kiln.frontends.modal.variants import check_options, merge_options, variant_id
 from kiln.ids import new_id
 
 _GENERATOR = api_pb2.Function.FUNCTION_TYPE_GENERATOR
@@ -85,6 +88,88 @@ class FunctionHandlers:
         self.registry.classes[class_id] = (req.app_id, metadata)
         return api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=metadata)
 
+    async def FunctionBindParams(
+        self, req: api_pb2.FunctionBindParamsRequest, ctx: CallContext
+    ) -> api_pb2.FunctionBindParamsResponse:
+        """A class instance or a `with_options` configuration: a variant with its own pool."""
+        base = self.registry.functions.get(req.function_id)
+        if base is None or base.function is None:
+            raise NotFound(f"Function {req.function_id} is not defined on this kiln server")
+        if not self.core.apps.get(base.app_id).running:
+            raise InvalidRequest(f"The app of {base.tag} has stopped; run it again to call its functions")
+        options = req.function_options if req.HasField("function_options") else None
+        if options is not None:
+            check_options(options)
+        bound_id = variant_id(base.function_id, base.function, req.serialized_params, options)
+        function = merge_options(base.function, options) if options is not None else base.function
+        handle = api_pb2.FunctionHandleMetadata()
+        handle.CopyFrom(base.handle)
+        handle.base_function_id = base.function_id
+        # Rebuilt on every bind: a redeployed base function gives its variants the new definition.
+        definition = to_core(bound_id, base.app_id, function)
+        definition.base_function_id = base.function_id
+        self.core.register_function(definition)
+        self.registry.functions[bound_id] = ModalFunction(
+            bound_id, base.app_id, base.tag, handle, function, req.serialized_params
+        )
+        return api_pb2.FunctionBindParamsResponse(bound_function_id=bound_id, handle_metadata=handle)
+
+    async def FunctionGet(
+        self, req: api_pb2.FunctionGetRequest, ctx: CallContext
+    ) -> api_pb2.FunctionGetResponse:
+        app = self._app_named(req.app_name, req.environment_name)
+        function_id = app.function_ids.get(req.object_tag)
+        known = self.registry.functions.get(function_id) if function_id else None
+        if known is None or known.function is None:
+            if req.object_tag in app.class_ids:
+                raise NotFound(
+                    f"'{req.object_tag}' in app '{req.app_name}' is a class: use "
+                    f"modal.Cls.from_name({req.app_name!r}, {req.object_tag!r})"
+                )
+            functions = sorted(tag for tag in app.function_ids if not tag.endswith(".*"))
+            raise NotFound(
+                f"App '{req.app_name}' has no function '{req.object_tag}' (it has: "
+                f"{', '.join(functions) or 'none'})"
+            )
+        return api_pb2.FunctionGetResponse(
+            function_id=known.function_id,
+            handle_metadata=known.handle,
+            function=_function_data(known.function),
+        )
+
+    async def ClassGet(self, req: api_pb2.ClassGetRequest, ctx: CallContext) -> api_pb2.ClassGetResponse:
+        app = self._app_named(req.app_name, req.environment_name)
+        class_id = app.class_ids.get(req.object_tag)
+        if class_id is None:
+            raise NotFound(
+                f"App '{req.app_name}' has no class '{req.object_tag}' (it has: "
+                f"{', '.join(sorted(app.class_ids)) or 'none'})"
+            )
+        metadata = api_pb2.ClassHandleMetadata()
+        service = self.registry.functions.get(app.function_ids.get(f"{req.object_tag}.*", ""))
+        if service is not None:
+            metadata.class_function_id = service.function_id
+            metadata.class_function_metadata.CopyFrom(service.handle)
+        return api_pb2.ClassGetResponse(class_id=class_id, handle_metadata=metadata)
+
+    def _app_named(self, name: str, environment: str) -> App:
+        """A deployed app of that name, else the newest running app started under that name."""
+        apps = self.core.apps
+        app = apps.by_name(name, environment)
+        if app is None:
+            running = [
+                a
+                for a in apps.apps.values()
+                if a.running and a.description == name and a.environment == environment
+            ]
+            app = max(running, key=lambda a: a.created_at) if running else None
+        if app is None:
+            raise NotFound(
+                f"No app named '{name}' is deployed or running on this kiln server; "
+                f"deploy it with `modal deploy` (or start it with `modal run`) first"
+            )
+        return app
+
     async def FunctionGetCurrentStats(
         self, req: api_pb2.FunctionGetCurrentStatsRequest, ctx: CallContext
     ) -> api_pb2.FunctionStats:
@@ -151,6 +236,7 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
     max_containers = settings.max_containers if settings.HasField("max_containers") else None
     if max_containers is None and function.concurrency_limit:
         max_containers = function.concurrency_limit
+    timeout = float(function.timeout_secs or 300)
     return FunctionDef(
         function_id=function_id,
         app_id=app_id,
@@ -158,10 +244,13 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         image_id=function.image_id,
         mount_ids=list(function.mount_ids),
         secret_ids=list(function.secret_ids),
-        timeout=float(function.timeout_secs or 300),
+        timeout=timeout,
+        startup_timeout=float(function.startup_timeout_secs or timeout),
         max_inputs=max_inputs,
         target_inputs=target_inputs,
         batch_max_size=function.batch_max_size,
+        batch_linger_ms=function.batch_linger_ms,
+        retry=retry_policy_from_proto(function.retry_policy),
         is_generator=function.function_type == _GENERATOR,
         single_use=function.single_use_containers,
         autoscaling=Autoscaling(
@@ -172,6 +261,20 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
             buffer_containers=settings.buffer_containers if settings.HasField("buffer_containers") else 0,
             scaledown_window=float(settings.scaledown_window or function.task_idle_timeout_secs or 60),
         ),
+        resources=_resources(function.resources),
         definition=function.SerializeToString(),
         needs_client_deps=function.mount_client_dependencies,
+    )
+
+
+def _resources(resources: api_pb2.Resources) -> Resources:
+    gpu = resources.gpu_config
+    gpu_type = gpu.gpu_type or (api_pb2.GPUType.Name(gpu.type).removeprefix("GPU_TYPE_") if gpu.type else "")
+    return Resources(
+        milli_cpu=resources.milli_cpu,
+        milli_cpu_max=resources.milli_cpu_max,
+        memory_mb=resources.memory_mb,
+        memory_mb_max=resources.memory_mb_max,
+        gpu_type=gpu_type if gpu.count else "",
+        gpu_count=gpu.count,
     )

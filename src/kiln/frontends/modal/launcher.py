@@ -73,6 +73,7 @@ class ModalLauncher:
             function_def=function,
             app_layout=self.registry.app_layout(app.app_id, app.function_ids, app.class_ids),
             environment_name=app.environment,
+            serialized_params=modal_function.serialized_params,
         )
         (task_dir / "arguments.bin").write_bytes(arguments.SerializeToString())
         server = grpclib.server.Server([Service(build_mapping(self.handlers, _context_for(task.task_id)))])
@@ -103,12 +104,15 @@ class ModalLauncher:
             del tail[:-_TAIL]
 
         task.output_tail = tail
+        resources = task.function.resources
         spec = ContainerSpec(
             layers=[*reversed(mount_layers), *image_layers],
             argv=["python", "-m", "modal._container_entrypoint"],
             env=env,
             cwd=workdir,
             binds=[Bind(task_dir, _INSIDE, read_only=False)],
+            cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
+            memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
         )
         return await core.runtime.start(spec, sink)
 

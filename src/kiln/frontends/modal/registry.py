@@ -14,7 +14,8 @@ class ModalFunction:
     app_id: str
     tag: str
     handle: api_pb2.FunctionHandleMetadata
-    function: api_pb2.Function | None = None  # set by FunctionCreate
+    function: api_pb2.Function | None = None  # set by FunctionCreate (a variant: options merged)
+    serialized_params: bytes = b""  # a class instance's parameters (variants only)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from kiln.frontends.modal.images import ImageHandlers
 from kiln.frontends.modal.launcher import ModalLauncher
 from kiln.frontends.modal.objects import ObjectHandlers
 from kiln.frontends.modal.registry import Registry
+from kiln.frontends.modal.scheduling import SchedulingHandlers
 
 
 class ModalFrontend:
@@ -25,6 +26,7 @@ class ModalFrontend:
             FunctionHandlers(core, self.registry),
             CallHandlers(core, self.registry),
             ContainerHandlers(core),
+            SchedulingHandlers(core),
         ]
         self.launcher = ModalLauncher(core, self.registry, self.handlers)
 
