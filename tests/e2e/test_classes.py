@@ -211,11 +211,6 @@ def test_exit_runs_when_an_idle_container_scales_down(kiln: KilnServer) -> None:
     assert f"kiln-exit {first.group(1)}" in output, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pool.stop sends SIGTERM right after the kill switch, so @exit never runs on app stop "
-    "(core/pool.py must wait for drained containers to exit before killing them)",
-)
 @pytest.mark.timeout(180)
 def test_exit_runs_when_the_app_stops(kiln: KilnServer) -> None:
     result = run_modal(kiln, "run", "classes_app.py::exit_on_stop")
