@@ -12,7 +12,7 @@ from kiln.containers import BubblewrapRuntime
 from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
 from kiln.core.calls import Calls
-from kiln.core.functions import FunctionDef
+from kiln.core.functions import FunctionDef, Resources
 from kiln.core.gpus import GpuDevice
 from kiln.core.pool import Scheduler
 from kiln.core.results import Result, Status
@@ -54,16 +54,27 @@ class Core:
         self.functions[function.function_id] = function
         self.scheduler.register(function)
 
+    def gpu_available(self, wanted: Resources) -> bool:
+        """Whether this machine has GPUs for the request (True when none is asked for)."""
+        if not wanted.gpu_type:
+            return True
+        try:
+            gpus.validate(wanted.gpu_type, wanted.gpu_count or 1)
+        except InvalidRequest:
+            return False
+        if self.gpus is None:
+            self.gpus = gpus.detect_gpus()
+        return gpus.capacity(wanted.gpu_type, wanted.gpu_count or 1, self.gpus) > 0
+
     def check_gpu(self, function: FunctionDef) -> None:
         wanted = function.resources
         if not wanted.gpu_type:
             return
         count = wanted.gpu_count or 1
         gpus.validate(wanted.gpu_type, count)
-        if self.gpus is None:
-            self.gpus = gpus.detect_gpus()
-        if gpus.capacity(wanted.gpu_type, count, self.gpus) > 0:
+        if self.gpu_available(wanted):
             return
+        assert self.gpus is not None
         request = gpus.describe(wanted.gpu_type, count)
         have = ", ".join(sorted({d.name for d in self.gpus})) or "no GPU"
         if self.config.gpu_fallback_cpu:

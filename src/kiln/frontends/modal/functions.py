@@ -47,9 +47,12 @@ class FunctionHandlers:
         self, req: api_pb2.FunctionCreateRequest, ctx: CallContext
     ) -> api_pb2.FunctionCreateResponse:
         if req.HasField("function_data"):
-            ranked = sorted(req.function_data.ranked_functions, key=lambda r: r.rank)
+            # `gpu=["h100", "a100"]`: the first choice this machine can serve, else the first
+            # (whose GPU request register_function then explains or falls back from).
+            ranked = [r.function for r in sorted(req.function_data.ranked_functions, key=lambda r: r.rank)]
+            servable = (f for f in ranked if self.core.gpu_available(_resources(f.resources)))
             function = api_pb2.Function()
-            function.CopyFrom(ranked[0].function)
+            function.CopyFrom(next(servable, ranked[0]))
         else:
             function = api_pb2.Function()
             function.CopyFrom(req.function)

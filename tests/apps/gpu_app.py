@@ -1,0 +1,19 @@
+"""Functions that ask for GPUs (the GPU_REQUEST env var picks what)."""
+
+import os
+
+import modal
+
+app = modal.App("kiln-test-gpu")
+request = os.environ.get("GPU_REQUEST", "T4")
+gpu: str | list[str] = request.split(",") if "," in request else request
+
+
+@app.function(image=modal.Image.debian_slim(), gpu=gpu)
+def where() -> str:
+    return "cuda=" + os.environ.get("CUDA_VISIBLE_DEVICES", "none")
+
+
+@app.local_entrypoint()
+def main():
+    print("result:", where.remote())
