@@ -234,3 +234,23 @@ def test_data_out_is_ordered_and_deduplicated() -> None:
     calls.put_data_out(call.call_id, [DataChunk(2, 0, b"b"), DataChunk(1, 0, b"a")])
     calls.put_data_out(call.call_id, [DataChunk(2, 0, b"dup"), DataChunk(3, 0, b"c")])
     assert [(c.index, c.data) for c in call.data_out] == [(1, b"a"), (2, b"b"), (3, b"c")]
+
+
+def test_lingering_gathers_outputs_that_arrive_shortly_after_the_first() -> None:
+    async def scenario() -> int:
+        calls = Calls()
+        call = new_call(calls)
+        inputs = calls.put_inputs(call, items(0, 1, 2))
+        await calls.take(FN, "ta-1", max_items=3, timeout=1)
+
+        async def finish_later() -> None:
+            calls.complete(inputs[0].input_id, OK)
+            await asyncio.sleep(0.005)
+            calls.complete(inputs[1].input_id, OK)
+
+        finisher = asyncio.ensure_future(finish_later())
+        outputs = await calls.wait_outputs(call, 0, timeout=1, linger=0.05)
+        await finisher
+        return len(outputs)
+
+    assert asyncio.run(scenario()) == 2

@@ -334,13 +334,16 @@ class Calls:
         queue = self.queues[function_id]
         return len(queue.pending), queue.running
 
-    async def wait_outputs(self, call: FunctionCall, after: int, timeout: float) -> list[Output]:
-        """Outputs past position `after` in arrival order; waits up to `timeout` for one."""
+    async def wait_outputs(self, call: FunctionCall, after: int, timeout: float, linger: float = 0.0) -> list[Output]:
+        """Outputs past position `after` in arrival order; waits up to `timeout` for one, then up
+        to `linger` seconds more for others to join it (one reply instead of many)."""
         deadline = time.monotonic() + timeout
         while len(call.outputs) <= after and call.unfinished > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await call.changed.wait(remaining):
                 break
+        if linger > 0 and call.unfinished > 0 and len(call.outputs) > after:
+            await asyncio.sleep(min(linger, max(0.0, deadline - time.monotonic())))
         return call.outputs[after:]
 
     def put_data_out(self, call_id: str, chunks: list[DataChunk]) -> None:
