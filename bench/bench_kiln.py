@@ -92,7 +92,9 @@ def run(calls: int, map_inputs: int, cold_samples: int) -> dict:
         map_seconds=round(map_s, 3),
         cold_start_samples_ms=[ms(s) for s in first_s],
         app_run_enter_median_ms=ms(median(enter_s)),
-        app_run_plus_first_result_median_ms=ms(median([a + b for a, b in zip(enter_s, first_s, strict=True)])),
+        app_run_plus_first_result_median_ms=ms(
+            median([a + b for a, b in zip(enter_s, first_s, strict=True)])
+        ),
     )
     return {
         "peer": "kiln",

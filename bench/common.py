@@ -74,7 +74,9 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
     for n, row in enumerate(cells):
         print(
             "  "
-            + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            + "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))

@@ -101,7 +101,9 @@ def kiln(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
     stop_server(server)
 
 
-def run_modal(kiln: KilnServer, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_modal(
+    kiln: KilnServer, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`modal <args>` with the official client, as a user would type it (cwd: tests/apps)."""
     return subprocess.run(
         [sys.executable, "-m", "modal", *args],

@@ -32,6 +32,9 @@ class Config:
     )
     # Run functions that ask for a GPU on the CPU (with a warning) when no matching GPU exists.
     gpu_fallback_cpu: bool = field(default_factory=lambda: os.environ.get("KILN_GPU_FALLBACK", "") == "cpu")
+    layer_store_max_gb: float = field(
+        default_factory=lambda: float(os.environ.get("KILN_LAYER_STORE_MAX_GB", "50"))
+    )
     # The image builder version we announce; 2025.06 mounts the client's runtime deps.
     image_builder_version: str = "2025.06"
 
@@ -55,6 +58,15 @@ class Config:
     @property
     def deps_dir(self) -> Path:
         return self.home / "deps"
+
+    @property
+    def mounts_dir(self) -> Path:
+        return self.home / "mounts"
+
+    @property
+    def package_cache_dir(self) -> Path:
+        """pip's and uv's caches for RUN steps (bound in, never part of a layer)."""
+        return self.home / "cache"
 
 
 # How this machine reaches package indexes and the network: its CA bundle and proxies. Build

@@ -22,6 +22,7 @@ from kiln.frontends.modal.service import ModalFrontend
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.client_deps import ClientDeps
+from kiln.images.gc import Collector
 from kiln.images.layer_store import LayerStore
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
@@ -59,14 +60,26 @@ class KilnServer:
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
-        runtime = BubblewrapRuntime(config.run_dir, overlay_root=home)
-        builder = Builder(layers, runtime, BaseResolver(home), config.run_dir, network_env)
+        mounts = MountStore(state, blobs, config.mounts_dir)
+        runtime = BubblewrapRuntime(config.run_dir, home, mount_roots=(config.mounts_dir, config.deps_dir))
+        collector = Collector(
+            layers, mounts.trees, mounts.remove_tree, int(config.layer_store_max_gb * 2**30)
+        )
+        builder = Builder(
+            layers,
+            runtime,
+            BaseResolver(home, network_env=network_env),
+            config.run_dir,
+            network_env,
+            package_cache=config.package_cache_dir,
+            collector=collector,
+        )
         calls = Calls()
         core = Core(
             config=config,
             state=state,
             blobs=blobs,
-            mounts=MountStore(state, blobs, home / "mounts"),
+            mounts=mounts,
             images=ImageService(builder, state),
             client_deps=ClientDeps(config.deps_dir, network_env),
             runtime=runtime,

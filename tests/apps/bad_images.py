@@ -18,6 +18,16 @@ elif case == "unknown-instruction":
     image = modal.Image.debian_slim().dockerfile_commands(["FROM base", "FROBNICATE now"])
 elif case == "missing-python":
     image = modal.Image.debian_slim(python_version="3.14")
+elif case == "micromamba":
+    image = modal.Image.micromamba()
+elif case == "gpu-build":
+    image = modal.Image.debian_slim().run_commands("true", gpu="any")
+elif case == "unreachable-registry":
+    image = modal.Image.from_registry(f"127.0.0.1:9/kiln/unreachable-{marker}:1")
+elif case == "copy-missing":
+    image = modal.Image.debian_slim().dockerfile_commands([f"COPY data/no-such-file-{marker}.txt /x"])
+elif case == "missing-local-dir":
+    image = modal.Image.debian_slim().add_local_dir(f"no-such-dir-{marker}", "/data")
 else:
     image = modal.Image.debian_slim().run_commands(f"echo marker-{marker}")
 

@@ -55,3 +55,31 @@ def test_python_version_the_machine_lacks_lists_what_it_has(kiln: KilnServer) ->
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "3.14" in output and "Available: Python" in output
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unreachable-registry", ["Could not reach the registry http://127.0.0.1:9", "unreachable-"]),
+        ("copy-missing", ["COPY data/no-such-file-", "exit code 1", "not in the build context"]),
+        ("missing-local-dir", ["no-such-dir-"]),
+    ],
+)
+def test_bad_input_ends_with_one_clear_error_then_a_fix_succeeds(
+    kiln: KilnServer, case: str, expected: list[str]
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    before = set(layer_steps(kiln.home))
+    result = run_case(kiln, case, marker)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, output
+    assert "Traceback" not in output and output.count("Error:") == 1
+    assert not [s for s in set(layer_steps(kiln.home)) - before if marker in s], (
+        "a failed step must store no layer"
+    )
+
+    fixed = run_case(kiln, "ok", marker)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "result: hello" in fixed.stdout

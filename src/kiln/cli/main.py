@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kiln.cli.images import image
 from kiln.config import Config
 from kiln.errors import KilnError
 from kiln.server import KilnServer
@@ -129,6 +130,8 @@ async def _serve(config: Config) -> None:
     click.echo("kiln: stopping")
     await server.stop()
 
+
+main.add_command(image)
 
 if __name__ == "__main__":
     main()

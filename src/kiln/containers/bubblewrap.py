@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kiln.containers.cgroups import Cgroups
 from kiln.containers.container import Container
+from kiln.containers.readonly import Leases, read_only_paths
 from kiln.containers.spec import ContainerSpec, OutputSink
 from kiln.errors import SandboxUnavailable
 
@@ -49,12 +50,15 @@ def check_sandbox_support() -> None:
 class BubblewrapRuntime:
     """Starts containers on this machine. `scratch_root` holds per-container upper/work dirs."""
 
-    def __init__(self, scratch_root: Path, overlay_root: Path) -> None:
+    def __init__(self, scratch_root: Path, overlay_root: Path, mount_roots: tuple[Path, ...] = ()) -> None:
         self.scratch_root = scratch_root
         # Layer paths are passed relative to this directory: mount options are limited to one page.
         self.overlay_root = overlay_root
+        # Layers stored under these directories are mounts: read-only in the container.
+        self.mount_roots = mount_roots
         self._live: dict[Container, asyncio.Future[None]] = {}  # each with the task that reaps it
         self.cgroups = Cgroups()
+        self.leases = Leases()  # no one deletes a layer while a container uses it
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
         scratch = self.scratch_root / uuid.uuid4().hex[:16]
@@ -66,35 +70,47 @@ class BubblewrapRuntime:
         if spec.upper is not None and spec.upper.stat().st_dev != work.stat().st_dev:
             raise SandboxUnavailable("an overlay's upper and work directories must share a filesystem")
 
+        mounts = [layer for layer in spec.layers if layer.parent in self.mount_roots]
+        image_layers = [layer for layer in spec.layers if layer.parent not in self.mount_roots]
+        read_only = read_only_paths(mounts, image_layers) if mounts else []
         lowers = ":".join(os.path.relpath(layer, self.overlay_root) for layer in spec.layers)
         options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
         argv = [
             "unshare", "--mount", "--propagation", "private", "--",
             "/bin/sh", "-c", _MOUNT_THEN_EXEC, "kiln-overlay",
             str(self.overlay_root), options, str(merged),
-            *self._bwrap_args(spec, merged),
+            *self._bwrap_args(spec, merged, read_only),
         ]  # fmt: skip
         cgroup = self.cgroups.create(scratch.name, spec.cpu_limit, spec.memory_limit_mb)
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            env={**os.environ, "KILN_CGROUP_PROCS": " ".join(cgroup.procs_files) if cgroup else ""},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        leased = self.leases.acquire(spec.layers)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                env={**os.environ, "KILN_CGROUP_PROCS": " ".join(cgroup.procs_files) if cgroup else ""},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            self.leases.release(leased)
+            raise
         container = Container(process, scratch, sink, cgroup)
-        self._live[container] = asyncio.ensure_future(self._forget_when_done(container))
+        self._live[container] = asyncio.ensure_future(self._forget_when_done(container, leased))
         return container
 
-    async def _forget_when_done(self, container: Container) -> None:
-        await container.wait()
-        self._live.pop(container, None)
+    async def _forget_when_done(self, container: Container, leased: list[Path]) -> None:
+        try:
+            await container.wait()
+        finally:
+            self.leases.release(leased)
+            self._live.pop(container, None)
 
-    def _bwrap_args(self, spec: ContainerSpec, merged: Path) -> list[str]:
+    def _bwrap_args(self, spec: ContainerSpec, merged: Path, read_only: list[str]) -> list[str]:
         args = [
             "bwrap",
             "--bind", str(merged), "/",
+            *(arg for path in read_only for arg in ("--ro-bind", f"{merged}{path}", path)),
             "--proc", "/proc",
             "--dev", "/dev",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -111,6 +127,8 @@ class BubblewrapRuntime:
             for name in ("/etc/resolv.conf", "/etc/hosts"):
                 if os.path.exists(name):
                     args += ["--ro-bind", os.path.realpath(name), name]
+        for device in spec.devices:
+            args += ["--dev-bind", device, device]
         for bind in spec.binds:
             args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
         for key, value in spec.env.items():

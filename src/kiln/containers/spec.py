@@ -38,6 +38,7 @@ class ContainerSpec:
     # Limits enforced with cgroups where the kernel allows; 0 = unlimited.
     cpu_limit: float = 0.0  # cores
     memory_limit_mb: int = 0
+    devices: list[str] = field(default_factory=list)  # host device nodes to expose (GPUs)
 
 
 @dataclass(frozen=True)

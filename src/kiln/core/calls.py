@@ -334,7 +334,9 @@ class Calls:
         queue = self.queues[function_id]
         return len(queue.pending), queue.running
 
-    async def wait_outputs(self, call: FunctionCall, after: int, timeout: float, linger: float = 0.0) -> list[Output]:
+    async def wait_outputs(
+        self, call: FunctionCall, after: int, timeout: float, linger: float = 0.0
+    ) -> list[Output]:
         """Outputs past position `after` in arrival order; waits up to `timeout` for one, then up
         to `linger` seconds more for others to join it (one reply instead of many)."""
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from kiln.core.functions import FunctionDef, Resources
 from kiln.core.gpus import GpuDevice
 from kiln.core.pool import Scheduler
 from kiln.core.results import Result, Status
-from kiln.errors import InvalidRequest
+from kiln.errors import ContainerStartError, InvalidRequest
 from kiln.images.client_deps import ClientDeps
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
@@ -45,6 +45,7 @@ class Core:
     scheduler: Scheduler
     functions: dict[str, FunctionDef] = field(default_factory=dict)
     gpus: list[GpuDevice] | None = None  # detected on first use
+    gpus_in_use: set[int] = field(default_factory=set)
     http_url: str = ""  # where blob uploads and downloads go
 
     def register_function(self, function: FunctionDef) -> None:
@@ -66,6 +67,22 @@ class Core:
             self.gpus = gpus.detect_gpus()
         return gpus.capacity(wanted.gpu_type, wanted.gpu_count or 1, self.gpus) > 0
 
+    def allocate_gpus(self, wanted: Resources) -> list[int]:
+        """Reserve GPUs for a container (released with `release_gpus`)."""
+        if not wanted.gpu_type:
+            return []
+        chosen = gpus.choose_devices(
+            wanted.gpu_type, wanted.gpu_count or 1, self.gpus or [], self.gpus_in_use
+        )
+        if chosen is None:
+            request = gpus.describe(wanted.gpu_type, wanted.gpu_count or 1)
+            raise ContainerStartError(f"all GPUs matching gpu={request!r} are in use by other containers")
+        self.gpus_in_use.update(chosen)
+        return chosen
+
+    def release_gpus(self, indices: list[int]) -> None:
+        self.gpus_in_use.difference_update(indices)
+
     def check_gpu(self, function: FunctionDef) -> None:
         wanted = function.resources
         if not wanted.gpu_type:
@@ -73,6 +90,11 @@ class Core:
         count = wanted.gpu_count or 1
         gpus.validate(wanted.gpu_type, count)
         if self.gpu_available(wanted):
+            # Never more containers than there are GPUs for them.
+            assert self.gpus is not None
+            fit = gpus.capacity(wanted.gpu_type, count, self.gpus)
+            scaling = function.autoscaling
+            scaling.max_containers = min(scaling.max_containers or fit, fit)
             return
         assert self.gpus is not None
         request = gpus.describe(wanted.gpu_type, count)

@@ -2,10 +2,14 @@
 
 Providers, tried in order:
 1. the local cache: a root filesystem placed at `$KILN_HOME/bases/<name>/rootfs`;
-2. an offline base derived from this machine: its Debian userland (a hard-linked snapshot of
-   /usr, /etc and /var) plus a CPython of the requested minor version installed at /usr/local —
-   what the official `python:*-slim` images contain. The substitution is logged.
-No registry is reachable from kiln's default deployment; a registry pull is a later provider.
+2. `scratch`: nothing at all;
+3. `ghcr.io/astral-sh/uv:<version>`: made from the `uv` wheel on PyPI (`uv_image.py`);
+4. `python:<version>[-slim][-<debian>]`: an offline base derived from this machine: its Debian
+   userland (a hard-linked snapshot of /usr, /etc and /var) plus a CPython of the requested minor
+   version installed at /usr/local — what the official `python:*-slim` images contain;
+5. `debian:<codename>[-slim]` for this machine's own release: the same snapshot without Python;
+6. anything else: pulled from its registry over the OCI distribution API (`registry.py`).
+Every substitution is logged in the build output.
 """
 
 from __future__ import annotations
@@ -14,39 +18,19 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import ImageBuildError
-from kiln.images.pythons import HostPython, find_host_pythons
+from kiln.images.base_image import BaseImage, BaseLayer
+from kiln.images.pythons import HostPython, find_host_pythons, python_version_in
+from kiln.images.registry import RegistryAuth, registry_image
 from kiln.images.steps import ImageConfig, Step
-
-# Filled in by code on the host, not by a command in a sandbox.
-Materializer = Callable[[Path], None]
-
-
-@dataclass
-class BaseLayer:
-    """A layer of a base image: either files made on the host, or a step run in a sandbox."""
-
-    name: str  # enters the layer key
-    materialize: Materializer | None = None
-    step: Step | None = None
-
-
-@dataclass
-class BaseImage:
-    reference: str
-    layers: list[BaseLayer]
-    config: ImageConfig
-    notice: str = ""  # logged to the build output when a substitution was made
-
+from kiln.images.uv_image import uv_image
 
 _PYTHON_REF = re.compile(
     r"^(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)(?:\.(\d+))?(?:-slim)?(?:-(\w+))?$"
 )
-_DEBIAN_VERSIONS = {"bullseye": "11", "bookworm": "12", "trixie": "13"}
+_DEBIAN_REF = re.compile(r"^(?:docker\.io/)?(?:library/)?debian:(\w+?)(?:-slim)?$")
 _PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -63,9 +47,15 @@ def host_os_release() -> dict[str, str]:
 
 
 class BaseResolver:
-    def __init__(self, home: Path, pythons: dict[str, HostPython] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        pythons: dict[str, HostPython] | None = None,
+        network_env: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
         self._pythons = pythons
+        self.network_env = network_env or {}
 
     @property
     def pythons(self) -> dict[str, HostPython]:
@@ -73,24 +63,52 @@ class BaseResolver:
             self._pythons = find_host_pythons()
         return self._pythons
 
-    def resolve(self, reference: str) -> BaseImage:
+    def resolve(self, reference: str, auth: RegistryAuth | None = None) -> BaseImage:
         cached = self.home / "bases" / reference.replace("/", "_").replace(":", "_") / "rootfs"
         if cached.is_dir():
             return BaseImage(
                 reference,
-                [BaseLayer(f"local-cache:{reference}", materialize=lambda dest: _link_tree(cached, dest))],
+                [
+                    BaseLayer(
+                        f"local-cache:{reference}", materialize=lambda dest: _link_contents(cached, dest)
+                    )
+                ],
                 ImageConfig(env={"PATH": _PATH}),
                 notice=f"Using {reference} from the local cache ({cached}).",
             )
+        if reference == "scratch":
+            return BaseImage(reference, [BaseLayer("scratch", materialize=lambda dest: None)], ImageConfig())
+        uv = uv_image(reference, self.network_env)
+        if uv is not None:
+            return uv
         match = _PYTHON_REF.match(reference)
-        if match is None:
-            raise ImageBuildError(
-                f"Base image {reference!r} is not in kiln's local cache and no registry is configured. "
-                f"kiln can provide python:<version>-slim images offline (Python {self.available()}); "
-                f"or place a root filesystem at {cached}."
-            )
-        minor = f"{match.group(1)}.{match.group(2)}"
-        return self.python_base(reference, minor, match.group(4) or "")
+        if match is not None:
+            minor = f"{match.group(1)}.{match.group(2)}"
+            return self.python_base(reference, minor, match.group(4) or "")
+        debian = _DEBIAN_REF.match(reference)
+        if debian is not None and debian.group(1) == host_os_release().get("VERSION_CODENAME"):
+            return self.debian_base(reference)
+        offline = (
+            f"kiln provides offline: python:<version>-slim (Python {self.available()}), "
+            f"debian:{host_os_release().get('VERSION_CODENAME', '?')}, ghcr.io/astral-sh/uv:<version>, "
+            f"scratch; or place a root filesystem at {cached}."
+        )
+        return registry_image(reference, auth, self.network_env, offline)
+
+    def debian_base(self, reference: str) -> BaseImage:
+        """This machine's own Debian release, as `debian:<codename>` images contain."""
+        os_release = host_os_release()
+        codename = os_release.get("VERSION_CODENAME", "unknown")
+        return BaseImage(
+            reference,
+            [
+                BaseLayer(
+                    f"host-os:{os_release.get('ID', 'linux')}:{codename}:v2", materialize=snapshot_host_os
+                )
+            ],
+            ImageConfig(env={"PATH": _PATH}, cmd=["bash"], python_version_info=_system_python()),
+            notice=f"{reference}: using this machine's own {os_release.get('PRETTY_NAME', 'OS')} offline.",
+        )
 
     def available(self) -> str:
         return ", ".join(sorted(self.pythons, key=lambda v: tuple(map(int, v.split("."))))) or "none found"
@@ -118,7 +136,7 @@ class BaseResolver:
             python_version_info=python.describe(),
         )
         layers = [
-            BaseLayer(f"host-os:{os_release.get('ID', 'linux')}:{codename}:v1", materialize=snapshot_host_os),
+            BaseLayer(f"host-os:{os_release.get('ID', 'linux')}:{codename}:v2", materialize=snapshot_host_os),
             BaseLayer(f"cpython:{python.version}:v1", materialize=lambda dest: install_python(python, dest)),
             BaseLayer(
                 "python-setup:v1",
@@ -145,6 +163,18 @@ _HOST_EXCLUDE = {
     "var/tmp",
     "var/lib/docker",
     "var/mail",
+    # man-db re-indexes every manual page after each `apt-get install` (minutes on an overlay);
+    # slim images have no manual pages, so skip it as they do.
+    "var/lib/man-db/auto-update",
+}
+# What the official slim images configure: no docs or manuals from packages, no kept .debs.
+_SLIM_FILES = {
+    "etc/dpkg/dpkg.cfg.d/kiln-slim": "path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
+    "path-exclude /usr/share/man/*\npath-exclude /usr/share/groff/*\npath-exclude /usr/share/info/*\n",
+    "etc/apt/apt.conf.d/kiln-clean": 'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
+    '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n',
 }
 _EMPTY_DIRS = {
     "root": 0o700, "home": 0o755, "tmp": 0o1777, "proc": 0o555, "sys": 0o555, "dev": 0o755,
@@ -153,6 +183,16 @@ _EMPTY_DIRS = {
     "usr/local/share": 0o755, "usr/local/sbin": 0o755, "var/log": 0o755, "var/tmp": 0o1777,
     "var/lib/apt/lists/partial": 0o700, "var/cache/apt/archives/partial": 0o700,
 }  # fmt: skip
+
+
+def _system_python() -> str:
+    """The Debian system Python a host snapshot contains (`Python 3.11`), or ""."""
+    return python_version_in(Path("/"), {}, prefixes=("usr",))
+
+
+def _link_contents(source: Path, dest: Path) -> ImageConfig:
+    _cp(Path(source), dest, contents=True)
+    return ImageConfig(env={"PATH": _PATH}, python_version_info=python_version_in(dest, {}))
 
 
 def snapshot_host_os(dest: Path) -> None:
@@ -173,6 +213,9 @@ def snapshot_host_os(dest: Path) -> None:
         path = dest / rel
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, mode)
+    for rel, text in _SLIM_FILES.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text)
 
 
 def install_python(python: HostPython, dest: Path) -> None:
@@ -209,11 +252,15 @@ def _link_tree(source: Path, dest: Path, exclude: set[str] | None = None) -> Non
         _link_tree(Path(entry.path), dest / entry.name, nested)
 
 
-def _cp(source: Path, dest: Path) -> None:
+def _cp(source: Path, dest: Path, contents: bool = False) -> None:
+    """`cp -a` (hard links on the same filesystem) of `source`, or of its contents into `dest`."""
     same_fs = os.stat(source, follow_symlinks=False).st_dev == os.stat(dest.parent).st_dev
     flags = ["-a", "--link"] if same_fs else ["-a"]
     result = subprocess.run(
-        ["cp", *flags, "--", str(source), str(dest)], capture_output=True, text=True, check=False
+        ["cp", *flags, "--", f"{source}/." if contents else str(source), str(dest)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise ImageBuildError(f"could not copy {source} into a base layer: {result.stderr.strip()}")

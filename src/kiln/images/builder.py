@@ -1,80 +1,46 @@
-"""The image builder: turns a recipe into a chain of cached layers, one step at a time.
+"""The image builder: runs a plan's missing layers, one step at a time, each in a sandbox.
 
 Each filesystem step runs in a sandbox over its parent's layers; the sandbox's overlay upper
-directory *is* the new layer. Keys are computed before anything runs, so a request for an image
-whose layers all exist does no work, and two requests for the same missing layer share one build.
+directory *is* the new layer. Two requests for the same missing layer share one build: in this
+process by a shared future, across processes sharing KILN_HOME by a lock file per layer key.
+RUN steps get persistent pip and uv caches (like BuildKit cache mounts): bound from the host at
+/.kiln-cache and named by PIP_CACHE_DIR and UV_CACHE_DIR, so they never enter a layer, and a
+step's own `rm -rf /root/.cache` still works.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import collections
+import logging
+import os
 import posixpath
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.containers import Bind, BubblewrapRuntime, ContainerSpec
 from kiln.errors import ImageBuildError
-from kiln.images.base import BaseLayer, BaseResolver
-from kiln.images.keys import layer_key
+from kiln.images.base import BaseResolver
+from kiln.images.context import BuildContext, materialize_from_layers
+from kiln.images.gc import Collector
 from kiln.images.layer_store import Layer, LayerStore
-from kiln.images.steps import ImageConfig, Step, apply_config_step, parse_dockerfile
+from kiln.images.locks import LayerLocks
+from kiln.images.output import StepOutput
+from kiln.images.planner import LogSink, Plan, PlannedLayer, Recipe, plan
+from kiln.images.steps import ImageConfig, apply_config_step, split_flags
 
-LogSink = Callable[[str], None]
+__all__ = ["BuildContext", "Builder", "copy_script"]
+
+server_log = logging.getLogger("kiln.images")
+
 CONTEXT_MOUNT = "/.kiln-build-context"
-_TAIL_LINES = 25
-
-
-@dataclass
-class BuildContext:
-    """Files a COPY may read: relative path → file on the host."""
-
-    files: dict[str, Path] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)  # relative path → sha256 hex
-
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for path in sorted(self.digests):
-            h.update(f"{path}\0{self.digests[path]}\n".encode())
-        return h.hexdigest()
-
-
-@dataclass
-class Recipe:
-    """What to build: Dockerfile lines on top of a parent layer (or a FROM reference)."""
-
-    dockerfile: list[str]
-    parent_key: str | None = None
-    context: BuildContext = field(default_factory=BuildContext)
-    secret_env: dict[str, str] = field(default_factory=dict)
-    secret_ids: list[str] = field(default_factory=list)
-    force_build: bool = False
-    ignore_cache_nonce: str = ""
-
-
-@dataclass
-class PlannedLayer:
-    key: str
-    parent: str | None
-    label: str  # what the log shows
-    step: Step | None = None
-    base: BaseLayer | None = None
-    config: ImageConfig = field(default_factory=ImageConfig)
-
-
-@dataclass
-class Plan:
-    layers: list[PlannedLayer]
-    notice: str = ""
-
-    @property
-    def top_key(self) -> str:
-        return self.layers[-1].key
+PACKAGE_CACHES = {"PIP_CACHE_DIR": "pip", "UV_CACHE_DIR": "uv"}  # env variable → cache
+CACHE_MOUNT = "/.kiln-cache"
+_SANDBOX_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 
 
 class Builder:
@@ -85,69 +51,110 @@ class Builder:
         bases: BaseResolver,
         scratch: Path,
         network_env: dict[str, str] | None = None,
+        package_cache: Path | None = None,
+        collector: Collector | None = None,
     ) -> None:
         self.store = store
         self.network_env = network_env or {}
         self.runtime = runtime
         self.bases = bases
         self.scratch = scratch
+        self.package_cache = package_cache
+        self.collector = collector or Collector(store)
+        self.locks = LayerLocks(store.root / ".locks")
         self._in_flight: dict[str, asyncio.Future[Layer]] = {}
-
-    # -- planning: pure apart from reading the parent's config ---------------------------------
+        self._building: collections.Counter[str] = collections.Counter()
 
     def plan(self, recipe: Recipe) -> Plan:
-        """Compute every layer's key and resulting config without building anything."""
-        steps = parse_dockerfile(recipe.dockerfile)
-        layers: list[PlannedLayer] = []
-        notice = ""
-        parent = recipe.parent_key
-        config = self._config_of(parent) if parent else ImageConfig()
-        inputs_base: dict[str, str] = {}
-        if recipe.ignore_cache_nonce:
-            inputs_base["ignore_cache"] = recipe.ignore_cache_nonce
-        if recipe.secret_ids:
-            inputs_base["secrets"] = ",".join(recipe.secret_ids)
-        for step in steps:
-            if step.instruction == "FROM":
-                reference = step.argument.split(" AS ")[0].split(" as ")[0].strip()
-                if reference == "base":
-                    if recipe.parent_key is None:
-                        raise ImageBuildError("`FROM base` needs a base image, but none was given")
-                    continue
-                base = self.bases.resolve(reference)
-                notice = base.notice
-                parent = None
-                for base_layer in base.layers:
-                    key = layer_key(parent, f"BASE {base_layer.name}")
-                    layers.append(
-                        PlannedLayer(
-                            key,
-                            parent,
-                            f"base: {base_layer.name}",
-                            step=base_layer.step,
-                            base=base_layer,
-                            config=base.config.copy(),
-                        )
+        """Compute every layer's key without building anything."""
+        return plan(recipe, self.bases)
+
+    def missing(self, plan: Plan, force: bool = False) -> list[PlannedLayer]:
+        return [p for p in plan.layers if (force and _rebuilt_by_force(p)) or self.store.get(p.key) is None]
+
+    async def build(self, plan: Plan, recipe: Recipe, log: LogSink) -> Layer:
+        """Build every missing layer of `plan`, in order, and return the top one."""
+        for notice in plan.notices:
+            log(f"{notice}\n")
+        keys = [p.key for p in plan.layers]
+        self._protect(keys, 1)
+        try:
+            total = len(plan.layers)
+            for number, planned in enumerate(plan.layers, 1):
+                rebuild = recipe.force_build and _rebuilt_by_force(planned)
+                if self.store.get(planned.key) is None or rebuild:
+                    log(f"=> Step {number}/{total}: {planned.label}\n")
+                    await self._build_once(planned, recipe, log, rebuild)
+        finally:
+            self._protect(keys, -1)
+        top = self.store.get(plan.top_key)
+        if top is None:
+            raise ImageBuildError(
+                f"layer {plan.top_key[:12]} vanished during the build (evicted?); run again"
+            )
+        self.store.touch(top.key)
+        return top
+
+    def _protect(self, keys: list[str], delta: int) -> None:
+        self._building.update({key: delta for key in keys})
+        self.collector.protected = {key for key, count in self._building.items() if count > 0}
+
+    async def _build_once(self, planned: PlannedLayer, recipe: Recipe, log: LogSink, rebuild: bool) -> Layer:
+        in_flight = self._in_flight.get(planned.key)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
+        future: asyncio.Future[Layer] = asyncio.get_running_loop().create_future()
+        self._in_flight[planned.key] = future
+        try:
+            async with self.locks.hold(planned.key):
+                existing = self.store.get(planned.key)
+                if existing is not None and not rebuild:
+                    log("   built meanwhile by another kiln process\n")
+                    server_log.info(
+                        "layer %s (%s): built by another process", planned.key[:12], planned.label
                     )
-                    parent = key
-                config = base.config.copy()
-                continue
-            if parent is None:
-                raise ImageBuildError(f"the first instruction must be FROM (got `{step.text}`)")
-            inputs = dict(inputs_base)
-            if step.instruction in ("COPY", "ADD"):
-                inputs["context"] = recipe.context.digest()
-            config = config.copy()
-            apply_config_step(config, step)
-            key = layer_key(parent, step.text, inputs)
-            layers.append(PlannedLayer(key, parent, step.text, step=step, config=config))
-            parent = key
-        if not layers:
-            if parent is None:
-                raise ImageBuildError("an image needs a FROM instruction or a base image")
-            # An image that adds nothing to its parent is its parent.
-            layers.append(PlannedLayer(parent, None, "(no changes)", config=config))
-        return Plan(layers, notice)
+                    layer = existing
+                else:
+                    server_log.info("layer %s (%s): building", planned.key[:12], planned.label)
+                    started = time.monotonic()
+                    layer = await self._build_layer(planned, recipe, log, replace=rebuild)
+                    log(f"   done in {time.monotonic() - started:.1f}s\n")
+            future.set_result(layer)
+            return layer
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._in_flight[planned.key]
+
+    async def _build_layer(self, planned: PlannedLayer, recipe: Recipe, log: LogSink, replace: bool) -> Layer:
+        with self.store.staging(planned.key) as staging:
+            config = await self._fill(planned, recipe, staging / "fs", log)
+            return self.store.commit(
+                staging, planned.key, planned.parent, planned.label, config, replace=replace
+            )
+
+    async def _fill(self, planned: PlannedLayer, recipe: Recipe, upper: Path, log: LogSink) -> ImageConfig:
+        """Make the layer's files in `upper`; returns the layer's config."""
+        base = planned.base
+        if base is not None and base.materialize is not None:
+            made = await asyncio.to_thread(base.materialize, upper)
+            return made or planned.base_config or ImageConfig()
+        assert planned.parent is not None
+        parent_config = self._config_of(planned.parent)
+        if planned.build_function is not None:
+            await planned.build_function.run(planned.parent, upper, log)
+            _scrub(upper, ["/.kiln"])  # the socket directory the build container was given
+            return parent_config.copy()
+        step = planned.step
+        assert step is not None
+        config = planned.base_config.copy() if planned.base_config else parent_config.copy()
+        if base is None:
+            apply_config_step(config, step, planned.args)
+        if step.instruction in _SANDBOX_STEPS:
+            await self._run_step(planned, recipe, parent_config, config, upper, log)
+        return config
 
     def _config_of(self, key: str) -> ImageConfig:
         layer = self.store.get(key)
@@ -155,133 +162,164 @@ class Builder:
             return layer.config
         raise ImageBuildError(f"parent layer {key[:12]} is not built; build the parent image first")
 
-    def missing(self, plan: Plan, force: bool = False) -> list[PlannedLayer]:
-        return [p for p in plan.layers if force or self.store.get(p.key) is None]
-
-    # -- building -----------------------------------------------------------------------------
-
-    async def build(self, plan: Plan, recipe: Recipe, log: LogSink) -> Layer:
-        """Build every missing layer of `plan`, in order, and return the top one."""
-        if plan.notice:
-            log(f"{plan.notice}\n")
-        total = len(plan.layers)
-        top: Layer | None = None
-        for number, planned in enumerate(plan.layers, 1):
-            existing = self.store.get(planned.key)
-            rebuild = recipe.force_build and planned.step is not None and planned.base is None
-            if existing is not None and not rebuild:
-                top = existing
-                continue
-            log(f"=> Step {number}/{total}: {planned.label}\n")
-            in_flight = self._in_flight.get(planned.key)
-            if in_flight is not None:
-                top = await asyncio.shield(in_flight)
-                continue
-            future: asyncio.Future[Layer] = asyncio.get_running_loop().create_future()
-            self._in_flight[planned.key] = future
-            try:
-                started = time.monotonic()
-                top = await self._build_layer(planned, recipe, log, replace=rebuild)
-                log(f"   done in {time.monotonic() - started:.1f}s\n")
-                future.set_result(top)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: waiters re-raise it themselves
-                raise
-            finally:
-                del self._in_flight[planned.key]
-        assert top is not None
-        self.store.touch(top.key)
-        return top
-
-    async def _build_layer(self, planned: PlannedLayer, recipe: Recipe, log: LogSink, replace: bool) -> Layer:
-        with self.store.staging(planned.key) as staging:
-            if planned.base is not None and planned.base.materialize is not None:
-                await asyncio.to_thread(planned.base.materialize, staging / "fs")
-            elif planned.step is not None and planned.step.instruction in ("RUN", "COPY", "ADD", "WORKDIR"):
-                await self._run_step(planned, recipe, staging / "fs", log)
-            return self.store.commit(
-                staging, planned.key, planned.parent, planned.label, planned.config, replace=replace
-            )
-
-    async def _run_step(self, planned: PlannedLayer, recipe: Recipe, upper: Path, log: LogSink) -> None:
+    async def _run_step(
+        self,
+        planned: PlannedLayer,
+        recipe: Recipe,
+        parent_config: ImageConfig,
+        config: ImageConfig,
+        upper: Path,
+        log: LogSink,
+    ) -> None:
         assert planned.step is not None and planned.parent is not None
-        parent_config = self._config_of(planned.parent)
         step = planned.step
-        binds: list[Bind] = []
-        context_dir: Path | None = None
-        env = {**self.network_env, **parent_config.env}
+        env = {**self.network_env, "HOME": "/root", **parent_config.env}
         cwd = parent_config.workdir or "/"
         if step.instruction == "RUN":
-            argv = [*parent_config.shell, step.argument]
-            env.update(recipe.secret_env)
+            secrets = recipe.secret_env if planned.base is None else {}
+            env.update({**planned.args, **secrets})
+            binds = self._package_cache_binds(env)
+            await self._sandbox(
+                planned, [*parent_config.shell, step.argument], env, cwd, binds, upper, log, secrets
+            )
         elif step.instruction == "WORKDIR":
-            argv = ["mkdir", "-p", planned.config.workdir]
+            await self._sandbox(planned, ["mkdir", "-p", config.workdir], env, cwd, [], upper, log)
         else:
-            context_dir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="context-"))
-            await asyncio.to_thread(_materialize_context, recipe.context, context_dir)
-            binds.append(Bind(context_dir, CONTEXT_MOUNT, read_only=True))
-            argv = ["/bin/sh", "-c", copy_script(step.argument, cwd)]
-        spec = ContainerSpec(
-            layers=self.store.lower_dirs(planned.parent),
-            argv=argv,
-            env=env,
-            cwd=cwd,
-            binds=binds,
-            upper=upper,
-        )
-        tail: list[str] = []
+            await self._copy(planned, env, cwd, upper, log)
 
-        def sink(fd: int, data: bytes) -> None:
-            text = data.decode(errors="replace")
-            tail.extend(text.splitlines())
-            del tail[:-_TAIL_LINES]
-            log(text)
-
+    async def _copy(
+        self, planned: PlannedLayer, env: dict[str, str], cwd: str, upper: Path, log: LogSink
+    ) -> None:
+        """COPY/ADD: lay out what it reads in a context directory, then copy from there."""
+        assert planned.step is not None and planned.parent is not None
+        flags, rest = split_flags(planned.step.argument)
+        argument = " ".join([*(f"--{k}={v}" for k, v in flags.items() if k != "from"), rest])
+        context_dir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="context-"))
         try:
-            container = await self.runtime.start(spec, sink)
+            if planned.copy_from:
+                sources = shlex.split(rest)[:-1]
+                layers = self.store.lower_dirs(planned.copy_from)
+                await asyncio.to_thread(materialize_from_layers, layers, sources, context_dir)
+            elif planned.context is not None:
+                await asyncio.to_thread(planned.context.materialize, context_dir)
+            if not planned.copy_from and not _has_shell(self.store.lower_dirs(planned.parent)):
+                # No shell to copy with (FROM scratch): copy on the host, straight into the layer.
+                # Context files are plain files (no symlinks to follow out of the layer).
+                script = copy_script(argument, cwd, context=str(context_dir), root=str(upper))
+                await asyncio.to_thread(_run_on_host, script, planned.step.text)
+                return
+            binds = [Bind(context_dir, CONTEXT_MOUNT, read_only=True)]
+            await self._sandbox(
+                planned, ["/bin/sh", "-c", copy_script(argument, cwd)], env, cwd, binds, upper, log
+            )
+        finally:
+            shutil.rmtree(context_dir, ignore_errors=True)
+
+    async def _sandbox(
+        self,
+        planned: PlannedLayer,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        binds: list[Bind],
+        upper: Path,
+        log: LogSink,
+        secrets: dict[str, str] | None = None,
+    ) -> None:
+        """Run a step's command over its parent's layers, writing into `upper`."""
+        assert planned.step is not None and planned.parent is not None
+        spec = ContainerSpec(self.store.lower_dirs(planned.parent), argv, env, cwd, binds, upper=upper)
+        output = StepOutput(log, secrets or {})
+        try:
+            container = await self.runtime.start(spec, output.write)
             status = await container.wait()
         finally:
-            if context_dir is not None:
-                shutil.rmtree(context_dir, ignore_errors=True)
+            output.flush()
+            _scrub(upper, [b.target for b in binds])
         if not status.ok:
-            shown = "\n".join(f"  {line}" for line in tail) or "  (no output)"
+            shown = "\n".join(f"  {line}" for line in output.tail) or "  (no output)"
             raise ImageBuildError(
-                f"Image build step failed: `{step.text}` ended with {status.describe()}.\n"
+                f"Image build step failed: `{output.redact(planned.step.text)}` ended with {status.describe()}.\n"
                 f"Last output:\n{shown}\n"
                 "Fix the command (or the package name) in the image definition and run again; "
                 "earlier steps are cached."
             )
 
+    def _package_cache_binds(self, env: dict[str, str]) -> list[Bind]:
+        if self.package_cache is None:
+            return []
+        binds = []
+        for variable, name in PACKAGE_CACHES.items():
+            source = self.package_cache / name
+            source.mkdir(parents=True, exist_ok=True)
+            binds.append(Bind(source, f"{CACHE_MOUNT}/{name}", read_only=False))
+            env.setdefault(variable, f"{CACHE_MOUNT}/{name}")
+        # uv hard-links from its cache by default, which fails across the bind: copy quietly.
+        env.setdefault("UV_LINK_MODE", "copy")
+        return binds
 
-def _materialize_context(context: BuildContext, dest: Path) -> None:
-    for rel, source in context.files.items():
-        target = dest / rel.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            target.hardlink_to(source)
-        except OSError:
-            shutil.copy2(source, target)
+
+def _rebuilt_by_force(planned: PlannedLayer) -> bool:
+    """force_build rebuilds the recipe's own steps and re-fetches registry images, not host bases."""
+    if planned.base is not None:
+        return planned.base.refresh
+    return planned.step is not None or planned.build_function is not None
 
 
-def copy_script(argument: str, workdir: str) -> str:
-    """A shell script doing Dockerfile `COPY src... dst` from the bound build context."""
-    words = shlex.split(argument)
-    flags = [w for w in words if w.startswith("--")]
-    paths = [w for w in words if not w.startswith("--")]
-    for flag in flags:
-        if flag.startswith("--from="):
-            raise ImageBuildError(
-                f"`COPY {argument}`: copying from another image (--from) is not supported by kiln yet"
-            )
+def _has_shell(layers: list[Path]) -> bool:
+    return any(
+        os.path.lexists(layer / "bin" / "sh") or os.path.lexists(layer / "usr/bin/sh") for layer in layers
+    )
+
+
+def _run_on_host(script: str, text: str) -> None:
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageBuildError(
+            f"Image build step failed: `{text}` ended with exit code {result.returncode}.\n"
+            f"Last output:\n  {result.stderr.strip()}\nFix the step and run again; earlier steps are cached."
+        )
+
+
+def _scrub(upper: Path, targets: list[str]) -> None:
+    """Remove the empty mount points a sandbox's binds left in its upper directory."""
+    for target in targets:
+        path = upper / target.lstrip("/")
+        while path != upper and path.is_dir() and not path.is_symlink():
+            if any(path.iterdir()) or _opaque(path):
+                break
+            path.rmdir()
+            path = path.parent
+
+
+def _opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque") == b"y"
+    except OSError:
+        return False
+
+
+def copy_script(argument: str, workdir: str, context: str = "", root: str = "") -> str:
+    """A shell script doing Dockerfile `COPY src... dst` from the bound build context.
+
+    `context` is where the context is (default: where a sandbox sees it), `root` is prepended
+    to destinations (for a copy done on the host into a layer directory).
+    """
+    flags, rest = split_flags(argument)
+    paths = shlex.split(rest)
+    if "from" in flags:
+        raise ImageBuildError(f"`COPY {argument}`: the builder resolves --from before making the script")
+    unknown = set(flags) - {"chown", "chmod", "link"}
+    if unknown:
+        raise ImageBuildError(f"`COPY {argument}`: the flag --{sorted(unknown)[0]} is not supported by kiln")
     if len(paths) < 2:
         raise ImageBuildError(f"`COPY {argument}` needs a source and a destination")
     *sources, dest = paths
     if not dest.startswith("/"):
         dest = workdir.rstrip("/") + "/" + dest
     to_dir = dest.endswith("/") or len(sources) > 1
-    quoted_dest = shlex.quote(dest)
-    lines = ["set -e", f"cd {CONTEXT_MOUNT}"]
+    quoted_dest = shlex.quote(root + dest)
+    lines = ["set -e", f"cd {shlex.quote(context or CONTEXT_MOUNT)}"]
     for source in sources:
         src = posixpath.normpath(source.lstrip("/") or ".")
         if src == ".." or src.startswith("../"):
@@ -300,6 +338,9 @@ def copy_script(argument: str, workdir: str) -> str:
             f'for s in "$@"; do if [ -d "$s" ]; then mkdir -p {quoted_dest} && cp -a "$s"/. {quoted_dest}; '
             f'else mkdir -p {target_dir} && cp -a "$s" {quoted_dest}; fi; done'
         )
+    for flag, command in (("chown", "chown -R"), ("chmod", "chmod -R")):
+        if flags.get(flag):
+            lines.append(f"{command} {shlex.quote(flags[flag])} {quoted_dest}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -21,13 +22,19 @@ class HostPython:
 
     def describe(self) -> str:
         """`python -VV` of this interpreter (what images report as python_version_info)."""
-        out = subprocess.run(
-            [str(self.prefix / "bin" / f"python{self.minor}"), "-VV"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return out.stdout.strip() or f"Python {self.version}"
+        return _describe(self.prefix / "bin" / f"python{self.minor}", self.version)
+
+
+@functools.cache
+def _describe(interpreter: Path, version: str) -> str:
+    # Asked on every request for a python base image: run the interpreter once per process.
+    out = subprocess.run(
+        [str(interpreter), "-VV"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or f"Python {version}"
 
 
 def _candidate_prefixes() -> list[Path]:
@@ -70,3 +77,18 @@ def client_package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"the {package} package is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def python_version_in(
+    root: Path, env: dict[str, str], prefixes: tuple[str, ...] = ("usr/local", "usr")
+) -> str:
+    """What an image's `python -VV` would start with ("Python 3.11.7" or "Python 3.11"), read from
+    its files (official python images set PYTHON_VERSION), or "" when it has no CPython."""
+    if re.fullmatch(r"3\.\d+(\.\d+)?", env.get("PYTHON_VERSION", "")):
+        return f"Python {env['PYTHON_VERSION']}"
+    for prefix in prefixes:
+        found = [p.parent.name for p in (root / prefix / "lib").glob("python3.*/os.py")]
+        minors = sorted((int(name[len("python3.") :]) for name in found if name[8:].isdigit()), reverse=True)
+        if minors:
+            return f"Python 3.{minors[0]}"
+    return ""

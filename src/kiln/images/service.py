@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import ImageBuildError, KilnError, NotFound
 from kiln.ids import stable_id
-from kiln.images.builder import Builder, Plan, Recipe
+from kiln.images.builder import Builder
+from kiln.images.planner import Plan, Recipe
 from kiln.images.steps import ImageConfig
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, STDOUT, LogBuffer
@@ -47,17 +49,22 @@ class ImageService:
 
     def request(self, recipe: Recipe) -> ImageBuild:
         """Return the image for `recipe`, starting its build if any layer is missing."""
+        started = time.perf_counter()
         plan = self.builder.plan(recipe)
         image_id = stable_id("im", plan.top_key + recipe.ignore_cache_nonce)
         current = self._builds.get(image_id)
         if current is not None and (
             not current.done.is_set() or (current.succeeded and not recipe.force_build)
         ):
+            _report(image_id, plan, "joined its build" if not current.done.is_set() else "cached", started)
             return current
         build = ImageBuild(image_id, plan.top_key)
         self._builds[image_id] = build
-        if not recipe.force_build and not self.builder.missing(plan):
+        missing = self.builder.missing(plan, recipe.force_build)
+        _report(image_id, plan, f"{len(missing)} to build" if missing else "cached", started)
+        if not missing:
             self._record(build)
+            self.builder.store.touch(plan.top_key)
             build.finish()
             return build
         self.builds_started += 1
@@ -81,6 +88,10 @@ class ImageService:
         if error:
             build.logs.append(error + "\n", INFO, image_id=build.image_id)
         build.finish(error)
+        try:  # after the build is done: the size cap is no business of the image's user
+            await asyncio.to_thread(self.builder.collector.enforce_cap)
+        except Exception:
+            log.exception("enforcing the layer store's size cap failed")
 
     def _record(self, build: ImageBuild) -> None:
         self.state.put("images", build.image_id, {"top_key": build.top_key})
@@ -105,6 +116,12 @@ class ImageService:
             )
         return build.top_key
 
+    def config(self, image_id: str) -> ImageConfig:
+        """A built image's config (env, workdir, Python version, …)."""
+        layer = self.builder.store.get(self.top_key(image_id))
+        assert layer is not None
+        return layer.config
+
     def layers(self, image_id: str) -> tuple[list[Path], ImageConfig]:
         """Overlay lower dirs (topmost first) and config of a built image."""
         key = self.top_key(image_id)
@@ -118,3 +135,8 @@ class ImageService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _report(image_id: str, plan: Plan, outcome: str, started: float) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    log.info("image %s: %d layers, %s (planned in %.1f ms)", image_id, len(plan.layers), outcome, elapsed_ms)

@@ -107,6 +107,38 @@ def _parse_line(line: str) -> Step:
     return Step(instruction, argument)
 
 
+def parse_from(argument: str) -> tuple[str, str]:
+    """`FROM [--platform=…] image[:tag] [AS name]` → (image, stage name or "")."""
+    words = [w for w in argument.split() if not w.startswith("--")]
+    if not words:
+        raise ImageBuildError(f"`FROM {argument}` names no image")
+    if len(words) == 3 and words[1].upper() == "AS":
+        return words[0], words[2]
+    if len(words) != 1:
+        raise ImageBuildError(f"`FROM {argument}`: expected `FROM image [AS name]`")
+    return words[0], ""
+
+
+def split_flags(argument: str) -> tuple[dict[str, str], str]:
+    """`--from=a --chown=1:1 src dst` → ({"from": "a", "chown": "1:1"}, "src dst")."""
+    flags: dict[str, str] = {}
+    rest = argument.strip()
+    while rest.startswith("--"):
+        word, _, rest = rest.partition(" ")
+        name, _, value = word[2:].partition("=")
+        flags[name] = value
+        rest = rest.strip()
+    return flags, rest
+
+
+def parse_arg(argument: str) -> tuple[str, str | None]:
+    """`ARG NAME=default` → ("NAME", "default"); `ARG NAME` → ("NAME", None)."""
+    name, sep, default = argument.strip().partition("=")
+    if not name or " " in name:
+        raise ImageBuildError(f"`ARG {argument}`: expected `ARG NAME` or `ARG NAME=default`")
+    return name, _unquote_and_expand(default, {}) if sep else None
+
+
 def json_or_shell_form(argument: str) -> list[str] | None:
     """`["a", "b"]` → ['a', 'b']; anything else → None (shell form)."""
     if argument.startswith("["):
@@ -119,13 +151,17 @@ def json_or_shell_form(argument: str) -> list[str] | None:
     return None
 
 
-def apply_config_step(config: ImageConfig, step: Step) -> None:
-    """Apply a config-changing instruction (ENV, CMD, …; WORKDIR too) to `config` in place."""
+def apply_config_step(config: ImageConfig, step: Step, args: dict[str, str] | None = None) -> None:
+    """Apply a config-changing instruction (ENV, CMD, …; WORKDIR too) to `config` in place.
+
+    `args` are the build arguments (ARG) in scope: they expand like variables of the env.
+    """
     arg = step.argument
+    scope = {**(args or {}), **config.env}
     if step.instruction == "ENV":
-        config.env.update(parse_env(arg, config.env))
+        config.env.update(parse_env(arg, scope))
     elif step.instruction == "WORKDIR":
-        path = expand(arg, config.env)
+        path = expand(arg, scope)
         config.workdir = path if path.startswith("/") else f"{config.workdir or '/'}".rstrip("/") + "/" + path
     elif step.instruction in ("CMD", "ENTRYPOINT"):
         form = json_or_shell_form(arg)

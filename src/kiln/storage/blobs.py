@@ -18,6 +18,7 @@ class BlobStore:
         self.blobs_dir = root / "blobs"
         for d in (self.files_dir, self.blobs_dir, root / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
+        self.files_written = 0  # new content-addressed files stored by this process
 
     # -- content-addressed files (mount contents) ----------------------------------------------
 
@@ -37,6 +38,7 @@ class BlobStore:
         path = self.file_path(digest)
         if not path.exists():
             self._write_atomic(path, data)
+            self.files_written += 1
         return digest
 
     def put_file_from_blob(self, blob_id: str, expected_sha256: str) -> str:
@@ -74,6 +76,8 @@ class BlobStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            # World-readable, as most mounted files are: mount trees can then hard-link it.
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

@@ -9,6 +9,7 @@ is the container's identity: requests on it are from this task and no other.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from modal_proto import api_pb2
 
 from kiln.config import host_network_env
 from kiln.containers import Bind, Container, ContainerSpec
+from kiln.core import gpus
 from kiln.core.core import Core
 from kiln.core.pool import Task
 from kiln.errors import ContainerStartError
@@ -40,6 +42,7 @@ class ModalLauncher:
         # Unix socket paths are limited to 108 bytes: keep the per-task directories short.
         self.sockets_root = Path(tempfile.mkdtemp(prefix="kiln-"))
         self._servers: dict[str, grpclib.server.Server] = {}
+        self._gpus: dict[str, list[int]] = {}  # task → GPU indices it holds
 
     async def launch(self, task: Task) -> Container:
         core = self.core
@@ -108,6 +111,13 @@ class ModalLauncher:
 
         task.output_tail = tail
         resources = task.function.resources
+        devices: list[str] = []
+        gpu_indices = core.allocate_gpus(resources)
+        if gpu_indices:
+            self._gpus[task.task_id] = gpu_indices
+            nodes, gpu_env = gpus.container_devices(gpu_indices)
+            devices = [node for node in nodes if os.path.exists(node)]
+            env.update(gpu_env)
         spec = ContainerSpec(
             layers=[*reversed(mount_layers), *image_layers],
             argv=["python", "-m", "modal._container_entrypoint"],
@@ -116,10 +126,12 @@ class ModalLauncher:
             binds=[Bind(task_dir, _INSIDE, read_only=False)],
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
+            devices=devices,
         )
         return await core.runtime.start(spec, sink)
 
     async def cleanup(self, task: Task) -> None:
+        self.core.release_gpus(self._gpus.pop(task.task_id, []))
         server = self._servers.pop(task.task_id, None)
         if server is not None:
             server.close()

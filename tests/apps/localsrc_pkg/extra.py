@@ -1,0 +1,1 @@
+"""A sibling module: in containers only when the package's source is included."""
