@@ -81,26 +81,23 @@ def test_no_container_outlives_the_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_readme_quickstart_runs_the_example_app() -> None:
-    env = {**os.environ, "KILN_HOME": str(TEST_HOME)}
-    kiln = Path(sys.executable).parent / "kiln"
-    first = subprocess.run(
-        [str(kiln), "run", str(ROOT / "examples" / "quickstart.py")],
-        env=env,
+def kiln_run_quickstart() -> subprocess.CompletedProcess[str]:
+    """The README's main job: `kiln run examples/quickstart.py` (embedded server)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kiln"), "run", str(ROOT / "examples" / "quickstart.py")],
+        env={**os.environ, "KILN_HOME": str(TEST_HOME)},
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def test_readme_quickstart_runs_the_example_app() -> None:
+    first = kiln_run_quickstart()
     assert first.returncode == 0, first.stdout + first.stderr
     assert "sum of squares below 1000 = 332833500 (expected 332833500)" in first.stdout
     assert "countdown: [5, 4, 3, 2, 1]" in first.stdout
     assert "hello from inside the container" in first.stdout
-    second = subprocess.run(
-        [str(kiln), "run", str(ROOT / "examples" / "quickstart.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    second = kiln_run_quickstart()
     assert second.returncode == 0, second.stdout + second.stderr
     assert "=> Step" not in second.stdout + second.stderr, "a second run must build nothing"
