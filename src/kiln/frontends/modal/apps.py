@@ -10,7 +10,7 @@ from modal_proto import api_pb2
 
 from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.frontends.modal.dispatch import CallContext
+from kiln.frontends.modal.dispatch import CallContext, long_poll
 from kiln.frontends.modal.registry import Registry
 from kiln.ids import stable_id
 from kiln.streams import LogEntry
@@ -122,8 +122,7 @@ class AppHandlers:
         self, req: api_pb2.AppGetLogsRequest, ctx: CallContext
     ) -> AsyncIterator[api_pb2.TaskLogsBatch]:
         app = self.core.apps.get(req.app_id)
-        cursor = int(req.last_entry_id) if req.last_entry_id.isdigit() else 0
-        deadline = time.monotonic() + min(req.timeout or 55.0, 55.0)
+        cursor, deadline = long_poll(req.last_entry_id, req.timeout)
         while True:
             remaining = deadline - time.monotonic()
             entries = await app.logs.read(cursor, max(0.0, remaining))

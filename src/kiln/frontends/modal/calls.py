@@ -15,7 +15,7 @@ from kiln.core.core import Core
 from kiln.core.functions import RetryPolicy
 from kiln.core.results import Result
 from kiln.errors import InvalidRequest, NotFound
-from kiln.frontends.modal.dispatch import CallContext
+from kiln.frontends.modal.dispatch import CallContext, long_poll
 from kiln.frontends.modal.registry import Registry
 
 _MAP = api_pb2.FUNCTION_CALL_TYPE_MAP
@@ -115,7 +115,7 @@ class CallHandlers:
         self, req: api_pb2.FunctionGetOutputsRequest, ctx: CallContext
     ) -> api_pb2.FunctionGetOutputsResponse:
         call = self._call(req.function_call_id)
-        cursor = int(req.last_entry_id) if req.last_entry_id.isdigit() else 0
+        cursor, _ = long_poll(req.last_entry_id, req.timeout)
         timeout = min(max(req.timeout, 0.0), 55.0)
         # A map's outputs arrive in a stream: gather a few milliseconds' worth per reply, which
         # saves the server and the client an RPC per output.

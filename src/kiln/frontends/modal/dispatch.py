@@ -9,6 +9,7 @@ KilnErrors become the status codes the client maps to its own exceptions.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,15 @@ def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], Ca
             ) from exc
 
     return handle
+
+
+MAX_LONG_POLL = 55.0  # seconds; the client's deadlines allow a little more
+
+
+def long_poll(last_entry_id: str, timeout: float) -> tuple[int, float]:
+    """A long poll's starting cursor ("" and Modal's "0-0" mean the start) and its deadline."""
+    cursor = int(last_entry_id) if last_entry_id.isdigit() else 0
+    return cursor, time.monotonic() + min(timeout or MAX_LONG_POLL, MAX_LONG_POLL)
 
 
 class Service:

@@ -15,7 +15,7 @@ from modal_proto import api_pb2
 from kiln.core.core import Core
 from kiln.errors import ImageBuildError, KilnError
 from kiln.frontends.modal.build_function import build_function_step
-from kiln.frontends.modal.dispatch import CallContext
+from kiln.frontends.modal.dispatch import CallContext, long_poll
 from kiln.frontends.modal.objects import secret_env
 from kiln.ids import new_id
 from kiln.images.context import BuildContext
@@ -107,8 +107,7 @@ class ImageHandlers:
         self, req: api_pb2.ImageJoinStreamingRequest, ctx: CallContext
     ) -> AsyncIterator[api_pb2.ImageJoinStreamingResponse]:
         build = self.core.images.get(req.image_id)
-        cursor = int(req.last_entry_id) if req.last_entry_id.isdigit() else 0
-        deadline = time.monotonic() + min(req.timeout or 55.0, 55.0)
+        cursor, deadline = long_poll(req.last_entry_id, req.timeout)
         while True:
             entries = await build.logs.read(cursor, max(0.0, deadline - time.monotonic()))
             if entries:
