@@ -25,7 +25,6 @@ class Config:
     host: str = field(default_factory=lambda: os.environ.get("KILN_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("KILN_PORT", "0")))
     http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
-    log_level: str = field(default_factory=lambda: os.environ.get("KILN_LOG", "INFO"))
     # Containers one function may run at once unless it sets max_containers: this machine's cores.
     max_containers: int = field(
         default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1

@@ -58,6 +58,8 @@ class Output:
     input_id: str
     idx: int
     result: Result
+    # What the caller sees: always 0, because retries are the server's (a client counting its
+    # own retries drops outputs whose count differs from its own).
     retry_count: int
     task_id: str
     started_at: float

@@ -46,7 +46,7 @@ class FunctionDef:
     Modal frontend: the serialized `Function` message containers are started with).
 
     A *variant* (a parameterized class instance, or `with_options`) is a FunctionDef of its own,
-    with its own container pool; `base_function_id` names the function it derives from.
+    with its own container pool.
     """
 
     function_id: str
@@ -61,11 +61,8 @@ class FunctionDef:
     target_inputs: int = 1  # inputs per container the autoscaler aims for
     batch_max_size: int = 0
     batch_linger_ms: int = 0
-    is_generator: bool = False
     single_use: bool = False
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     resources: Resources = field(default_factory=Resources)
-    base_function_id: str = ""
     definition: bytes = b""
-    needs_client_deps: bool = False

@@ -37,7 +37,6 @@ class Task:
     task_id: str
     function: FunctionDef
     container: Container | None = None
-    started: bool = False  # the container has said hello
     ready: bool = False  # it has asked for inputs: start-up (imports, @enter) is over
     launched_at: float | None = None  # pool clock: when its process started
     inflight: dict[str, float] = field(default_factory=dict)  # input id → when handed over (pool clock)
@@ -49,7 +48,6 @@ class Task:
     draining: bool = False
     failure: Result | None = None  # set when the container reported an init failure
     killed_for: Result | None = None  # why kiln killed it (a timeout), reported instead of how it died
-    enqueued_at: float = field(default_factory=time.time)
     runner: asyncio.Future[None] | None = None  # owns the container: starts, waits, reports
 
 

@@ -18,7 +18,6 @@ class BlobStore:
         self.blobs_dir = root / "blobs"
         for d in (self.files_dir, self.blobs_dir, root / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
-        self.files_written = 0  # new content-addressed files stored by this process
 
     # -- content-addressed files (mount contents) ----------------------------------------------
 
@@ -38,7 +37,6 @@ class BlobStore:
         path = self.file_path(digest)
         if not path.exists():
             self._write_atomic(path, data)
-            self.files_written += 1
         return digest
 
     def put_file_from_blob(self, blob_id: str, expected_sha256: str) -> str:

@@ -154,7 +154,7 @@ class CallHandlers:
             task_id=output.task_id,
             input_started_at=output.started_at,
             output_created_at=output.created_at,
-            retry_count=0,
+            retry_count=output.retry_count,
         )
 
     async def FunctionCallGetDataOut(

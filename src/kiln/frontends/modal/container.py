@@ -34,7 +34,7 @@ class ContainerHandlers:
         return self._find(ctx)[1]
 
     async def ContainerHello(self, req: empty_pb2.Empty, ctx: CallContext) -> empty_pb2.Empty:
-        self._task(ctx).started = True
+        self._task(ctx)  # only kiln's containers say hello
         return empty_pb2.Empty()
 
     async def ContainerHeartbeat(

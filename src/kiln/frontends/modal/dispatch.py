@@ -50,10 +50,6 @@ class CallContext:
     metadata: dict[str, str] = field(default_factory=dict)
     task_id: str = ""
 
-    @property
-    def is_container(self) -> bool:
-        return bool(self.task_id)
-
 
 def _message_class(descriptor: Any) -> Any:
     return symbol_database.Default().GetSymbol(descriptor.full_name)

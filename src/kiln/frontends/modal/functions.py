@@ -14,8 +14,6 @@ from kiln.frontends.modal.registry import ModalFunction, Registry
 from kiln.frontends.modal.variants import check_options, merge_options, variant_id
 from kiln.ids import new_id
 
-_GENERATOR = api_pb2.Function.FUNCTION_TYPE_GENERATOR
-
 
 class FunctionHandlers:
     def __init__(self, core: Core, registry: Registry) -> None:
@@ -109,9 +107,7 @@ class FunctionHandlers:
         handle.CopyFrom(base.handle)
         handle.base_function_id = base.function_id
         # Rebuilt on every bind: a redeployed base function gives its variants the new definition.
-        definition = to_core(bound_id, base.app_id, function)
-        definition.base_function_id = base.function_id
-        self.core.register_function(definition)
+        self.core.register_function(to_core(bound_id, base.app_id, function))
         self.registry.functions[bound_id] = ModalFunction(
             bound_id, base.app_id, base.tag, handle, function, req.serialized_params
         )
@@ -254,7 +250,6 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         batch_max_size=function.batch_max_size,
         batch_linger_ms=function.batch_linger_ms,
         retry=retry_policy_from_proto(function.retry_policy),
-        is_generator=function.function_type == _GENERATOR,
         single_use=function.single_use_containers,
         autoscaling=Autoscaling(
             min_containers=settings.min_containers
@@ -266,7 +261,6 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         ),
         resources=_resources(function.resources),
         definition=function.SerializeToString(),
-        needs_client_deps=function.mount_client_dependencies,
     )
 
 
