@@ -254,3 +254,13 @@ def test_lingering_gathers_outputs_that_arrive_shortly_after_the_first() -> None
         return len(outputs)
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_data_out_after_an_index() -> None:
+    calls = Calls()
+    call = new_call(calls)
+    calls.put_data_out(call.call_id, [DataChunk(i, 0, b"x") for i in (1, 2, 3, 5)])
+    calls.put_data_out(call.call_id, [DataChunk(4, 0, b"late")])
+    assert [c.index for c in calls.data_out_after(call, 0)] == [1, 2, 3, 4, 5]
+    assert [c.index for c in calls.data_out_after(call, 3)] == [4, 5]
+    assert calls.data_out_after(call, 5) == []

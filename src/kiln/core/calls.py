@@ -7,6 +7,7 @@ queue until a container takes it, and its output is kept until the caller has re
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import collections.abc
 import enum
@@ -354,10 +355,23 @@ class Calls:
         call = self.calls.get(call_id)
         if call is None:
             return
-        known = {c.index for c in call.data_out}
-        call.data_out.extend(c for c in chunks if c.index not in known)
-        call.data_out.sort(key=lambda c: c.index)
+        data_out = call.data_out  # kept sorted by index
+        for chunk in sorted(chunks, key=_index):
+            if not data_out or chunk.index > data_out[-1].index:
+                data_out.append(chunk)  # the usual case: items arrive in order
+                continue
+            at = bisect.bisect_left(data_out, chunk.index, key=_index)
+            if data_out[at].index != chunk.index:  # a redelivered index is dropped
+                data_out.insert(at, chunk)
         call.changed.notify()
+
+    def data_out_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
+        """The call's data chunks with an index past `last_index`."""
+        return call.data_out[bisect.bisect_right(call.data_out, last_index, key=_index) :]
+
+
+def _index(chunk: DataChunk) -> int:
+    return chunk.index
 
 
 def _should_retry(item: Input, call: FunctionCall, result: Result) -> bool:

@@ -67,8 +67,11 @@ class Pool:
         launcher: Launcher,
         clock: Callable[[], float],
         capacity: int | None = None,
+        index: dict[str, Pool] | None = None,
     ) -> None:
         self.function = function
+        # task ID → its pool, shared by all pools: containers' requests find their task in O(1).
+        self.index = index if index is not None else {}
         self.capacity = capacity
         self.calls = calls
         self.launcher = launcher
@@ -175,6 +178,7 @@ class Pool:
     def _start(self) -> None:
         task = Task(new_id("ta"), self.function, idle_since=self.clock())
         self.tasks[task.task_id] = task
+        self.index[task.task_id] = self
         task.runner = asyncio.ensure_future(self._run(task))
 
     async def _run(self, task: Task) -> None:
@@ -201,6 +205,7 @@ class Pool:
             return f"Could not start a container for {tag}: {exc!r} (a kiln bug; see the server log)", False
         finally:
             self.tasks.pop(task.task_id, None)
+            self.index.pop(task.task_id, None)
             await self.launcher.cleanup(task)
 
     def _settle_inflight(self, task: Task, reason: str) -> None:
@@ -321,13 +326,14 @@ class Scheduler:
         self.clock = clock
         self.tick = tick
         self.pools: dict[str, Pool] = {}
+        self._pool_of_task: dict[str, Pool] = {}
         self._loop_task: asyncio.Task[None] | None = None
         calls.on_enqueue.append(self.poke)
 
     def register(self, function: FunctionDef) -> Pool:
         pool = self.pools.get(function.function_id)
         if pool is None:
-            pool = Pool(function, self.calls, self.launcher, self.clock, self.capacity)
+            pool = Pool(function, self.calls, self.launcher, self.clock, self.capacity, self._pool_of_task)
             self.pools[function.function_id] = pool
         else:
             if function.definition != pool.function.definition:
@@ -341,11 +347,9 @@ class Scheduler:
             pool.reconcile()
 
     def find(self, task_id: str) -> tuple[Pool, Task] | None:
-        for pool in self.pools.values():
-            task = pool.tasks.get(task_id)
-            if task is not None:
-                return pool, task
-        return None
+        pool = self._pool_of_task.get(task_id)
+        task = pool.tasks.get(task_id) if pool is not None else None
+        return (pool, task) if pool is not None and task is not None else None
 
     def task(self, task_id: str) -> Task | None:
         found = self.find(task_id)

@@ -47,8 +47,13 @@ def _candidate_prefixes() -> list[Path]:
     return prefixes
 
 
+@functools.cache
 def find_host_pythons() -> dict[str, HostPython]:
-    """Relocatable CPythons found on this machine (pyenv, uv), newest patch per minor."""
+    """Relocatable CPythons found on this machine (pyenv, uv), newest patch per minor.
+
+    Looked up once per process (container starts ask for it): a CPython installed later is
+    seen after a server restart.
+    """
     found: dict[str, HostPython] = {}
     for prefix in _candidate_prefixes():
         match = re.search(r"(\d+)\.(\d+)\.(\d+)", prefix.name)

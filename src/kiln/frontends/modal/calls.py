@@ -164,7 +164,7 @@ class CallHandlers:
         last = req.last_index
         deadline = time.monotonic() + 55.0
         while time.monotonic() < deadline:
-            for chunk in [c for c in call.data_out if c.index > last]:
+            for chunk in self.core.calls.data_out_after(call, last):
                 last = chunk.index
                 yield api_pb2.DataChunk(
                     index=chunk.index, data_format=cast(Any, chunk.data_format), data=chunk.data

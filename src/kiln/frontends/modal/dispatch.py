@@ -8,6 +8,7 @@ KilnErrors become the status codes the client maps to its own exceptions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -60,31 +61,47 @@ def build_mapping(
 ) -> dict[str, grpclib.const.Handler]:
     """The grpclib mapping for every method of the service, served by `handlers`."""
     mapping = {}
-    for method in SERVICE.methods:
-        impl = None
-        for handler in handlers:
-            impl = getattr(handler, method.name, None)
-            if impl is not None:
-                break
-        if method.client_streaming:
-            cardinality = (
-                grpclib.const.Cardinality.STREAM_STREAM
-                if method.server_streaming
-                else grpclib.const.Cardinality.STREAM_UNARY
-            )
-        else:
-            cardinality = (
-                grpclib.const.Cardinality.UNARY_STREAM
-                if method.server_streaming
-                else grpclib.const.Cardinality.UNARY_UNARY
-            )
-        mapping[f"/{SERVICE.full_name}/{method.name}"] = grpclib.const.Handler(
+    for method in _methods():
+        impl = next((i for i in (getattr(h, method.name, None) for h in handlers) if i is not None), None)
+        mapping[method.path] = grpclib.const.Handler(
             _wrap(method.name, impl, method.server_streaming, ctx_factory),
-            cardinality,
-            _message_class(method.input_type),
-            _message_class(method.output_type),
+            method.cardinality,
+            method.request,
+            method.response,
         )
     return mapping
+
+
+@dataclass(frozen=True)
+class _Method:
+    name: str
+    path: str
+    cardinality: grpclib.const.Cardinality
+    request: Any
+    response: Any
+    server_streaming: bool
+
+
+@functools.cache
+def _methods() -> tuple[_Method, ...]:
+    """The service's methods, read from its descriptor once (each container's socket reuses them)."""
+    cardinalities = {
+        (False, False): grpclib.const.Cardinality.UNARY_UNARY,
+        (False, True): grpclib.const.Cardinality.UNARY_STREAM,
+        (True, False): grpclib.const.Cardinality.STREAM_UNARY,
+        (True, True): grpclib.const.Cardinality.STREAM_STREAM,
+    }
+    return tuple(
+        _Method(
+            method.name,
+            f"/{SERVICE.full_name}/{method.name}",
+            cardinalities[(method.client_streaming, method.server_streaming)],
+            _message_class(method.input_type),
+            _message_class(method.output_type),
+            method.server_streaming,
+        )
+        for method in SERVICE.methods
+    )
 
 
 def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], CallContext]) -> Any:
