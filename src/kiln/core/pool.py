@@ -175,10 +175,18 @@ class Pool:
 
     # --- containers
 
-    def _start(self) -> None:
-        task = Task(new_id("ta"), self.function, idle_since=self.clock())
+    def attach(self, task: Task) -> None:
+        """Make a container's requests reach this pool (the pool's own, or one run for a build)."""
         self.tasks[task.task_id] = task
         self.index[task.task_id] = self
+
+    def detach(self, task: Task) -> None:
+        self.tasks.pop(task.task_id, None)
+        self.index.pop(task.task_id, None)
+
+    def _start(self) -> None:
+        task = Task(new_id("ta"), self.function, idle_since=self.clock())
+        self.attach(task)
         task.runner = asyncio.ensure_future(self._run(task))
 
     async def _run(self, task: Task) -> None:
@@ -204,8 +212,7 @@ class Pool:
             log.exception("could not start a container for %s", tag)
             return f"Could not start a container for {tag}: {exc!r} (a kiln bug; see the server log)", False
         finally:
-            self.tasks.pop(task.task_id, None)
-            self.index.pop(task.task_id, None)
+            self.detach(task)
             await self.launcher.cleanup(task)
 
     def _settle_inflight(self, task: Task, reason: str) -> None:

@@ -12,15 +12,12 @@ and its arguments are the layer's key.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import pickle
 from pathlib import Path
-from typing import cast
 
 from modal_proto import api_pb2
 
-from kiln.containers import BubblewrapRuntime, Container, ContainerSpec, OutputSink
 from kiln.core.calls import Invocation
 from kiln.core.core import Core
 from kiln.core.pool import Task
@@ -69,19 +66,13 @@ async def _run(
             f"the build function {function.tag} is not running on this server; run the app again"
         )
     output = StepOutput(log, secret_env(core, function.secret_ids))
-    runtime = _IntoLayer(core.runtime, upper, output)
-    build_launcher = ModalLauncher(
-        dataclasses.replace(core, runtime=cast(BubblewrapRuntime, runtime)),
-        launcher.registry,
-        launcher.handlers,
-    )
     task = Task(new_id("ta"), function)
     # The container's RPCs find their task in its function's pool; the pool does not run it.
-    pool.tasks[task.task_id] = task
+    pool.attach(task)
     call = core.calls.create(function_id, function.app_id, Invocation.SYNC, is_map=False)
     try:
         core.calls.put_inputs(call, [(0, function_input.SerializeToString(), "", True)])
-        container = await build_launcher.launch(task)
+        container = await launcher.launch(task, upper=upper, sink=output.write)
         try:
             status = await asyncio.wait_for(container.wait(), function.timeout)
         except asyncio.TimeoutError:
@@ -90,12 +81,11 @@ async def _run(
                 f"the build function {function.tag} did not finish within its timeout ({function.timeout:.0f} s)"
             ) from None
     finally:
-        pool.tasks.pop(task.task_id, None)
+        pool.detach(task)
         core.calls.cancel(call.call_id, "The image build ended.")
         core.calls.release(call.call_id)
         output.flush()
-        await build_launcher.cleanup(task)
-        await build_launcher.shutdown()
+        await launcher.cleanup(task)
     result = call.outputs[0].result if call.outputs else None
     if result is None or not result.ok or not status.ok:
         why = (
@@ -108,18 +98,6 @@ async def _run(
             f"Image build step failed: the build function {function.tag} failed: {why}\n"
             f"Last output:\n{shown}\nFix the function and run again; earlier steps are cached."
         )
-
-
-class _IntoLayer:
-    """A runtime whose containers write into a layer directory and print into the build log."""
-
-    def __init__(self, runtime: BubblewrapRuntime, upper: Path, output: StepOutput) -> None:
-        self.runtime = runtime
-        self.upper = upper
-        self.output = output
-
-    async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
-        return await self.runtime.start(dataclasses.replace(spec, upper=self.upper), self.output.write)
 
 
 def _sha(data: bytes) -> str:

@@ -20,7 +20,7 @@ import grpclib.server
 from modal_proto import api_pb2
 
 from kiln.config import host_network_env
-from kiln.containers import Bind, Container, ContainerSpec
+from kiln.containers import Bind, Container, ContainerSpec, OutputSink
 from kiln.core import gpus
 from kiln.core.core import Core
 from kiln.core.pool import Task
@@ -44,7 +44,11 @@ class ModalLauncher:
         self._servers: dict[str, grpclib.server.Server] = {}
         self._gpus: dict[str, list[int]] = {}  # task → GPU indices it holds
 
-    async def launch(self, task: Task) -> Container:
+    async def launch(
+        self, task: Task, upper: Path | None = None, sink: OutputSink | None = None
+    ) -> Container:
+        """Start the task's container. An image build's function passes `upper` (its writes become
+        the layer) and `sink` (its output goes to the build log instead of the app's)."""
         core = self.core
         modal_function = self.registry.functions.get(task.function.function_id)
         if modal_function is None or modal_function.function is None:
@@ -103,7 +107,7 @@ class ModalLauncher:
         }
         tail: list[str] = []
 
-        def sink(fd: int, data: bytes) -> None:
+        def to_app_log(fd: int, data: bytes) -> None:
             text = data.decode(errors="replace")
             app.logs.append(text, fd, task_id=task.task_id, function_id=task.function.function_id)
             tail.extend(text.splitlines())
@@ -127,8 +131,9 @@ class ModalLauncher:
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
             devices=devices,
+            upper=upper,
         )
-        return await core.runtime.start(spec, sink)
+        return await core.runtime.start(spec, sink or to_app_log)
 
     async def cleanup(self, task: Task) -> None:
         self.core.release_gpus(self._gpus.pop(task.task_id, []))
