@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results"
-HOME = Path(os.environ.get("KILN_BENCH_HOME", "/tmp/kiln-bench-home"))
+import common
+from common import BENCH, RESULTS
+
 PACKAGES = ["six", "idna", "iniconfig", "tomli", "packaging"]
 TARGETS = {
     "image_rerun_build_ms": "<= 50",
@@ -219,48 +219,24 @@ def _uv_env() -> dict[str, str]:
 
 
 class Server:
-    """A `kiln server` subprocess on HOME, and `modal run` of the bench app against it."""
+    """A `kiln server` subprocess on HOME (bench/common.py), and `modal run` of the bench app against it."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, log_path: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log_path = log_path
+    def __init__(self, server: common.Server) -> None:
+        self.server = server
+        self.process = server.process
+        self.log_path = server.log_path
 
     @classmethod
     def start(cls, log_path: Path) -> Server:
-        HOME.mkdir(parents=True, exist_ok=True)
-        (HOME / "modal.toml").touch()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "KILN_HOME": str(HOME), "KILN_LOG": "INFO"}
-        script = Path(sys.executable).parent / "kiln"
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "kiln.cli.main"]
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [*argv, "server", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        assert process.stdout is not None
-        for line in process.stdout:
-            if match := re.search(r"export MODAL_SERVER_URL=(\S+)", line):
-                return cls(process, match.group(1), log_path)
-        raise RuntimeError(f"kiln server did not start; see {log_path}")
+        return cls(common.start_server(log_path))
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        common.stop_server(self.server)
 
     def modal_run(self, which: str, env: dict[str, str] | None = None, debug: bool = False) -> Run:
         client_env = {
             **os.environ,
-            "MODAL_SERVER_URL": self.url,
-            "MODAL_TOKEN_ID": "ak-bench",
-            "MODAL_TOKEN_SECRET": "as-bench",
-            "MODAL_CONFIG_PATH": str(HOME / "modal.toml"),
+            **self.server.client_env(),
             **({"MODAL_LOGLEVEL": "DEBUG"} if debug else {}),
             **(env or {}),
         }
