@@ -7,8 +7,11 @@ Set KILN_TEST_HOME to use another directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,12 +52,14 @@ class KilnServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(home: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> KilnServer:
+def start_server(
+    home: Path, log_path: Path, extra_env: dict[str, str] | None = None, port: int = 0
+) -> KilnServer:
     home.mkdir(parents=True, exist_ok=True)
     (home / "modal.toml").touch()
     log_file = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli.main", "server", "--port", "0"],
+        [sys.executable, "-m", "kiln.cli.main", "server", "--port", str(port)],
         env={**os.environ, "KILN_HOME": str(home), **(extra_env or {})},
         stdout=subprocess.PIPE,
         stderr=log_file,
@@ -121,3 +126,163 @@ def modal_client(kiln: KilnServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("MODAL_SERVER_URL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH"):
         monkeypatch.setenv(key, kiln.env[key])
     monkeypatch.syspath_prepend(str(APPS))
+
+
+def run_client(
+    kiln: KilnServer, script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A Python script that uses the official client's API, in a process of its own (cwd: tests/apps):
+    nothing of the client (its cached channel, its app) outlives the script."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=APPS,
+        env={**kiln.env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# A process is its pid and its start time (field 22 of /proc/PID/stat): pids are reused.
+Process = tuple[int, str]
+
+
+def _proc_table() -> dict[Process, tuple[int, str]]:
+    """Every process: (pid, start time) → (parent pid, command name)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[(int(entry.name), fields[19])] = (int(fields[1]), name)
+    return table
+
+
+def process_tree(pid: int) -> dict[Process, str]:
+    """The processes below `pid` (containers, builds, …) → their command names."""
+    table = _proc_table()
+    children: dict[int, list[Process]] = {}
+    for process, (parent, _) in table.items():
+        children.setdefault(parent, []).append(process)
+    found: dict[Process, str] = {}
+    frontier = [pid]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in found:
+                found[child] = table[child][1]
+                frontier.append(child[0])
+    return found
+
+
+def survivors(processes: dict[Process, str], grace: float) -> dict[Process, str]:
+    """Those of `processes` still alive after up to `grace` seconds; then killed, so none stays."""
+    deadline = time.monotonic() + grace
+    while True:
+        table = _proc_table()
+        alive = {p: name for p, name in processes.items() if p in table}
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    for pid, _ in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+# What a test server may share with the session's home: content-addressed (image layers, base root
+# filesystems, the client's runtime deps, package caches) and safe for several servers at once.
+SHARED_CACHES = ("layers", "bases", "deps", "cache")
+
+
+class RestartableServer:
+    """A kiln server of one test's own, for tests that kill it: a fresh KILN_HOME (its state is the
+    test's alone) on a fixed gRPC port, so that a restart answers at the same MODAL_SERVER_URL and
+    clients reconnect. The home shares the image caches of TEST_HOME, so nothing is rebuilt."""
+
+    def __init__(self, home: Path, logs: Path, port: int | None = None) -> None:
+        self.home = home
+        self.logs = logs
+        self.port = port or free_port()
+        self.incarnations: list[KilnServer] = []
+        home.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in SHARED_CACHES:
+            (TEST_HOME / name).mkdir(parents=True, exist_ok=True)
+            if not (home / name).exists():
+                (home / name).symlink_to((TEST_HOME / name).resolve(), target_is_directory=True)
+
+    @property
+    def server(self) -> KilnServer:
+        """The running incarnation (for `run_modal`, `run_client`)."""
+        return self.incarnations[-1]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, extra_env: dict[str, str] | None = None) -> KilnServer:
+        log_path = self.logs / f"server-{len(self.incarnations)}.log"
+        server = start_server(self.home, log_path, extra_env, port=self.port)
+        assert server.url == self.url, f"expected the server on {self.url}, it printed {server.url}"
+        self.incarnations.append(server)
+        return server
+
+    def alive(self) -> bool:
+        return bool(self.incarnations) and self.server.process.poll() is None
+
+    def kill_9(self, grace: float = 5) -> dict[Process, str]:
+        """SIGKILL the server process alone, as a crash would. Its containers should die with it:
+        returns those of its processes still alive `grace` seconds later (and kills them)."""
+        server = self.server
+        below = process_tree(server.process.pid)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        _close(server)
+        return survivors(below, grace)
+
+    def restart(self, extra_env: dict[str, str] | None = None) -> KilnServer:
+        """Start again on the same home and port (stopping the running server first, if any)."""
+        if self.alive():
+            self.stop()
+        return self.start(extra_env)
+
+    def stop(self) -> None:
+        if not self.incarnations or self.server.log_file.closed:
+            return
+        below = process_tree(self.server.process.pid)
+        stop_server(self.server)
+        survivors(below, 5)
+
+    def log(self) -> str:
+        """Every incarnation's log, in order."""
+        return "".join(f"----- {server.log_path.name} -----\n{server.log()}" for server in self.incarnations)
+
+
+def _close(server: KilnServer) -> None:
+    if server.process.stdout is not None:
+        server.process.stdout.close()
+    server.log_file.close()
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[RestartableServer]:
+    """A running kiln server of this test's own, which it may `kill_9()` and `restart()`."""
+    server = RestartableServer(tmp_path / "home", tmp_path / "logs")
+    server.start()
+    yield server
+    server.stop()

@@ -6,6 +6,8 @@ KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 
 KILN_LOG       log level of the server (default INFO)
 KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (default: CPU cores)
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
+KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
+KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ class Config:
     layer_store_max_gb: float = field(
         default_factory=lambda: float(os.environ.get("KILN_LAYER_STORE_MAX_GB", "50"))
     )
-    # The image builder version we announce; 2025.06 mounts the client's runtime deps.
-    image_builder_version: str = "2025.06"
+    result_retention: float = field(
+        default_factory=lambda: parse_duration(os.environ.get("KILN_RESULT_RETENTION", "7d"))
+    )
+    heartbeat_grace: float = field(
+        default_factory=lambda: float(os.environ.get("KILN_HEARTBEAT_GRACE", "60"))
+    )
 
     @property
     def state_db(self) -> Path:
@@ -55,6 +61,10 @@ class Config:
         return self.home / "run"
 
     @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
     def deps_dir(self) -> Path:
         return self.home / "deps"
 
@@ -66,6 +76,19 @@ class Config:
     def package_cache_dir(self) -> Path:
         """pip's and uv's caches for RUN steps (bound in, never part of a layer)."""
         return self.home / "cache"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `15m`, `12h` or `7d`."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    try:
+        return float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 3600, 90m, 12h or 7d") from None
 
 
 # How this machine reaches package indexes and the network: its CA bundle and proxies. Build

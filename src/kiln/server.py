@@ -5,26 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpclib.server
 
 from kiln.config import Config, host_network_env
-from kiln.containers import BubblewrapRuntime, check_sandbox_support
-from kiln.core.apps import Apps
-from kiln.core.calls import Calls
+from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
 from kiln.core.core import Core
-from kiln.core.pool import Scheduler
+from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
-from kiln.images.client_deps import ClientDeps
 from kiln.images.gc import Collector
 from kiln.images.layer_store import LayerStore
 from kiln.images.service import ImageService
+from kiln.staging import process_dir
 from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
@@ -42,7 +42,8 @@ class KilnServer:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.core: Core | None = None
-        self.frontend: ModalFrontend | None = None
+        self.frontends: list[ModalFrontend] = []
+        self.runtime: BubblewrapRuntime | None = None
         self._grpc: grpclib.server.Server | None = None
         self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
         self._http_task: asyncio.Task[None] | None = None
@@ -54,14 +55,23 @@ class KilnServer:
         check_sandbox_support()
         config = self.config
         home = config.home
-        for d in (home, config.run_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        # This process's scratch (container upper dirs, build contexts): a killed server's is
+        # removed here, at the next start.
+        scratch = process_dir(config.run_dir)
         state = StateStore(config.state_db)
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
         mounts = MountStore(state, blobs, config.mounts_dir)
-        runtime = BubblewrapRuntime(config.run_dir, home, mount_roots=(config.mounts_dir, config.deps_dir))
+        roots = {MOUNT: config.mounts_dir, DEPS: config.deps_dir}
+
+        def layer_path(layer: Layer) -> Path:
+            return layers.fs_path(layer.key) if layer.store == IMAGE else roots[layer.store] / layer.key
+
+        runtime = BubblewrapRuntime(scratch, home, layer_path)
+        self.runtime = runtime
         collector = Collector(
             layers, mounts.trees, mounts.remove_tree, int(config.layer_store_max_gb * 2**30)
         )
@@ -69,34 +79,21 @@ class KilnServer:
             layers,
             runtime,
             BaseResolver(home, network_env=network_env),
-            config.run_dir,
+            scratch,
             network_env,
             package_cache=config.package_cache_dir,
             collector=collector,
         )
-        calls = Calls()
-        core = Core(
-            config=config,
-            state=state,
-            blobs=blobs,
-            mounts=mounts,
-            images=ImageService(builder, state),
-            client_deps=ClientDeps(config.deps_dir, network_env),
-            runtime=runtime,
-            apps=Apps(),
-            calls=calls,
-            scheduler=Scheduler(calls, launcher=None, capacity=config.max_containers),  # type: ignore[arg-type]
-        )
+        core = Core(config, state, blobs, mounts, ImageService(builder, state))
         self.core = core
-
         http_sock = _bind(config.host, config.http_port)
         core.http_url = f"http://{config.host}:{http_sock.getsockname()[1]}"
-        self.frontend = ModalFrontend(core)
-        core.scheduler.launcher = self.frontend.launcher
-        core.scheduler.start()
-        self._upkeep = asyncio.ensure_future(core.maintain())
+        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
+        for frontend in self.frontends:
+            core.add_frontend(frontend)
+        core.start()
 
-        self._grpc = grpclib.server.Server([self.frontend.service()])
+        self._grpc = grpclib.server.Server([f.service() for f in self.frontends])
         grpc_sock = _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
@@ -118,13 +115,13 @@ class KilnServer:
     async def stop(self) -> None:
         core = self.core
         if core is not None:
-            self._upkeep.cancel()
+            await core.stop_ephemeral_apps("The kiln server is shutting down.")
             await core.shutdown()
-            await core.scheduler.shutdown()
-            await core.runtime.shutdown()
             await core.images.shutdown()
-        if self.frontend is not None:
-            await self.frontend.launcher.shutdown()
+        if self.runtime is not None:
+            await self.runtime.shutdown()
+        for frontend in self.frontends:
+            await frontend.shutdown()
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
@@ -135,7 +132,7 @@ class KilnServer:
             else:
                 self._http_task.cancel()
         if core is not None:
-            core.state.close()
+            core.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

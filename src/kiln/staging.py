@@ -34,3 +34,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_dir(root: Path, prefix: str = "") -> Path:
+    """`root/<prefix><pid>`: this process's scratch directory. Those of processes that are gone
+    (a server killed with SIGKILL cleans nothing up) are removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in root.glob(f"{prefix}*"):
+        suffix = entry.name[len(prefix) :]
+        if suffix.isdigit() and int(suffix) != os.getpid() and not _alive(int(suffix)):
+            shutil.rmtree(entry, ignore_errors=True)
+    mine = root / f"{prefix}{os.getpid()}"
+    mine.mkdir(mode=0o700, exist_ok=True)
+    return mine

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 STDOUT, STDERR, INFO = 1, 2, 3
@@ -44,18 +45,29 @@ class LogEntry:
 class LogBuffer:
     """Entries numbered from 1; `read(after)` waits until there is something newer or it closes."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._entries: list[LogEntry] = []
-        self._first_id = 1
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        earlier: list[LogEntry] | None = None,
+        keep: Callable[[LogEntry], None] | None = None,
+    ) -> None:
+        """`earlier`: entries kept from before a restart (their IDs continue); `keep`: called with
+        every new entry (the app's log file)."""
+        self._entries: list[LogEntry] = list(earlier or [])
+        self._first_id = self._entries[0].entry_id if self._entries else 1
         self._max = max_entries
         self._changed = Changed()
+        self._keep = keep
         self.closed = False
 
     def append(self, data: str, fd: int = STDOUT, **source: str) -> None:
         if not data:
             return
         entry_id = self._first_id + len(self._entries)
-        self._entries.append(LogEntry(entry_id, data, fd, time.time(), **source))
+        entry = LogEntry(entry_id, data, fd, time.time(), **source)
+        self._entries.append(entry)
+        if self._keep is not None:
+            self._keep(entry)
         if len(self._entries) > self._max:
             drop = len(self._entries) - self._max
             del self._entries[:drop]

@@ -42,7 +42,7 @@ def nonce() -> str:
 
 
 @pytest.fixture
-def second_server(kiln: KilnServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+def second_server(kiln: KilnServer, tmp_path: Path):
     """Another kiln server process on the same KILN_HOME."""
     server = start_server(kiln.home, tmp_path / "second.log")
     yield server

@@ -17,7 +17,7 @@ def layer_steps(home: Path) -> list[str]:
     return [json.loads(p.read_text())["step"] for p in (home / "layers").glob("*/layer.json")]
 
 
-def run_case(kiln: KilnServer, case: str, marker: str = "0"):  # type: ignore[no-untyped-def]
+def run_case(kiln: KilnServer, case: str, marker: str = "0"):
     return run_modal(kiln, "run", "bad_images.py", env={"IMAGE_CASE": case, "IMAGE_MARKER": marker})
 
 

@@ -91,6 +91,7 @@ def test_dockerfile_commands_with_context_files(kiln: KilnServer) -> None:
 
 def test_from_dockerfile_with_stages_build_args_and_ignore(kiln: KilnServer) -> None:
     report = reports(run_steps(kiln, "from_dockerfile"))["from_dockerfile"]
+    assert isinstance(report, dict)
     assert report == {
         "artifact": "built-in-stage",
         "context": ["Dockerfile", "kept.txt"],

@@ -68,7 +68,7 @@ class Registry:
             "PUT",
             f"/v2/{repository}/manifests/{tag}",
             json.dumps(manifest).encode(),
-            {"Content-Type": manifest["mediaType"]},
+            {"Content-Type": str(manifest["mediaType"])},
         )
         return f"{self.address}/{repository}:{tag}"
 
@@ -83,7 +83,7 @@ class Registry:
 
     def _request(
         self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
-    ):  # type: ignore[no-untyped-def]
+    ):
         url = path if path.startswith("http") else f"http://{self.address}{path}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         if self.auth:

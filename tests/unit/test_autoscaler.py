@@ -12,13 +12,14 @@ from kiln.core.autoscaler import (
     timed_out,
 )
 from kiln.core.functions import Autoscaling
+from kiln.testing import FakeClock
 
 
 def load(queued: int = 0, running: int = 0, containers: int = 0, stopping: int = 0) -> Load:
     return Load(queued=queued, running=running, containers=containers, stopping=stopping)
 
 
-def test_no_load_no_containers() -> None:
+def test_no_load_wants_no_containers() -> None:
     assert desired_containers(Autoscaling(), 1, load()) == 0
 
 
@@ -82,33 +83,28 @@ def test_existing_containers_do_not_change_the_target() -> None:
     )
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
 def test_busy_container_never_scales_down() -> None:
     clock = FakeClock()
-    assert not should_scale_down(Autoscaling(scaledown_window=0), None, clock.advance(1e6))
+    clock.advance(1e6)
+    assert not should_scale_down(Autoscaling(scaledown_window=0), None, clock())
 
 
 def test_idle_container_scales_down_after_the_whole_window() -> None:
     settings = Autoscaling(scaledown_window=60)
     clock = FakeClock()
-    idle_since = clock.now
-    assert not should_scale_down(settings, idle_since, clock.now)
-    assert not should_scale_down(settings, idle_since, clock.advance(59.5))
-    assert should_scale_down(settings, idle_since, clock.advance(0.5))
-    assert should_scale_down(settings, idle_since, clock.advance(1000))
+    idle_since = clock()
+    assert not should_scale_down(settings, idle_since, clock())
+    clock.advance(59.5)
+    assert not should_scale_down(settings, idle_since, clock())
+    clock.advance(0.5)
+    assert should_scale_down(settings, idle_since, clock())
+    clock.advance(1000)
+    assert should_scale_down(settings, idle_since, clock())
 
 
 def test_zero_window_scales_down_immediately() -> None:
     clock = FakeClock()
-    assert should_scale_down(Autoscaling(scaledown_window=0), clock.now, clock.now)
+    assert should_scale_down(Autoscaling(scaledown_window=0), clock(), clock())
 
 
 def test_start_fills_the_gap_to_the_desired_count() -> None:
@@ -133,7 +129,7 @@ def test_min_containers_started_even_past_the_limit() -> None:
     assert containers_to_start(settings, 1, load()) == 2
 
 
-def test_container_limit() -> None:
+def test_the_container_limit_is_max_containers_else_capacity_but_never_below_min() -> None:
     assert container_limit(Autoscaling(), None) is None
     assert container_limit(Autoscaling(), 4) == 4
     assert container_limit(Autoscaling(max_containers=10), 4) == 10
@@ -167,7 +163,7 @@ def test_concurrent_containers_scale_by_target_inputs() -> None:
     assert containers_to_start(Autoscaling(), 10, load(queued=100), capacity=8) == 8
 
 
-def test_timed_out_inputs() -> None:
+def test_inputs_time_out_once_they_have_run_for_the_whole_timeout() -> None:
     started = {"in-a": 0.0, "in-b": 5.0}
     assert timed_out(started, 10, now=9.9) == []
     assert timed_out(started, 10, now=10.0) == ["in-a"]

@@ -6,6 +6,7 @@ import time
 
 from kiln.core.calls import Calls, DataChunk, FunctionCall, Invocation
 from kiln.core.results import Result, Status
+from kiln.testing import settle
 
 FN = "fu-one"
 OK = Result(Status.SUCCESS, payload=b"ok")
@@ -59,18 +60,18 @@ def test_take_only_sees_its_own_function() -> None:
     async def main() -> None:
         calls = Calls()
         calls.put_inputs(new_call(calls, "fu-other"), items(0))
-        assert await calls.take(FN, "ta-1", max_items=1, timeout=0.02) == []
+        assert await calls.take(FN, "ta-1", max_items=1, timeout=0) == []
         assert calls.load("fu-other") == (1, 0)
 
     asyncio.run(main())
 
 
-def test_take_times_out_empty() -> None:
+def test_take_returns_empty_once_its_timeout_has_passed() -> None:
     async def main() -> None:
         calls = Calls()
-        started = time.monotonic()
-        assert await calls.take(FN, "ta-1", max_items=1, timeout=0.05) == []
-        assert 0.04 <= time.monotonic() - started < 1
+        started = time.monotonic()  # a real wait: the queue's wake-ups are asyncio timeouts
+        assert await calls.take(FN, "ta-1", max_items=1, timeout=0.02) == []
+        assert 0.02 <= time.monotonic() - started < 1
 
     asyncio.run(main())
 
@@ -80,7 +81,7 @@ def test_take_wakes_when_an_input_arrives() -> None:
         calls = Calls()
         call = new_call(calls)
         waiter = asyncio.ensure_future(calls.take(FN, "ta-1", max_items=1, timeout=5))
-        await asyncio.sleep(0.01)
+        await settle()
         assert not waiter.done()
         (item,) = calls.put_inputs(call, items(7))
         taken = await asyncio.wait_for(waiter, 1)
@@ -95,7 +96,7 @@ def test_take_returns_early_when_stopped() -> None:
         assert await asyncio.wait_for(calls.take(FN, "ta-1", 1, timeout=5, stop=lambda: True), 1) == []
         stopping = False
         waiter = asyncio.ensure_future(calls.take(FN, "ta-1", 1, timeout=5, stop=lambda: stopping))
-        await asyncio.sleep(0.01)
+        await settle()
         stopping = True
         calls.queues[FN].changed.notify()  # what draining a container does
         assert await asyncio.wait_for(waiter, 1) == []
@@ -135,7 +136,7 @@ def test_complete_twice_or_unknown_is_ignored() -> None:
     asyncio.run(main())
 
 
-def test_wait_outputs_cursor() -> None:
+def test_wait_outputs_returns_the_outputs_past_a_cursor_in_arrival_order() -> None:
     async def main() -> None:
         calls = Calls()
         call = new_call(calls)
@@ -146,11 +147,11 @@ def test_wait_outputs_cursor() -> None:
         got = await calls.wait_outputs(call, 0, timeout=1)
         assert [o.idx for o in got] == [2, 0]  # arrival order
         assert [o.idx for o in await calls.wait_outputs(call, 1, timeout=1)] == [0]
-        started = time.monotonic()
-        assert await calls.wait_outputs(call, 2, timeout=0.05) == []
-        assert time.monotonic() - started >= 0.04
+        started = time.monotonic()  # a real wait: wake-ups are asyncio timeouts
+        assert await calls.wait_outputs(call, 2, timeout=0.02) == []
+        assert time.monotonic() - started >= 0.015
         waiter = asyncio.ensure_future(calls.wait_outputs(call, 2, timeout=5))
-        await asyncio.sleep(0.01)
+        await settle()
         assert not waiter.done()
         calls.complete(inputs[1].input_id, OK)
         assert [o.idx for o in await asyncio.wait_for(waiter, 1)] == [1]
@@ -183,7 +184,7 @@ def test_cancel_terminates_queued_inputs_and_returns_running_ones() -> None:
         assert set(results) == {q1.input_id, q2.input_id}
         assert all(r.status == Status.TERMINATED and r.message == "stop it" for r in results.values())
         # Cancelled inputs are never handed to a container.
-        assert await calls.take(FN, "ta-2", max_items=5, timeout=0.02) == []
+        assert await calls.take(FN, "ta-2", max_items=5, timeout=0) == []
 
     asyncio.run(main())
 
@@ -197,7 +198,7 @@ def test_cancelled_inputs_no_longer_count_as_queued() -> None:
     assert calls.load(FN) == (0, 0)
 
 
-def test_cancel_unknown_call() -> None:
+def test_cancelling_an_unknown_call_returns_no_inputs() -> None:
     assert Calls().cancel("fc-nope") == []
 
 
@@ -256,7 +257,7 @@ def test_lingering_gathers_outputs_that_arrive_shortly_after_the_first() -> None
     assert asyncio.run(scenario()) == 2
 
 
-def test_data_out_after_an_index() -> None:
+def test_data_out_after_an_index_skips_the_chunks_up_to_it() -> None:
     calls = Calls()
     call = new_call(calls)
     calls.put_data_out(call.call_id, [DataChunk(i, 0, b"x") for i in (1, 2, 3, 5)])

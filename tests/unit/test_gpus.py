@@ -2,7 +2,8 @@
 
 import pytest
 
-from kiln.core.gpus import GpuDevice, capacity, choose_devices, container_devices, matches, validate
+from kiln.containers.devices import container_devices
+from kiln.core.gpus import GpuDevice, capacity, choose_devices, matches, validate
 from kiln.errors import InvalidRequest
 
 H100 = GpuDevice(0, "NVIDIA H100 80GB HBM3")

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kiln.containers.readonly import Leases, exclusive, read_only_paths
+from kiln.containers.readonly import read_only_paths
 from kiln.errors import ImageBuildError
 from kiln.images.context import materialize_from_layers
 from kiln.images.gc import Collector, LayerInfo, evictions, unused_since
 from kiln.images.layer_store import LayerStore
 from kiln.images.layer_tar import apply_layer
 from kiln.images.steps import ImageConfig
+from kiln.locks import Leases, exclusive
 
 
 def write(root: Path, rel: str, text: str = "x") -> None:

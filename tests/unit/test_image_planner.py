@@ -109,7 +109,7 @@ def test_build_function_identity_is_the_key(bases: BaseResolver) -> None:
     async def run(parent: str, upper: Path, log: object) -> None: ...
 
     def step(arguments: str) -> list[str]:
-        function = BuildFunction("f", {"source": "s", "arguments": arguments}, run)  # type: ignore[arg-type]
+        function = BuildFunction("f", {"source": "s", "arguments": arguments}, run)
         return keys(bases, [], build_function=function)
 
     assert step("a") == step("a")

@@ -10,7 +10,8 @@ from kiln.frontends.modal.calls import input_jwt
 
 
 def decode(part: str) -> dict[str, object]:
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    claims: dict[str, object] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return claims
 
 
 @pytest.mark.parametrize("idx", [-1, 0, 1, 12345])

@@ -1,4 +1,4 @@
-"""The pool's loops with fake containers and a fake clock: timeouts, deaths, scaling."""
+"""The pool's loops with in-memory containers and a fake clock: timeouts, deaths, scaling."""
 
 from __future__ import annotations
 
@@ -11,55 +11,18 @@ from kiln.core.calls import Calls, FunctionCall, Input, Invocation
 from kiln.core.functions import Autoscaling, FunctionDef, RetryPolicy
 from kiln.core.pool import MAX_STARTUP_FAILURES, Pool, Task
 from kiln.core.results import Result, Status
+from kiln.testing import FakeClock, InMemoryContainer, InMemoryRuntime, RuntimeLauncher, settle
 
 FN = "fu-pool"
 OK = Result(Status.SUCCESS, payload=b"ok")
 
 
-class FakeContainer:
-    def __init__(self) -> None:
-        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
-        self.killed = False
-
-    async def wait(self) -> ExitStatus:
-        return await asyncio.shield(self.exited)
-
-    async def kill(self, grace: float = 0.0) -> ExitStatus:
-        self.killed = True
-        self.exit(ExitStatus(code=None, signal=9))
-        return await self.wait()
-
-    def exit(self, status: ExitStatus) -> None:
-        if not self.exited.done():
-            self.exited.set_result(status)
-
-
-class FakeLauncher:
-    def __init__(self) -> None:
-        self.started: list[Task] = []
-
-    async def launch(self, task: Task) -> FakeContainer:
-        self.started.append(task)
-        return FakeContainer()
-
-    async def cleanup(self, task: Task) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     def __init__(self, **function: Any) -> None:
-        self.timers: list[Callable[[], None]] = []
-        self.calls = Calls(call_later=lambda _delay, callback: self.timers.append(callback))
-        self.launcher = FakeLauncher()
-        self.clock = Clock()
+        self.clock = FakeClock()  # drives retry backoffs, deadlines and the pool's timeouts
+        self.calls = Calls(call_later=self.clock.call_later, clock=self.clock)
+        self.runtime = InMemoryRuntime()
+        self.launcher = RuntimeLauncher(self.runtime)
         self.function = FunctionDef(FN, "ap-x", "f", **function)
         self.pool = Pool(self.function, self.calls, self.launcher, self.clock)
         self.calls.on_enqueue.append(lambda _: self.pool.reconcile())
@@ -71,28 +34,21 @@ class Harness:
     def tasks(self) -> list[Task]:
         return list(self.pool.tasks.values())
 
-    def container(self, task: Task) -> FakeContainer:
-        assert isinstance(task.container, FakeContainer)
+    def container(self, task: Task) -> InMemoryContainer:
+        assert isinstance(task.container, InMemoryContainer)
         return task.container
 
     async def ready(self, task: Task, n: int = 1) -> list[Input]:
-        items = await self.pool.next_inputs(task, n, 0.0, 0.01)
+        """The container asks for inputs and takes what is queued now (fake time never passes
+        while it waits, so it does not)."""
+        items = await self.pool.next_inputs(task, n, 0.0, 0.0)
         assert items is not None
         return items
 
     def advance(self, seconds: float) -> None:
-        self.clock.now += seconds
+        """Time passes (retry backoffs run out), then the scheduler's periodic tick."""
+        self.clock.advance(seconds)
         self.pool.tick()
-
-    def retry_now(self) -> None:
-        timers, self.timers = self.timers, []
-        for callback in timers:
-            callback()
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -127,7 +83,7 @@ def test_a_timeout_requeues_the_containers_other_inputs_uncharged() -> None:
         await settle()
         (task,) = h.tasks()
         await h.ready(task)
-        h.clock.now += 5
+        h.clock.advance(5)
         await h.ready(task)
         h.advance(5)
         assert [o.input_id for o in call.outputs] == [slow.input_id]
@@ -148,9 +104,9 @@ def test_a_timeout_is_retried_per_the_policy() -> None:
         (task,) = h.tasks()
         await h.ready(task)
         h.advance(10)
-        assert call.outputs == [] and len(h.timers) == 1
+        assert call.outputs == [] and h.clock.pending == [1.0]  # the retry waits out its backoff
         await settle()
-        h.retry_now()
+        h.advance(1.0)
         await settle()
         (task,) = h.tasks()
         assert [i.retry_count for i in await h.ready(task)] == [1]
@@ -170,7 +126,7 @@ def test_a_container_death_mid_input_is_retried_then_reported() -> None:
             await h.ready(task)
             h.container(task).exit(ExitStatus(code=None, signal=9))
             await settle()
-            h.retry_now()
+            h.advance(1.0)
         (output,) = call.outputs
         assert output.result.status == Status.FAILURE
         assert "(killed by SIGKILL) while running this input" in output.result.message
@@ -225,7 +181,7 @@ def test_max_containers_counts_containers_still_stopping() -> None:
         assert first.draining
         h.pool.reconcile()
         assert len(h.tasks()) == 2, "a third container while the first is still running"
-        assert await h.pool.next_inputs(first, 1, 0.0, 0.01) is None  # the kill switch
+        assert await h.pool.next_inputs(first, 1, 0.0, 0.0) is None  # the kill switch
         h.container(first).exit(ExitStatus(code=0, signal=None))
         await settle()
         assert len(h.tasks()) == 2 and first not in h.tasks()
@@ -245,7 +201,7 @@ def test_idle_containers_drain_after_the_scaledown_window() -> None:
         assert not task.draining
         h.advance(1)
         assert task.draining
-        assert await h.pool.next_inputs(task, 1, 0.0, 0.01) is None
+        assert await h.pool.next_inputs(task, 1, 0.0, 0.0) is None
 
     run(main)
 
@@ -272,7 +228,7 @@ def test_outputs_for_inputs_the_container_no_longer_holds_are_ignored() -> None:
         h.pool.put_outputs(task, [(item.input_id, 0, Result(Status.FAILURE, "boom", b"exc"))])
         h.pool.put_outputs(task, [(item.input_id, 0, OK)])  # a late duplicate of the failed attempt
         assert call.outputs == []
-        h.retry_now()
+        h.advance(1.0)
         await h.ready(task)
         h.pool.put_outputs(task, [(item.input_id, 1, OK)])
         assert [o.result for o in call.outputs] == [OK]
@@ -292,7 +248,7 @@ def test_stop_lets_idle_containers_exit_through_the_kill_switch_and_kills_busy_o
         stopping = asyncio.ensure_future(h.pool.stop(grace=5.0))
         await settle()
         assert not h.container(busy).killed, "busy containers wait while idle ones exit"
-        assert await h.pool.next_inputs(idle, 1, 0.0, 0.01) is None  # the kill switch: @exit runs
+        assert await h.pool.next_inputs(idle, 1, 0.0, 0.0) is None  # the kill switch: @exit runs
         h.container(idle).exit(ExitStatus(code=0, signal=None))
         await asyncio.wait_for(stopping, 1)
         assert h.container(busy).killed and not h.container(idle).killed

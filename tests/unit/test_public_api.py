@@ -4,6 +4,7 @@ import inspect
 
 import kiln
 import kiln.errors
+import kiln.testing
 from kiln.errors import KilnError
 
 
@@ -39,3 +40,11 @@ def test_every_error_is_exported() -> None:
     assert errors <= set(kiln.__all__)
     for name in errors:
         assert getattr(kiln, name) is getattr(kiln.errors, name)
+
+
+def test_kiln_testing_exports_documented_names() -> None:
+    assert len(kiln.testing.__all__) == len(set(kiln.testing.__all__))
+    for name in kiln.testing.__all__:
+        obj = getattr(kiln.testing, name)
+        assert obj.__module__ == kiln.testing.__name__, name
+        assert inspect.getdoc(obj), f"kiln.testing.{name} has no docstring"

@@ -108,9 +108,9 @@ def test_put_and_get(state: StateStore) -> None:
 
 
 def test_put_replaces_data(state: StateStore) -> None:
-    state.put("apps", "ap-1", {"v": 1})
-    state.put("apps", "ap-1", {"v": 2})
-    assert state.get("apps", "ap-1") == {"v": 2}
+    state.put("secrets", "st-1", {"v": 1})
+    state.put("secrets", "st-1", {"v": 2})
+    assert state.get("secrets", "st-1") == {"v": 2}
 
 
 def test_find_by_name_and_namespace(state: StateStore) -> None:
@@ -150,12 +150,12 @@ def test_name_given_back_to_an_earlier_object_finds_that_object(state: StateStor
     assert state.find("mounts", "m") == ("mo-1", {"v": 1})
 
 
-def test_delete(state: StateStore) -> None:
-    state.put("apps", "ap-1", {}, name="app")
-    state.delete("apps", "ap-1")
-    assert state.get("apps", "ap-1") is None
-    assert state.find("apps", "app") is None
-    state.delete("apps", "ap-1")  # deleting twice is harmless
+def test_a_deleted_object_is_gone_by_id_and_by_name(state: StateStore) -> None:
+    state.put("secrets", "st-1", {}, name="creds")
+    state.delete("secrets", "st-1")
+    assert state.get("secrets", "st-1") is None
+    assert state.find("secrets", "creds") is None
+    state.delete("secrets", "st-1")  # deleting twice is harmless
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:

@@ -1,18 +1,26 @@
-"""Containers: a spec (root filesystem layers, mounts, env, command) and a runtime that starts it.
+"""Containers: a spec (layers by content key, mounts, env, command) and a runtime that starts it.
 
 This package knows nothing about functions or images: it runs a command in a sandbox.
 """
 
-from kiln.containers.bubblewrap import BubblewrapRuntime, check_sandbox_support
+from kiln.containers.bubblewrap import BubblewrapRuntime, LayerPaths, check_sandbox_support
 from kiln.containers.container import Container
-from kiln.containers.spec import Bind, ContainerSpec, ExitStatus, OutputSink
+from kiln.containers.runtime import ContainerHandle, Runtime
+from kiln.containers.spec import DEPS, IMAGE, MOUNT, Bind, ContainerSpec, ExitStatus, Layer, OutputSink
 
 __all__ = [
+    "DEPS",
+    "IMAGE",
+    "MOUNT",
     "Bind",
     "BubblewrapRuntime",
     "Container",
+    "ContainerHandle",
     "ContainerSpec",
     "ExitStatus",
+    "Layer",
+    "LayerPaths",
     "OutputSink",
+    "Runtime",
     "check_sandbox_support",
 ]

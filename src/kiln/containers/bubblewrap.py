@@ -12,13 +12,19 @@ import asyncio
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from kiln.containers.cgroups import Cgroups
 from kiln.containers.container import Container
-from kiln.containers.readonly import Leases, read_only_paths
-from kiln.containers.spec import ContainerSpec, OutputSink
+from kiln.containers.devices import container_devices, present
+from kiln.containers.readonly import read_only_paths
+from kiln.containers.spec import ContainerSpec, Layer, OutputSink
 from kiln.errors import SandboxUnavailable
+from kiln.locks import Leases
+
+# Where a layer of a spec lies on this machine.
+LayerPaths = Callable[[Layer], Path]
 
 # Runs inside the fresh mount namespace: join the container's cgroups (before anything of the
 # container runs), mount the overlay, then become bubblewrap.
@@ -48,14 +54,14 @@ def check_sandbox_support() -> None:
 
 
 class BubblewrapRuntime:
-    """Starts containers on this machine. `scratch_root` holds per-container upper/work dirs."""
+    """Starts containers on this machine. `scratch_root` holds per-container upper/work dirs;
+    `paths` finds a spec's layers in this machine's stores."""
 
-    def __init__(self, scratch_root: Path, overlay_root: Path, mount_roots: tuple[Path, ...] = ()) -> None:
+    def __init__(self, scratch_root: Path, overlay_root: Path, paths: LayerPaths) -> None:
         self.scratch_root = scratch_root
         # Layer paths are passed relative to this directory: mount options are limited to one page.
         self.overlay_root = overlay_root
-        # Layers stored under these directories are mounts: read-only in the container.
-        self.mount_roots = mount_roots
+        self.paths = paths
         self._live: dict[Container, asyncio.Future[None]] = {}  # each with the task that reaps it
         self.cgroups = Cgroups()
         self.leases = Leases()  # no one deletes a layer while a container uses it
@@ -70,10 +76,11 @@ class BubblewrapRuntime:
         if spec.upper is not None and spec.upper.stat().st_dev != work.stat().st_dev:
             raise SandboxUnavailable("an overlay's upper and work directories must share a filesystem")
 
-        mounts = [layer for layer in spec.layers if layer.parent in self.mount_roots]
-        image_layers = [layer for layer in spec.layers if layer.parent not in self.mount_roots]
+        mounts = [self.paths(layer) for layer in spec.mounts]
+        image_layers = [self.paths(layer) for layer in spec.image]
+        lower_dirs = [*mounts, *image_layers]
         read_only = read_only_paths(mounts, image_layers) if mounts else []
-        lowers = ":".join(os.path.relpath(layer, self.overlay_root) for layer in spec.layers)
+        lowers = ":".join(os.path.relpath(layer, self.overlay_root) for layer in lower_dirs)
         options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
         argv = [
             "unshare", "--mount", "--propagation", "private", "--",
@@ -82,7 +89,7 @@ class BubblewrapRuntime:
             *self._bwrap_args(spec, merged, read_only),
         ]  # fmt: skip
         cgroup = self.cgroups.create(scratch.name, spec.cpu_limit, spec.memory_limit_mb)
-        leased = self.leases.acquire(spec.layers)
+        leased = self.leases.acquire(lower_dirs)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -127,11 +134,15 @@ class BubblewrapRuntime:
             for name in ("/etc/resolv.conf", "/etc/hosts"):
                 if os.path.exists(name):
                     args += ["--ro-bind", os.path.realpath(name), name]
-        for device in spec.devices:
-            args += ["--dev-bind", device, device]
+        env = dict(spec.env)
+        if spec.gpus:
+            nodes, gpu_env = container_devices(spec.gpus)
+            env.update(gpu_env)
+            for device in present(nodes):
+                args += ["--dev-bind", device, device]
         for bind in spec.binds:
             args += ["--ro-bind" if bind.read_only else "--bind", str(bind.source), bind.target]
-        for key, value in spec.env.items():
+        for key, value in env.items():
             args += ["--setenv", key, value]
         args += ["--chdir", spec.cwd, "--", *spec.argv]
         return args

@@ -10,6 +10,24 @@ from pathlib import Path
 OutputSink = Callable[[int, bytes], None]
 
 
+# Stores a layer can come from. Image layers merge into the root filesystem; mount layers merge
+# too, and every path they provide is then bound again read-only.
+IMAGE, MOUNT, DEPS = "image", "mount", "deps"
+MOUNT_STORES = frozenset({MOUNT, DEPS})
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A read-only layer, named by its content key in one of a machine's stores."""
+
+    store: str  # IMAGE, MOUNT or DEPS
+    key: str
+
+    @property
+    def is_mount(self) -> bool:
+        return self.store in MOUNT_STORES
+
+
 @dataclass(frozen=True)
 class Bind:
     """A host path made visible at `target` inside the container."""
@@ -23,12 +41,15 @@ class Bind:
 class ContainerSpec:
     """A sandboxed process over an overlay of read-only layers.
 
-    `layers` are lower directories, topmost first. Writes go to `upper` when given (an image
-    build keeps it as the new layer), otherwise to a private directory removed at exit.
+    `image` and `mounts` are layers by content key, topmost first (mounts lie above the image).
+    Writes go to `upper` when given (an image build on this machine keeps it as the new layer),
+    otherwise to a private directory removed at exit. `binds` are host paths the runtime's own
+    machine provides (a container's socket directory, a build's context).
     """
 
-    layers: list[Path]
+    image: list[Layer]
     argv: list[str]
+    mounts: list[Layer] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
     binds: list[Bind] = field(default_factory=list)
@@ -38,7 +59,12 @@ class ContainerSpec:
     # Limits enforced with cgroups where the kernel allows; 0 = unlimited.
     cpu_limit: float = 0.0  # cores
     memory_limit_mb: int = 0
-    devices: list[str] = field(default_factory=list)  # host device nodes to expose (GPUs)
+    gpus: list[int] = field(default_factory=list)  # indices of this machine's GPUs (placement chose them)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Every lower layer, topmost first."""
+        return [*self.mounts, *self.image]
 
 
 @dataclass(frozen=True)

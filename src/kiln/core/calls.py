@@ -14,6 +14,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kiln.core.functions import RetryPolicy
 from kiln.core.results import Result, Status
@@ -28,6 +29,9 @@ MAX_RETRY_DELAY = 24 * 3600.0
 
 
 CallLater = collections.abc.Callable[[float, collections.abc.Callable[[], None]], object]
+
+
+Clock = collections.abc.Callable[[], float]
 
 
 def _loop_call_later(delay: float, callback: collections.abc.Callable[[], None]) -> object:
@@ -90,6 +94,19 @@ class FunctionCall:
     data_out: list[DataChunk] = field(default_factory=list)
     changed: Changed = field(default_factory=Changed)
     created_at: float = field(default_factory=time.time)
+    by_idx: dict[int, str] = field(default_factory=dict)  # idx → input ID: a re-sent input is not doubled
+
+
+class CallLog(Protocol):
+    """Where calls are written ahead of their acknowledgement (the core's journal)."""
+
+    def call_created(self, call: FunctionCall) -> None: ...
+
+    def inputs_added(self, call: FunctionCall, items: list[Input]) -> None: ...
+
+    def output_added(self, call: FunctionCall, seq: int, output: Output) -> None: ...
+
+    def call_cancelled(self, call: FunctionCall) -> None: ...
 
 
 class FunctionQueue:
@@ -117,9 +134,14 @@ class Calls:
     in the queue after the policy's backoff; anything else is the input's output.
     """
 
-    def __init__(self, call_later: CallLater | None = None) -> None:
-        # How retries wait out their backoff (tests pass a fake to skip the waiting).
+    def __init__(
+        self, call_later: CallLater | None = None, clock: Clock | None = None, log: CallLog | None = None
+    ) -> None:
+        # How retries wait out their backoff and how long polls last (tests pass a fake clock).
         self.call_later = call_later or _loop_call_later
+        self.clock = clock or time.monotonic
+        # Every call, input and output is written here before anyone is told about it.
+        self.log = log
         self.calls: dict[str, FunctionCall] = {}
         self.inputs: dict[str, Input] = {}
         self.queues: dict[str, FunctionQueue] = collections.defaultdict(FunctionQueue)
@@ -135,26 +157,50 @@ class Calls:
         retry: RetryPolicy | None = None,
     ) -> FunctionCall:
         call = FunctionCall(new_id("fc"), function_id, app_id, invocation, is_map, retry or RetryPolicy())
+        if self.log is not None:
+            self.log.call_created(call)
         self.calls[call.call_id] = call
         return call
+
+    def restore(self, call: FunctionCall, pending: list[Input]) -> None:
+        """Bring back a call read from the journal: its `pending` inputs queue again (in order)."""
+        self.calls[call.call_id] = call
+        for item in pending:
+            self.inputs[item.input_id] = item
+            self.queues[item.function_id].pending.append(item)
+        if pending:
+            self._enqueued(call.function_id)
 
     def get(self, call_id: str) -> FunctionCall | None:
         return self.calls.get(call_id)
 
     def put_inputs(self, call: FunctionCall, items: list[tuple[int, bytes, str, bool]]) -> list[Input]:
-        """Queue (idx, payload, method_name, final) items for `call`."""
-        queue = self.queues[call.function_id]
-        created = []
+        """Queue (idx, payload, method_name, final) items for `call`. An idx the call already has
+        (a client re-sending inputs whose acknowledgement it lost) gives back the input it made."""
+        answer: list[Input] = []
+        created: list[Input] = []
         for idx, payload, method_name, final in items:
+            known = call.by_idx.get(idx)
+            if known is not None:
+                answer.append(call.inputs[known])
+                continue
             item = Input(new_id("in"), call.call_id, call.function_id, idx, payload, method_name, final)
+            call.by_idx[idx] = item.input_id
+            created.append(item)
+            answer.append(item)
+        if not created:
+            return answer
+        if self.log is not None:
+            self.log.inputs_added(call, created)  # before the caller is told: the write-ahead
+        queue = self.queues[call.function_id]
+        for item in created:
             call.inputs[item.input_id] = item
             self.inputs[item.input_id] = item
             queue.pending.append(item)
-            created.append(item)
-        call.unfinished += len(items)
-        call.num_inputs += len(items)
+        call.unfinished += len(created)
+        call.num_inputs += len(created)
         self._enqueued(call.function_id)
-        return created
+        return answer
 
     def _enqueued(self, function_id: str) -> None:
         self.queues[function_id].changed.notify()
@@ -176,11 +222,13 @@ class Calls:
         batch. Returns early (empty) once `stop()` is true.
         """
         queue = self.queues[function_id]
-        if not await _wait_until(queue, lambda: bool(queue.pending), timeout, stop):
+        if not await _wait_until(queue, lambda: bool(queue.pending), timeout, stop, self.clock):
             return []
         if max_items > 1 and linger > 0:
             method_name = queue.pending[0].method_name
-            await _wait_until(queue, lambda: queue.matching(method_name) >= max_items, linger, stop)
+            await _wait_until(
+                queue, lambda: queue.matching(method_name) >= max_items, linger, stop, self.clock
+            )
         if stop():
             return []
         return self._take_now(queue, task_id, max_items)
@@ -280,16 +328,17 @@ class Calls:
         item = self.inputs.get(input_id)
         if item is None or item.done or (task_id and item.task_id != task_id):
             return None
-        item.done = True
-        running_on = item.task_id
-        self._release_from_task(item)
         call = self.calls.get(item.call_id)
+        output = Output(
+            item.input_id, item.idx, result, 0, task_id or item.task_id, item.started_at, time.time()
+        )
+        if call is not None and self.log is not None:
+            # Written before the caller can read it: after a crash it is delivered, not run again.
+            self.log.output_added(call, len(call.outputs), output)
+        item.done = True
+        self._release_from_task(item)
         if call is not None:
-            call.outputs.append(
-                Output(
-                    item.input_id, item.idx, result, 0, task_id or running_on, item.started_at, time.time()
-                )
-            )
+            call.outputs.append(output)
             call.unfinished -= 1
             call.changed.notify()
         del self.inputs[input_id]
@@ -314,6 +363,8 @@ class Calls:
         if call is None:
             return []
         call.cancelled = True
+        if self.log is not None:
+            self.log.call_cancelled(call)
         running = []
         for item in list(call.inputs.values()):
             if item.done:
@@ -342,13 +393,13 @@ class Calls:
     ) -> list[Output]:
         """Outputs past position `after` in arrival order; waits up to `timeout` for one, then up
         to `linger` seconds more for others to join it (one reply instead of many)."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         while len(call.outputs) <= after and call.unfinished > 0:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0 or not await call.changed.wait(remaining):
                 break
         if linger > 0 and call.unfinished > 0 and len(call.outputs) > after:
-            await asyncio.sleep(min(linger, max(0.0, deadline - time.monotonic())))
+            await asyncio.sleep(min(linger, max(0.0, deadline - self.clock())))
         return call.outputs[after:]
 
     def put_data_out(self, call_id: str, chunks: list[DataChunk]) -> None:
@@ -385,11 +436,12 @@ async def _wait_until(
     ready: collections.abc.Callable[[], bool],
     timeout: float,
     stop: collections.abc.Callable[[], bool],
+    clock: Clock,
 ) -> bool:
     """Wait for `ready()` (re-checked whenever the queue changes) for up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    deadline = clock() + timeout
     while not ready():
-        remaining = deadline - time.monotonic()
+        remaining = deadline - clock()
         if stop() or remaining <= 0:
             return False
         await queue.changed.wait(remaining)

@@ -66,3 +66,16 @@ class FunctionDef:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     resources: Resources = field(default_factory=Resources)
     definition: bytes = b""
+    frontend: str = "modal"  # whose containers these are: that frontend's launcher boots them
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    """A function as the journal keeps it: the frontend's own `definition` and `meta` (opaque to
+    the core), from which that frontend rebuilds the FunctionDef after a restart."""
+
+    function_id: str
+    app_id: str
+    frontend: str
+    definition: bytes
+    meta: bytes = b""

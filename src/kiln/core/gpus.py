@@ -101,14 +101,3 @@ def detect_gpus() -> list[GpuDevice]:
         if len(parts) >= 3 and parts[0].isdigit():
             devices.append(GpuDevice(int(parts[0]), parts[1], int(float(parts[2] or 0))))
     return devices
-
-
-def container_devices(indices: list[int]) -> tuple[list[str], dict[str, str]]:
-    """Device nodes to expose in a container, and its environment, for the chosen GPUs."""
-    nodes = [f"/dev/nvidia{i}" for i in indices]
-    nodes += ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
-    env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
-        "NVIDIA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
-    }
-    return nodes, env

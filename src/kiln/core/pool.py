@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kiln.containers import Container
+from kiln.containers import ContainerHandle
 from kiln.core.autoscaler import Load, containers_to_start, containers_to_stop, timed_out
 from kiln.core.calls import Calls, Input
 from kiln.core.functions import Autoscaling, FunctionDef
+from kiln.core.placement import Placement, Placer
 from kiln.core.results import Result, Status
 from kiln.errors import KilnError
 from kiln.ids import new_id
@@ -36,7 +37,10 @@ class Task:
 
     task_id: str
     function: FunctionDef
-    container: Container | None = None
+    container: ContainerHandle | None = None
+    placement: Placement = field(default_factory=Placement)  # where it runs, with which GPUs
+    enqueued_at: float = field(default_factory=time.time)  # wall clock, for listings
+    started_at: float = 0.0  # wall clock: when its process started
     ready: bool = False  # it has asked for inputs: start-up (imports, @enter) is over
     launched_at: float | None = None  # pool clock: when its process started
     inflight: dict[str, float] = field(default_factory=dict)  # input id → when handed over (pool clock)
@@ -51,10 +55,18 @@ class Task:
     runner: asyncio.Future[None] | None = None  # owns the container: starts, waits, reports
 
 
-class Launcher(Protocol):
-    """Starts a container for a task (the frontend knows how its client's containers boot)."""
+class TaskEvents(Protocol):
+    """Told when containers start and end (the journal keeps them for `modal container …`)."""
 
-    async def launch(self, task: Task) -> Container: ...
+    def task_started(self, task: Task) -> None: ...
+
+    def task_finished(self, task: Task, how: str) -> None: ...
+
+
+class Launcher(Protocol):
+    """Starts a container for a placed task (the frontend knows how its client's containers boot)."""
+
+    async def launch(self, task: Task) -> ContainerHandle: ...
 
     async def cleanup(self, task: Task) -> None: ...
 
@@ -68,8 +80,12 @@ class Pool:
         clock: Callable[[], float],
         capacity: int | None = None,
         index: dict[str, Pool] | None = None,
+        placer: Placer | None = None,
+        events: TaskEvents | None = None,
     ) -> None:
         self.function = function
+        self.placer = placer or Placer(detect=list)
+        self.events = events
         # task ID → its pool, shared by all pools: containers' requests find their task in O(1).
         self.index = index if index is not None else {}
         self.capacity = capacity
@@ -78,6 +94,7 @@ class Pool:
         self.clock = clock
         self.tasks: dict[str, Task] = {}
         self.stopped = False
+        self.abandoned = False  # the server is going down: inputs held stay unfinished for the next one
         self.startup_failures = 0
         self.overrides: dict[str, Any] = {}  # runtime changes to the autoscaler settings
         self._kills: set[asyncio.Task[Any]] = set()
@@ -191,6 +208,8 @@ class Pool:
 
     async def _run(self, task: Task) -> None:
         reason, launched = await self._run_container(task)
+        if self.abandoned:
+            return
         if task.killed_for is not None:
             reason = task.killed_for.message
         self._settle_inflight(task, reason)
@@ -201,10 +220,18 @@ class Pool:
     async def _run_container(self, task: Task) -> tuple[str, bool]:
         """Run the container to its end; returns how it ended and whether it started at all."""
         tag = self.function.tag
+        placed = False
         try:
+            task.placement = self.placer.place(self.function.resources)
+            placed = True
             task.container = await self.launcher.launch(task)
             task.launched_at = self.clock()
+            task.started_at = time.time()
+            if self.events is not None:
+                self.events.task_started(task)
             status = await task.container.wait()
+            if self.events is not None:
+                self.events.task_finished(task, status.describe())
             return f"The container running {tag} exited unexpectedly ({status.describe()})", True
         except KilnError as exc:
             return f"Could not start a container for {tag}: {exc}", False
@@ -213,6 +240,8 @@ class Pool:
             return f"Could not start a container for {tag}: {exc!r} (a kiln bug; see the server log)", False
         finally:
             self.detach(task)
+            if placed:
+                self.placer.release(task.placement)
             await self.launcher.cleanup(task)
 
     def _settle_inflight(self, task: Task, reason: str) -> None:
@@ -322,14 +351,18 @@ class Scheduler:
     def __init__(
         self,
         calls: Calls,
-        launcher: Launcher,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 1.0,
         capacity: int | None = None,
+        placer: Placer | None = None,
+        events: TaskEvents | None = None,
     ) -> None:
         self.calls = calls
+        self.events = events
         self.capacity = capacity
-        self.launcher = launcher
+        self.placer = placer or Placer(detect=list)
+        # Each frontend's launcher, by name: a function's containers boot its frontend's way.
+        self.launchers: dict[str, Launcher] = {}
         self.clock = clock
         self.tick = tick
         self.pools: dict[str, Pool] = {}
@@ -340,11 +373,25 @@ class Scheduler:
     def register(self, function: FunctionDef) -> Pool:
         pool = self.pools.get(function.function_id)
         if pool is None:
-            pool = Pool(function, self.calls, self.launcher, self.clock, self.capacity, self._pool_of_task)
+            launcher = self.launchers[function.frontend]
+            pool = Pool(
+                function,
+                self.calls,
+                launcher,
+                self.clock,
+                self.capacity,
+                self._pool_of_task,
+                self.placer,
+                self.events,
+            )
             self.pools[function.function_id] = pool
         else:
             if function.definition != pool.function.definition:
-                pool.overrides.clear()  # a new deploy resets runtime overrides (a re-bind does not)
+                # A new deploy (or a rollback): runtime overrides reset (a re-bind keeps them), and
+                # containers running the old code finish their inputs and make way for new ones.
+                pool.overrides.clear()
+                for task in list(pool.tasks.values()):
+                    pool.drain(task)
             pool.function = function
         return pool
 
@@ -361,6 +408,10 @@ class Scheduler:
     def task(self, task_id: str) -> Task | None:
         found = self.find(task_id)
         return found[1] if found else None
+
+    def tasks(self) -> list[Task]:
+        """Every container of every pool."""
+        return [task for pool in self.pools.values() for task in pool.tasks.values()]
 
     def cancel_running(self, inputs: Iterable[Input], terminate: bool = False) -> None:
         """Stop inputs of a cancelled call that containers are running: announced at their next
@@ -396,4 +447,6 @@ class Scheduler:
     async def shutdown(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        for pool in self.pools.values():
+            pool.abandoned = True
         await asyncio.gather(*(p.stop(grace=1.0) for p in self.pools.values()), return_exceptions=True)

@@ -29,8 +29,9 @@ def create_app(core: Core) -> Starlette:
 
     async def app_page(request: Request) -> Response:
         app_id = request.path_params["app_id"]
-        app = core.apps.apps.get(app_id)
-        if app is None:
+        try:
+            app = core.app(app_id)
+        except KilnError:
             return PlainTextResponse(f"app {app_id} not found\n", status_code=404)
         lines = [f"{app.app_id} {app.description!r} {app.state.name.lower()}"]
         lines += [f"  {tag}: {fid}" for tag, fid in sorted(app.function_ids.items())]

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kiln.containers import Bind, BubblewrapRuntime, ContainerSpec
+from kiln.containers import Bind, ContainerSpec, Runtime
 from kiln.errors import ImageBuildError
 from kiln.images.base import BaseResolver
 from kiln.images.context import BuildContext, materialize_from_layers
@@ -47,7 +47,7 @@ class Builder:
     def __init__(
         self,
         store: LayerStore,
-        runtime: BubblewrapRuntime,
+        runtime: Runtime,
         bases: BaseResolver,
         scratch: Path,
         network_env: dict[str, str] | None = None,
@@ -228,7 +228,9 @@ class Builder:
     ) -> None:
         """Run a step's command over its parent's layers, writing into `upper`."""
         assert planned.step is not None and planned.parent is not None
-        spec = ContainerSpec(self.store.lower_dirs(planned.parent), argv, env, cwd, binds, upper=upper)
+        spec = ContainerSpec(
+            self.store.image_layers(planned.parent), argv, env=env, cwd=cwd, binds=binds, upper=upper
+        )
         output = StepOutput(log, secrets or {})
         try:
             container = await self.runtime.start(spec, output.write)

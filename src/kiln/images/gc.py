@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.containers.readonly import exclusive
 from kiln.images.layer_store import LayerStore
+from kiln.locks import exclusive
 
 log = logging.getLogger("kiln.images")
 

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.containers.readonly import exclusive
+from kiln import containers
 from kiln.images.steps import ImageConfig
+from kiln.locks import exclusive
 from kiln.staging import remove_stale_staging, staging_name
 
 
@@ -84,6 +85,14 @@ class LayerStore:
     def lower_dirs(self, key: str) -> list[Path]:
         """Overlay lower directories for an image whose top layer is `key`, topmost first."""
         return [layer.fs for layer in self.chain(key) if not layer.empty]
+
+    def image_layers(self, key: str) -> list[containers.Layer]:
+        """The same layers as a container spec names them (by key), topmost first."""
+        return [containers.Layer(containers.IMAGE, layer.key) for layer in self.chain(key) if not layer.empty]
+
+    def fs_path(self, key: str) -> Path:
+        """Where a layer's files lie (what a runtime on this machine mounts for it)."""
+        return self.root / key / "fs"
 
     @contextmanager
     def staging(self, key: str) -> Iterator[Path]:

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from kiln.containers import Layer
 from kiln.errors import ImageBuildError, KilnError, NotFound
 from kiln.ids import stable_id
 from kiln.images.builder import Builder
@@ -120,14 +120,14 @@ class ImageService:
         assert layer is not None
         return layer.config
 
-    def layers(self, image_id: str) -> tuple[list[Path], ImageConfig]:
-        """Overlay lower dirs (topmost first) and config of a built image."""
+    def layers(self, image_id: str) -> tuple[list[Layer], ImageConfig]:
+        """Layers (topmost first) and config of a built image."""
         key = self.top_key(image_id)
         store = self.builder.store
         layer = store.get(key)
         assert layer is not None
         store.touch(key)
-        return store.lower_dirs(key), layer.config
+        return store.image_layers(key), layer.config
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

@@ -1,37 +1,159 @@
-"""Durable state in one SQLite database (WAL): named and identified objects as JSON rows.
+"""Durable state in one SQLite database (WAL), opened once per server, with a versioned schema.
 
-Each kind of object gets a table `(id PRIMARY KEY, name, namespace, data JSON, created_at)`;
-the few queries kiln needs (by ID, by name) stay here instead of spreading SQL around.
+Two shapes of table live here:
+
+- *object tables* (`mounts`, `images`, `secrets`): `(id, name, namespace, data JSON, …)` rows for
+  content-addressed or named objects, read with `put/get/find/delete`;
+- *typed tables* for the core's own records (apps, deployments, functions, classes, calls,
+  inputs, outputs), queried by `kiln.core.journal` through `execute/query/transaction`.
+
+The schema's version is SQLite's `user_version`; `MIGRATIONS[n]` takes a database from version n
+to n + 1, so a database made by any earlier kiln opens with its data kept. Commits are
+`synchronous=NORMAL`: a committed transaction is in the WAL file before the call returns, so it
+survives the server being killed (not a power cut, which costs the last moments).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-KINDS = ("mounts", "images", "secrets", "apps")
+OBJECT_KINDS = ("mounts", "images", "secrets")
+
+
+def _object_table(db: sqlite3.Connection, kind: str) -> None:
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, name TEXT, namespace TEXT, "
+        "data TEXT NOT NULL, created_at REAL NOT NULL, named_at REAL NOT NULL DEFAULT 0)"
+    )
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({kind})")}
+    if "named_at" not in columns:  # databases made before names were ordered
+        db.execute(f"ALTER TABLE {kind} ADD COLUMN named_at REAL NOT NULL DEFAULT 0")
+    db.execute(f"CREATE INDEX IF NOT EXISTS {kind}_by_name ON {kind} (namespace, name)")
+
+
+def _v1_objects(db: sqlite3.Connection) -> None:
+    """The object tables of kiln's first releases (which did not record a schema version)."""
+    for kind in OBJECT_KINDS:
+        _object_table(db, kind)
+
+
+def _v2_core_records(db: sqlite3.Connection) -> None:
+    """Apps, deployments, functions, classes, calls and containers become durable."""
+    db.execute("DROP TABLE IF EXISTS apps")  # an object table of the first releases, never written
+    # Statement by statement: executescript() would commit the migration's transaction early.
+    tables = """
+        CREATE TABLE apps (
+            app_id TEXT PRIMARY KEY, name TEXT NOT NULL, environment TEXT NOT NULL,
+            description TEXT NOT NULL, state INTEGER NOT NULL, frontend TEXT NOT NULL,
+            created_at REAL NOT NULL, stopped_at REAL NOT NULL,
+            function_ids TEXT NOT NULL, class_ids TEXT NOT NULL, version INTEGER NOT NULL);
+        CREATE INDEX apps_by_name ON apps (environment, name);
+        CREATE TABLE deployments (
+            app_id TEXT NOT NULL, version INTEGER NOT NULL, deployed_at REAL NOT NULL,
+            tag TEXT NOT NULL, client_version TEXT NOT NULL, rollback_of INTEGER NOT NULL,
+            commit_info BLOB NOT NULL, function_ids TEXT NOT NULL, class_ids TEXT NOT NULL,
+            snapshot TEXT NOT NULL, PRIMARY KEY (app_id, version));
+        CREATE TABLE functions (
+            function_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL,
+            definition BLOB NOT NULL, meta BLOB NOT NULL, created_at REAL NOT NULL);
+        CREATE INDEX functions_by_app ON functions (app_id);
+        CREATE TABLE classes (
+            class_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL, meta BLOB NOT NULL);
+        CREATE INDEX classes_by_app ON classes (app_id);
+        CREATE TABLE calls (
+            call_id TEXT PRIMARY KEY, function_id TEXT NOT NULL, app_id TEXT NOT NULL,
+            invocation TEXT NOT NULL, is_map INTEGER NOT NULL, retry TEXT NOT NULL,
+            cancelled INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+        CREATE INDEX calls_by_age ON calls (created_at);
+        CREATE TABLE inputs (
+            input_id TEXT PRIMARY KEY, call_id TEXT NOT NULL, idx INTEGER NOT NULL,
+            payload BLOB NOT NULL, method_name TEXT NOT NULL, final INTEGER NOT NULL);
+        CREATE INDEX inputs_by_call ON inputs (call_id);
+        CREATE TABLE outputs (
+            call_id TEXT NOT NULL, seq INTEGER NOT NULL, input_id TEXT NOT NULL, idx INTEGER NOT NULL,
+            status INTEGER NOT NULL, message TEXT NOT NULL, payload BLOB NOT NULL,
+            data_format INTEGER NOT NULL, task_id TEXT NOT NULL, started_at REAL NOT NULL,
+            created_at REAL NOT NULL, PRIMARY KEY (call_id, seq));
+        CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, function_id TEXT NOT NULL,
+            enqueued_at REAL NOT NULL, started_at REAL NOT NULL, finished_at REAL NOT NULL,
+            exit TEXT NOT NULL);
+        CREATE INDEX tasks_by_app ON tasks (app_id);
+        """
+    for statement in tables.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_objects, _v2_core_records]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        if fresh:
+            os.chmod(path, 0o600)
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        for kind in KINDS:
-            self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, name TEXT, namespace TEXT, "
-                "data TEXT NOT NULL, created_at REAL NOT NULL, named_at REAL NOT NULL DEFAULT 0)"
+        self.version_found = self._db.execute("PRAGMA user_version").fetchone()[0]
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.version_found
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path_hint()} was written by a newer kiln (schema {version}, this kiln knows "
+                f"{SCHEMA_VERSION}); upgrade kiln or point KILN_HOME elsewhere"
             )
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({kind})")}
-            if "named_at" not in columns:  # databases made before names were ordered
-                self._db.execute(f"ALTER TABLE {kind} ADD COLUMN named_at REAL NOT NULL DEFAULT 0")
-            self._db.execute(f"CREATE INDEX IF NOT EXISTS {kind}_by_name ON {kind} (namespace, name)")
+        for step in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                MIGRATIONS[step](self._db)
+                self._db.execute(f"PRAGMA user_version = {step + 1}")
+
+    def path_hint(self) -> str:
+        row = self._db.execute("PRAGMA database_list").fetchone()
+        return str(row[2]) if row else "the state database"
+
+    # --- typed tables
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write: everything inside commits together or not at all."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            self._db.executemany(sql, rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # --- object tables
 
     def put(
         self, kind: str, object_id: str, data: dict[str, Any], name: str | None = None, namespace: str = ""
@@ -60,9 +182,20 @@ class StateStore:
             ).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
+    def named(self, kind: str, namespace: str) -> list[tuple[str, str, dict[str, Any], float]]:
+        """(id, name, data, created_at) of every named object in `namespace`, newest name first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, name, data, created_at FROM {kind} WHERE name IS NOT NULL AND namespace = ? "
+                "ORDER BY named_at DESC",
+                (namespace,),
+            ).fetchall()
+        return [(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
     def delete(self, kind: str, object_id: str) -> None:
         with self._lock:
             self._db.execute(f"DELETE FROM {kind} WHERE id = ?", (object_id,))
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

@@ -20,22 +20,24 @@ from modal_proto import api_pb2
 
 from kiln.core.calls import Invocation
 from kiln.core.core import Core
-from kiln.core.pool import Task
-from kiln.errors import ImageBuildError
+from kiln.errors import ImageBuildError, NotFound
 from kiln.frontends.modal.launcher import ModalLauncher
-from kiln.frontends.modal.objects import secret_env
-from kiln.ids import new_id
 from kiln.images.output import StepOutput
 from kiln.images.planner import BuildFunction, LogSink
 
 
-def build_function_step(core: Core, req: api_pb2.ImageGetOrCreateRequest) -> BuildFunction:
+def build_function_step(
+    core: Core, launcher: ModalLauncher, req: api_pb2.ImageGetOrCreateRequest
+) -> BuildFunction:
     """The build step for the builder function a request names."""
     definition = req.image.build_function
     function_id = req.build_function_id
-    function = core.functions.get(function_id)
-    if function is None:
-        raise ImageBuildError(f"the build function {function_id} was never created; run the app again")
+    try:
+        function = core.function(function_id)
+    except NotFound:
+        raise ImageBuildError(
+            f"the build function {function_id} was never created; run the app again"
+        ) from None
     function_input = api_pb2.FunctionInput()
     if definition.HasField("input"):
         function_input.CopyFrom(definition.input)
@@ -50,28 +52,26 @@ def build_function_step(core: Core, req: api_pb2.ImageGetOrCreateRequest) -> Bui
     }
 
     async def run(parent_key: str, upper: Path, log: LogSink) -> None:
-        await _run(core, function_id, function_input, upper, log)
+        await _run(core, launcher, function_id, function_input, upper, log)
 
     return BuildFunction(function.tag, identity, run)
 
 
 async def _run(
-    core: Core, function_id: str, function_input: api_pb2.FunctionInput, upper: Path, log: LogSink
+    core: Core,
+    launcher: ModalLauncher,
+    function_id: str,
+    function_input: api_pb2.FunctionInput,
+    upper: Path,
+    log: LogSink,
 ) -> None:
-    function = core.functions[function_id]
-    pool = core.scheduler.pools.get(function_id)
-    launcher = core.scheduler.launcher
-    if pool is None or not isinstance(launcher, ModalLauncher):
-        raise ImageBuildError(
-            f"the build function {function.tag} is not running on this server; run the app again"
-        )
-    output = StepOutput(log, secret_env(core, function.secret_ids))
-    task = Task(new_id("ta"), function)
+    function = core.function(function_id)
+    output = StepOutput(log, core.secrets.env_of(function.secret_ids))
     # The container's RPCs find their task in its function's pool; the pool does not run it.
-    pool.attach(task)
-    call = core.calls.create(function_id, function.app_id, Invocation.SYNC, is_map=False)
+    task = core.attach_task(function_id)
+    call = core.start_call(function_id, Invocation.SYNC, is_map=False)
     try:
-        core.calls.put_inputs(call, [(0, function_input.SerializeToString(), "", True)])
+        core.put_inputs(call, [(0, function_input.SerializeToString(), "", True)])
         container = await launcher.launch(task, upper=upper, sink=output.write)
         try:
             status = await asyncio.wait_for(container.wait(), function.timeout)
@@ -81,9 +81,9 @@ async def _run(
                 f"the build function {function.tag} did not finish within its timeout ({function.timeout:.0f} s)"
             ) from None
     finally:
-        pool.detach(task)
-        core.calls.cancel(call.call_id, "The image build ended.")
-        core.calls.release(call.call_id)
+        core.detach_task(task)
+        core.cancel_call(call.call_id)
+        core.release_call(call.call_id)
         output.flush()
         await launcher.cleanup(task)
     result = call.outputs[0].result if call.outputs else None

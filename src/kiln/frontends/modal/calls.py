@@ -14,9 +14,7 @@ from kiln.core.calls import MAX_RETRY_DELAY, FunctionCall, Invocation, Output
 from kiln.core.core import Core
 from kiln.core.functions import RetryPolicy
 from kiln.core.results import Result
-from kiln.errors import InvalidRequest, NotFound
-from kiln.frontends.modal.dispatch import CallContext, long_poll
-from kiln.frontends.modal.registry import Registry
+from kiln.frontends.modal.dispatch import CallContext, empty, long_poll
 
 _MAP = api_pb2.FUNCTION_CALL_TYPE_MAP
 _ASYNC = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC
@@ -40,30 +38,21 @@ def to_generic_result(result: Result) -> api_pb2.GenericResult:
 
 
 class CallHandlers:
-    def __init__(self, core: Core, registry: Registry) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
-        self.registry = registry
 
     def _call(self, call_id: str) -> FunctionCall:
-        call = self.core.calls.get(call_id)
-        if call is None:
-            raise NotFound(f"Function call {call_id} not found (its results may have expired)")
-        return call
+        return self.core.call(call_id)
 
     async def FunctionMap(
         self, req: api_pb2.FunctionMapRequest, ctx: CallContext
     ) -> api_pb2.FunctionMapResponse:
-        function = self.core.functions.get(req.function_id)
-        if function is None:
-            raise NotFound(f"Function {req.function_id} is not defined on this kiln server")
         invocation = Invocation.ASYNC if req.function_call_invocation_type == _ASYNC else Invocation.SYNC
-        call = self.core.calls.create(
-            function.function_id, function.app_id, invocation, req.function_call_type == _MAP, function.retry
-        )
+        call = self.core.start_call(req.function_id, invocation, req.function_call_type == _MAP)
         response = api_pb2.FunctionMapResponse(
             function_call_id=call.call_id,
             function_call_jwt=input_jwt(-1, call.call_id),
-            retry_policy=retry_policy_to_proto(function.retry),
+            retry_policy=retry_policy_to_proto(call.retry),
             sync_client_retries_enabled=False,  # kiln retries failed inputs itself
             max_inputs_outstanding=_MAX_INPUTS_OUTSTANDING,
         )
@@ -81,9 +70,7 @@ class CallHandlers:
     def _put(
         self, call: FunctionCall, items: list[api_pb2.FunctionPutInputsItem]
     ) -> list[api_pb2.FunctionPutInputsResponseItem]:
-        if call.cancelled:
-            raise InvalidRequest(f"Function call {call.call_id} was cancelled; start a new call")
-        created = self.core.calls.put_inputs(
+        created = self.core.put_inputs(
             call,
             [
                 (item.idx, item.input.SerializeToString(), item.input.method_name, item.input.final_input)
@@ -100,10 +87,8 @@ class CallHandlers:
     async def FunctionFinishInputs(
         self, req: api_pb2.FunctionFinishInputsRequest, ctx: CallContext
     ) -> object:
-        from google.protobuf import empty_pb2
-
         self._call(req.function_call_id)
-        return empty_pb2.Empty()
+        return empty()
 
     async def FunctionCallFromId(
         self, req: api_pb2.FunctionCallFromIdRequest, ctx: CallContext
@@ -120,7 +105,7 @@ class CallHandlers:
         # A map's outputs arrive in a stream: gather a few milliseconds' worth per reply, which
         # saves the server and the client an RPC per output.
         linger = MAP_OUTPUT_LINGER if call.is_map and not (req.start_idx or req.end_idx) else 0.0
-        outputs = await self.core.calls.wait_outputs(call, cursor, timeout, linger)
+        outputs = await self.core.wait_outputs(call, cursor, timeout, linger)
         if req.start_idx or req.end_idx:
             outputs = [o for o in call.outputs if req.start_idx <= o.idx <= req.end_idx]
             new_cursor = cursor
@@ -142,7 +127,7 @@ class CallHandlers:
             and new_cursor >= len(call.outputs)
         ):
             # The caller has everything: forget the call (spawned calls keep their results).
-            self.core.calls.release(call.call_id)
+            self.core.release_call(call.call_id)
         return response
 
     def _output(self, output: Output) -> api_pb2.FunctionGetOutputsItem:
@@ -164,7 +149,7 @@ class CallHandlers:
         last = req.last_index
         deadline = time.monotonic() + 55.0
         while time.monotonic() < deadline:
-            for chunk in self.core.calls.data_out_after(call, last):
+            for chunk in self.core.data_out_after(call, last):
                 last = chunk.index
                 yield api_pb2.DataChunk(
                     index=chunk.index, data_format=cast(Any, chunk.data_format), data=chunk.data
@@ -174,11 +159,8 @@ class CallHandlers:
             await call.changed.wait(max(0.0, deadline - time.monotonic()))
 
     async def FunctionCallCancel(self, req: api_pb2.FunctionCallCancelRequest, ctx: CallContext) -> object:
-        from google.protobuf import empty_pb2
-
-        running = self.core.calls.cancel(req.function_call_id)
-        self.core.scheduler.cancel_running(running, terminate=req.terminate_containers)
-        return empty_pb2.Empty()
+        self.core.cancel_call(req.function_call_id, terminate=req.terminate_containers)
+        return empty()
 
 
 def retry_policy_to_proto(policy: RetryPolicy) -> api_pb2.FunctionRetryPolicy:

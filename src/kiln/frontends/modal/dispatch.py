@@ -142,6 +142,13 @@ def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], Ca
     return handle
 
 
+def empty() -> object:
+    """The reply of RPCs that answer nothing."""
+    from google.protobuf import empty_pb2
+
+    return empty_pb2.Empty()
+
+
 MAX_LONG_POLL = 55.0  # seconds; the client's deadlines allow a little more
 
 

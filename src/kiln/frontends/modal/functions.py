@@ -10,7 +10,7 @@ from kiln.core.functions import Autoscaling, FunctionDef, Resources
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
-from kiln.frontends.modal.registry import ModalFunction, Registry
+from kiln.frontends.modal.registry import ModalFunction, Registry, encode_meta
 from kiln.frontends.modal.variants import check_options, merge_options, variant_id
 from kiln.ids import new_id
 
@@ -48,7 +48,7 @@ class FunctionHandlers:
             # `gpu=["h100", "a100"]`: the first choice this machine can serve, else the first
             # (whose GPU request register_function then explains or falls back from).
             ranked = [r.function for r in sorted(req.function_data.ranked_functions, key=lambda r: r.rank)]
-            servable = (f for f in ranked if self.core.gpu_available(_resources(f.resources)))
+            servable = (f for f in ranked if self.core.gpu_servable(_resources(f.resources)))
             function = api_pb2.Function()
             function.CopyFrom(next(servable, ranked[0]))
         else:
@@ -70,10 +70,9 @@ class FunctionHandlers:
             handle.method_handle_metadata[method_name].CopyFrom(
                 _method_handle(function.function_name, method_name, definition)
             )
-        self.registry.functions[function_id] = ModalFunction(
-            function_id, req.app_id, function.function_name, handle, function
-        )
-        self.core.register_function(to_core(function_id, req.app_id, function))
+        registered = ModalFunction(function_id, req.app_id, function.function_name, handle, function)
+        self.core.register_function(to_core(function_id, req.app_id, function), encode_meta(registered))
+        self.registry.functions[function_id] = registered
         return api_pb2.FunctionCreateResponse(
             function_id=function_id,
             function=function,
@@ -86,6 +85,7 @@ class FunctionHandlers:
     ) -> api_pb2.ClassCreateResponse:
         class_id = req.existing_class_id or new_id("cs")
         metadata = api_pb2.ClassHandleMetadata()
+        self.core.register_class(class_id, req.app_id, metadata.SerializeToString())
         self.registry.classes[class_id] = (req.app_id, metadata)
         return api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=metadata)
 
@@ -96,7 +96,7 @@ class FunctionHandlers:
         base = self.registry.functions.get(req.function_id)
         if base is None or base.function is None:
             raise NotFound(f"Function {req.function_id} is not defined on this kiln server")
-        if not self.core.apps.get(base.app_id).running:
+        if not self.core.app(base.app_id).running:
             raise InvalidRequest(f"The app of {base.tag} has stopped; run it again to call its functions")
         options = req.function_options if req.HasField("function_options") else None
         if options is not None:
@@ -107,10 +107,9 @@ class FunctionHandlers:
         handle.CopyFrom(base.handle)
         handle.base_function_id = base.function_id
         # Rebuilt on every bind: a redeployed base function gives its variants the new definition.
-        self.core.register_function(to_core(bound_id, base.app_id, function))
-        self.registry.functions[bound_id] = ModalFunction(
-            bound_id, base.app_id, base.tag, handle, function, req.serialized_params
-        )
+        bound = ModalFunction(bound_id, base.app_id, base.tag, handle, function, req.serialized_params)
+        self.core.register_function(to_core(bound_id, base.app_id, function), encode_meta(bound))
+        self.registry.functions[bound_id] = bound
         return api_pb2.FunctionBindParamsResponse(bound_function_id=bound_id, handle_metadata=handle)
 
     async def FunctionGet(
@@ -153,15 +152,7 @@ class FunctionHandlers:
 
     def _app_named(self, name: str, environment: str) -> App:
         """A deployed app of that name, else the newest running app started under that name."""
-        apps = self.core.apps
-        app = apps.by_name(name, environment)
-        if app is None:
-            running = [
-                a
-                for a in apps.apps.values()
-                if a.running and a.description == name and a.environment == environment
-            ]
-            app = max(running, key=lambda a: a.created_at) if running else None
+        app = self.core.running_app_named(name, environment)
         if app is None:
             raise NotFound(
                 f"No app named '{name}' is deployed or running on this kiln server; "
@@ -172,13 +163,8 @@ class FunctionHandlers:
     async def FunctionGetCurrentStats(
         self, req: api_pb2.FunctionGetCurrentStatsRequest, ctx: CallContext
     ) -> api_pb2.FunctionStats:
-        pool = self.core.scheduler.pools.get(req.function_id)
-        if pool is None:
-            raise NotFound(f"Function {req.function_id} is not running on this kiln server")
-        load = pool.load()
-        return api_pb2.FunctionStats(
-            backlog=load.queued, num_total_tasks=load.containers, num_running_inputs=load.running
-        )
+        queued, running, containers = self.core.function_load(req.function_id)
+        return api_pb2.FunctionStats(backlog=queued, num_total_tasks=containers, num_running_inputs=running)
 
 
 def _method_handle(

@@ -15,8 +15,9 @@ from modal_proto import api_pb2
 from kiln.core.core import Core
 from kiln.errors import ImageBuildError, KilnError
 from kiln.frontends.modal.build_function import build_function_step
+from kiln.frontends.modal.client_deps import IMAGE_BUILDER_VERSION
 from kiln.frontends.modal.dispatch import CallContext, long_poll
-from kiln.frontends.modal.objects import secret_env
+from kiln.frontends.modal.launcher import ModalLauncher
 from kiln.ids import new_id
 from kiln.images.context import BuildContext
 from kiln.images.planner import Recipe
@@ -31,8 +32,9 @@ _STATIC_CREDS = api_pb2.REGISTRY_AUTH_TYPE_STATIC_CREDS
 
 
 class ImageHandlers:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, launcher: ModalLauncher) -> None:
         self.core = core
+        self.launcher = launcher  # runs `run_function` build steps
 
     def recipe(self, req: api_pb2.ImageGetOrCreateRequest) -> Recipe:
         image = req.image
@@ -52,7 +54,7 @@ class ImageHandlers:
         parent_key = None
         for base in image.base_images:
             parent_key = self.core.images.top_key(base.image_id)
-        secrets = secret_env(self.core, list(image.secret_ids))
+        secrets = self.core.secrets.env_of(list(image.secret_ids))
         return Recipe(
             dockerfile=list(image.dockerfile_commands),
             parent_key=parent_key,
@@ -62,7 +64,9 @@ class ImageHandlers:
             secret_digest=_digest(sorted(secrets.items())) if secrets else "",
             build_args=dict(image.build_args),
             registry_auth=self._registry_auth(image.image_registry_config),
-            build_function=build_function_step(self.core, req) if req.build_function_id else None,
+            build_function=build_function_step(self.core, self.launcher, req)
+            if req.build_function_id
+            else None,
             force_build=req.force_build,
             ignore_cache_nonce=uuid.uuid4().hex if req.ignore_cache else "",
         )
@@ -76,7 +80,7 @@ class ImageHandlers:
                 f"Registry authentication {name} (AWS ECR / GCP Artifact Registry) is not supported by kiln; "
                 "use a secret with REGISTRY_USERNAME and REGISTRY_PASSWORD."
             )
-        env = secret_env(self.core, [config.secret_id])
+        env = self.core.secrets.env_of([config.secret_id])
         if "REGISTRY_USERNAME" not in env or "REGISTRY_PASSWORD" not in env:
             raise ImageBuildError(
                 "The registry secret needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD."
@@ -139,7 +143,7 @@ class ImageHandlers:
         config = self.core.images.config(build.image_id)
         return api_pb2.ImageMetadata(
             python_version_info=config.python_version_info,
-            image_builder_version=self.core.config.image_builder_version,
+            image_builder_version=IMAGE_BUILDER_VERSION,
             workdir=config.workdir or "/",
         )
 

@@ -9,10 +9,8 @@ is the container's identity: requests on it are from this task and no other.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,33 +18,42 @@ import grpclib.server
 from modal_proto import api_pb2
 
 from kiln.config import host_network_env
-from kiln.containers import Bind, Container, ContainerSpec, OutputSink
-from kiln.core import gpus
+from kiln.containers import MOUNT, Bind, ContainerHandle, ContainerSpec, Layer, OutputSink, Runtime
 from kiln.core.core import Core
 from kiln.core.pool import Task
 from kiln.errors import ContainerStartError
+from kiln.frontends.modal.client_deps import IMAGE_BUILDER_VERSION, ClientDeps
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
-from kiln.frontends.modal.objects import secret_env
 from kiln.frontends.modal.registry import Registry
 from kiln.images.pythons import find_host_pythons
+from kiln.staging import process_dir
 
 _INSIDE = "/.kiln"  # where the task's socket and arguments appear in the sandbox
 _TAIL = 30
 
 
 class ModalLauncher:
-    def __init__(self, core: Core, registry: Registry, handlers: list[object]) -> None:
+    def __init__(
+        self,
+        core: Core,
+        runtime: Runtime,
+        client_deps: ClientDeps,
+        registry: Registry,
+        handlers: list[object],
+    ) -> None:
         self.core = core
+        self.runtime = runtime
+        self.client_deps = client_deps
         self.registry = registry
         self.handlers = handlers
-        # Unix socket paths are limited to 108 bytes: keep the per-task directories short.
-        self.sockets_root = Path(tempfile.mkdtemp(prefix="kiln-"))
+        # Unix socket paths are limited to 108 bytes: keep the per-task directories short. A
+        # killed server's directory is removed by the next one.
+        self.sockets_root = process_dir(Path("/tmp"), "kiln-")
         self._servers: dict[str, grpclib.server.Server] = {}
-        self._gpus: dict[str, list[int]] = {}  # task → GPU indices it holds
 
     async def launch(
         self, task: Task, upper: Path | None = None, sink: OutputSink | None = None
-    ) -> Container:
+    ) -> ContainerHandle:
         """Start the task's container. An image build's function passes `upper` (its writes become
         the layer) and `sink` (its output goes to the build log instead of the app's)."""
         core = self.core
@@ -54,22 +61,22 @@ class ModalLauncher:
         if modal_function is None or modal_function.function is None:
             raise ContainerStartError(f"function {task.function.function_id} has no definition")
         function = modal_function.function
-        app = core.apps.get(task.function.app_id)
+        app = core.app(task.function.app_id)
         image_layers, image_config = core.images.layers(function.image_id)
         minor = _python_minor(image_config.python_version_info)
         python = find_host_pythons().get(minor) if minor else None
         interpreter = python.prefix / "bin" / f"python{minor}" if python else None
-        mount_layers = [
-            await asyncio.to_thread(core.mounts.layer, mount_id, interpreter)
-            for mount_id in function.mount_ids
-        ]
+        mount_layers: list[Layer] = []
+        for mount_id in function.mount_ids:
+            await asyncio.to_thread(core.mounts.layer, mount_id, interpreter)  # materialized once
+            mount_layers.append(Layer(MOUNT, mount_id))
         if function.mount_client_dependencies:
             if not minor:
                 raise ContainerStartError(
                     "the image's Python version is unknown, so kiln cannot attach the client's runtime "
                     "dependencies; build the image from a python base (Image.debian_slim(), or add_python=...)"
                 )
-            mount_layers.append(await core.client_deps.layer(core.config.image_builder_version, minor))
+            mount_layers.append(await self.client_deps.layer(IMAGE_BUILDER_VERSION, minor))
 
         task_dir = self.sockets_root / task.task_id
         task_dir.mkdir()
@@ -91,7 +98,7 @@ class ModalLauncher:
         env = {
             **host_network_env(),
             **image_config.env,
-            **secret_env(core, list(function.secret_ids)),
+            **core.secrets.env_of(list(function.secret_ids)),
             "MODAL_SERVER_URL": f"unix://{_INSIDE}/modal.sock",
             "MODAL_IS_REMOTE": "1",
             "MODAL_CONTAINER_ARGUMENTS_PATH": f"{_INSIDE}/arguments.bin",
@@ -106,37 +113,31 @@ class ModalLauncher:
             "PYTHONPATH": "/pkg" if workdir == "/root" else "/root:/pkg",
         }
         tail: list[str] = []
+        logs = core.app_logs(app.app_id)
 
         def to_app_log(fd: int, data: bytes) -> None:
             text = data.decode(errors="replace")
-            app.logs.append(text, fd, task_id=task.task_id, function_id=task.function.function_id)
+            logs.append(text, fd, task_id=task.task_id, function_id=task.function.function_id)
             tail.extend(text.splitlines())
             del tail[:-_TAIL]
 
         task.output_tail = tail
         resources = task.function.resources
-        devices: list[str] = []
-        gpu_indices = core.allocate_gpus(resources)
-        if gpu_indices:
-            self._gpus[task.task_id] = gpu_indices
-            nodes, gpu_env = gpus.container_devices(gpu_indices)
-            devices = [node for node in nodes if os.path.exists(node)]
-            env.update(gpu_env)
         spec = ContainerSpec(
-            layers=[*reversed(mount_layers), *image_layers],
+            image=image_layers,
+            mounts=list(reversed(mount_layers)),
             argv=["python", "-m", "modal._container_entrypoint"],
             env=env,
             cwd=workdir,
             binds=[Bind(task_dir, _INSIDE, read_only=False)],
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
-            devices=devices,
+            gpus=list(task.placement.gpus),
             upper=upper,
         )
-        return await core.runtime.start(spec, sink or to_app_log)
+        return await self.runtime.start(spec, sink or to_app_log)
 
     async def cleanup(self, task: Task) -> None:
-        self.core.release_gpus(self._gpus.pop(task.task_id, []))
         server = self._servers.pop(task.task_id, None)
         if server is not None:
             server.close()

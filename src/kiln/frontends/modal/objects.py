@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import time
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from modal_proto import api_pb2
 
 from kiln.core.core import Core
-from kiln.errors import InvalidRequest, NotFound
+from kiln.errors import NotFound
 from kiln.frontends.modal.dispatch import AlreadyExists, CallContext
-from kiln.ids import new_id
 from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
 
@@ -122,39 +120,33 @@ class ObjectHandlers:
     async def SecretGetOrCreate(
         self, req: api_pb2.SecretGetOrCreateRequest, ctx: CallContext
     ) -> api_pb2.SecretGetOrCreateResponse:
-        state = self.core.state
+        secrets = self.core.secrets
         name = req.deployment_name
         env = req.environment_name
         creation = req.object_creation_type
         if name and creation == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
-            found = state.find("secrets", name, env)
-            if found is None:
+            secret = secrets.lookup(name, env)
+            if secret is None:
                 raise NotFound(
                     f"Secret {name!r} not found. Create it with `modal secret create {name} KEY=value`."
                 )
-            secret_id, data = found
-            missing = [k for k in req.required_keys if k not in data["env"]]
+            missing = [k for k in req.required_keys if k not in secret.env]
             if missing:
                 raise NotFound(f"Secret {name!r} is missing the required keys {', '.join(missing)}")
         else:
             if (
                 name
                 and creation == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS
-                and state.find("secrets", name, env)
+                and secrets.lookup(name, env) is not None
             ):
                 raise AlreadyExists(f"Secret {name!r} already exists")
-            for key in req.env_dict:
-                if not key or "=" in key or "\0" in key:
-                    raise InvalidRequest(f"secret key {key!r} is not a valid environment variable name")
-            secret_id = new_id("st")
-            data = {"env": dict(req.env_dict), "created_at": time.time()}
-            state.put("secrets", secret_id, data, name=name or None, namespace=env if name else "")
+            secret = secrets.create(dict(req.env_dict), name, env)
         return api_pb2.SecretGetOrCreateResponse(
-            secret_id=secret_id,
+            secret_id=secret.secret_id,
             metadata=api_pb2.SecretMetadata(
                 name=name,
-                keys=sorted(data["env"]),
-                creation_info=api_pb2.CreationInfo(created_at=data["created_at"]),
+                keys=sorted(secret.env),
+                creation_info=api_pb2.CreationInfo(created_at=secret.created_at),
             ),
         )
 
@@ -163,13 +155,3 @@ def _now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
-
-
-def secret_env(core: Core, secret_ids: list[str]) -> dict[str, str]:
-    """Environment variables of secrets, in order (later secrets win)."""
-    env: dict[str, str] = {}
-    for secret_id in secret_ids:
-        data = core.state.get("secrets", secret_id)
-        if data is not None:
-            env.update(data["env"])
-    return env

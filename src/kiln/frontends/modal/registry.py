@@ -1,11 +1,16 @@
 """Modal-specific object state: the protobuf definitions and handle metadata the client and its
-containers need back. The core holds the protocol-neutral side of the same objects."""
+containers need back. The core holds the protocol-neutral side of the same objects, and keeps
+this side too, as opaque bytes (`encode_meta`), so that it survives a restart."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 
 from modal_proto import api_pb2
+
+from kiln.core.functions import FunctionRecord
 
 
 @dataclass
@@ -16,6 +21,29 @@ class ModalFunction:
     handle: api_pb2.FunctionHandleMetadata
     function: api_pb2.Function | None = None  # set by FunctionCreate (a variant: options merged)
     serialized_params: bytes = b""  # a class instance's parameters (variants only)
+
+
+def encode_meta(function: ModalFunction) -> bytes:
+    """What the journal keeps beside the Function definition."""
+    return json.dumps(
+        {
+            "tag": function.tag,
+            "handle": base64.b64encode(function.handle.SerializeToString()).decode(),
+            "params": base64.b64encode(function.serialized_params).decode(),
+        }
+    ).encode()
+
+
+def decode_meta(record: FunctionRecord, function: api_pb2.Function) -> ModalFunction:
+    meta = json.loads(record.meta)
+    return ModalFunction(
+        record.function_id,
+        record.app_id,
+        meta["tag"],
+        api_pb2.FunctionHandleMetadata.FromString(base64.b64decode(meta["handle"])),
+        function,
+        base64.b64decode(meta["params"]),
+    )
 
 
 @dataclass

@@ -9,8 +9,6 @@ from modal_proto import api_pb2
 
 from kiln.core.core import Core
 from kiln.core.functions import Autoscaling
-from kiln.core.pool import Pool
-from kiln.errors import NotFound
 from kiln.frontends.modal.dispatch import CallContext
 
 
@@ -18,35 +16,25 @@ class SchedulingHandlers:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    def _pool(self, function_id: str) -> Pool:
-        pool = self.core.scheduler.pools.get(function_id)
-        if pool is None:
-            raise NotFound(
-                f"Function {function_id} is not running on this kiln server; "
-                "deploy or run its app before changing its autoscaler"
-            )
-        return pool
-
     async def FunctionUpdateSchedulingParams(
         self, req: api_pb2.FunctionUpdateSchedulingParamsRequest, ctx: CallContext
     ) -> api_pb2.FunctionUpdateSchedulingParamsResponse:
-        pool = self._pool(req.function_id)
         changes = overrides_from(req.settings)
         if req.warm_pool_size_override:  # the legacy form of min_containers
             changes.setdefault("min_containers", req.warm_pool_size_override)
-        settings = pool.override(changes)
+        settings = self.core.update_autoscaler(req.function_id, changes)
         return api_pb2.FunctionUpdateSchedulingParamsResponse(current_settings=to_settings(settings))
 
     async def FunctionGetSchedulingParams(
         self, req: api_pb2.FunctionGetSchedulingParamsRequest, ctx: CallContext
     ) -> api_pb2.FunctionGetSchedulingParamsResponse:
-        pool = self._pool(req.function_id)
+        view = self.core.autoscaler(req.function_id)
         return api_pb2.FunctionGetSchedulingParamsResponse(
             autoscaler_configuration=api_pb2.AutoscalerConfiguration(
-                settings=to_settings(pool.settings),
-                static_settings=to_settings(pool.function.autoscaling),
+                settings=to_settings(view.settings),
+                static_settings=to_settings(view.static),
                 default_settings=to_settings(Autoscaling()),
-                override_settings=_only(to_settings(pool.settings), pool.overrides),
+                override_settings=_only(to_settings(view.settings), view.overrides),
             )
         )
 

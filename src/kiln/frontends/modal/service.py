@@ -2,34 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from modal_proto import api_pb2
+
+from kiln.containers import Runtime
 from kiln.core.core import Core
+from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.modal.apps import AppHandlers
 from kiln.frontends.modal.calls import CallHandlers
+from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.container import ContainerHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
-from kiln.frontends.modal.functions import FunctionHandlers
+from kiln.frontends.modal.functions import FunctionHandlers, to_core
 from kiln.frontends.modal.images import ImageHandlers
 from kiln.frontends.modal.launcher import ModalLauncher
+from kiln.frontends.modal.logs import LogHandlers
 from kiln.frontends.modal.objects import ObjectHandlers
-from kiln.frontends.modal.registry import Registry
+from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
+from kiln.frontends.modal.tasks import TaskHandlers
 
 
 class ModalFrontend:
-    def __init__(self, core: Core) -> None:
+    name = "modal"
+
+    def __init__(self, core: Core, runtime: Runtime, client_deps: ClientDeps) -> None:
         self.core = core
         self.registry = Registry()
-        self.handlers: list[object] = [
+        # Containers' sockets serve these same handlers (the launcher holds the list).
+        self.handlers: list[object] = []
+        self._launcher = ModalLauncher(core, runtime, client_deps, self.registry, self.handlers)
+        self.handlers += [
             AppHandlers(core, self.registry),
+            LogHandlers(core),
             ObjectHandlers(core),
-            ImageHandlers(core),
+            ImageHandlers(core, self._launcher),
             FunctionHandlers(core, self.registry),
-            CallHandlers(core, self.registry),
+            CallHandlers(core),
             ContainerHandlers(core),
             SchedulingHandlers(core),
+            TaskHandlers(core),
         ]
-        self.launcher = ModalLauncher(core, self.registry, self.handlers)
+
+    @property
+    def launcher(self) -> ModalLauncher:
+        return self._launcher
 
     def service(self) -> Service:
         """The service for users' clients (containers get their own, per task)."""
-        return Service(build_mapping(self.handlers, lambda stream: CallContext()))
+        return Service(build_mapping(self.handlers, _user_context))
+
+    def restore_function(self, record: FunctionRecord) -> FunctionDef:
+        function = api_pb2.Function.FromString(record.definition)
+        self.registry.functions[record.function_id] = decode_meta(record, function)
+        return to_core(record.function_id, record.app_id, function)
+
+    def restore_class(self, class_id: str, app_id: str, meta: bytes) -> None:
+        self.registry.classes[class_id] = (app_id, api_pb2.ClassHandleMetadata.FromString(meta))
+
+    async def shutdown(self) -> None:
+        await self._launcher.shutdown()
+
+
+def _user_context(stream: Any) -> CallContext:
+    """A user's client; its metadata carries its version (and, later, its credentials)."""
+    metadata = stream.metadata or {}
+    return CallContext(metadata={str(k): str(v) for k, v in metadata.items()})

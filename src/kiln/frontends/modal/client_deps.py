@@ -15,12 +15,15 @@ import re
 import shutil
 from pathlib import Path
 
+from kiln.containers import DEPS, Layer
 from kiln.errors import ContainerStartError
 from kiln.images.pythons import client_package_dir, find_host_pythons
 from kiln.staging import remove_stale_staging, staging_name
 
 log = logging.getLogger("kiln.images")
 
+# The image builder version kiln announces; 2025.06 images get the client's runtime deps mounted.
+IMAGE_BUILDER_VERSION = "2025.06"
 SITECUSTOMIZE = "import sys; sys.path.append('/__modal/deps')\n"
 
 
@@ -32,17 +35,20 @@ class ClientDeps:
         self.network_env = network_env
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def layer(self, builder_version: str, python_minor: str) -> Path:
-        """A directory holding `__modal/deps/…` and `pkg/sitecustomize.py`, built on first use."""
+    async def layer(self, builder_version: str, python_minor: str) -> Layer:
+        """A layer holding `__modal/deps/…` and `pkg/sitecustomize.py`, built on first use."""
         name = f"{builder_version}-cp{python_minor.replace('.', '')}"
+        await self._ensure(name, builder_version, python_minor)
+        return Layer(DEPS, name)
+
+    async def _ensure(self, name: str, builder_version: str, python_minor: str) -> None:
         target = self.root / name
         if target.exists():
-            return target
+            return
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if not target.exists():
                 await self._build(builder_version, python_minor, target)
-        return target
 
     async def _build(self, builder_version: str, python_minor: str, target: Path) -> None:
         requirements = client_package_dir("modal") / "builder" / f"{builder_version}.txt"
