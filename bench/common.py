@@ -108,11 +108,11 @@ def emit(result: dict[str, Any], json_path: Path | None) -> None:
 # ---------------------------------------------------------------- a kiln server subprocess
 
 
-def kiln_command() -> list[str]:
-    """`kiln server` from the project venv (the console script), listening on any free port."""
+def kiln_command(port: int = 0) -> list[str]:
+    """`kiln server` from the project venv (the console script), on `port` (0: any free port)."""
     script = Path(sys.executable).parent / "kiln"
     base = [str(script)] if script.exists() else [sys.executable, "-m", "kiln.cli.main"]
-    return [*base, "server", "--port", "0"]
+    return [*base, "server", "--port", str(port)]
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-def start_server(log_path: Path, timeout: float = 120) -> Server:
+def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
     """Spawn `kiln server` on KILN_HOME=HOME and wait for its export line."""
     HOME.mkdir(parents=True, exist_ok=True)
     (HOME / "modal.toml").touch()
@@ -148,7 +148,9 @@ def start_server(log_path: Path, timeout: float = 120) -> Server:
     for key in ("MODAL_SERVER_URL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
         env.pop(key, None)
     started = time.perf_counter()
-    process = subprocess.Popen(kiln_command(), env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    process = subprocess.Popen(
+        kiln_command(port), env=env, stdout=subprocess.PIPE, stderr=log_file, text=True
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:  # a thread, so that a silent server cannot block us past the timeout

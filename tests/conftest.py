@@ -3,6 +3,9 @@
 The server's home (layers, blobs) persists in tests/.kiln-home between sessions so that image
 layers are built once; layers are content-addressed, so reuse cannot change an outcome.
 Set KILN_TEST_HOME to use another directory.
+
+Tests that kill their server take `restartable_server`: a server of their own, on a KILN_HOME of
+their own that shares the image caches above, restartable on the same port.
 """
 
 from __future__ import annotations
@@ -52,18 +55,41 @@ class KilnServer:
         return self.log_path.read_text(errors="replace")
 
 
+# Hands listening sockets to `kiln server` as systemd socket activation does: as descriptors 3, 4…
+# with LISTEN_FDS, and LISTEN_PID naming the process that execs into the server.
+_SOCKET_ACTIVATION_SHIM = (
+    "import os, sys\n"
+    "fds = [int(fd) for fd in sys.argv[1].split(',')]\n"
+    "for n, fd in enumerate(fds):\n"
+    "    os.dup2(fd, 3 + n)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)))\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
 def start_server(
-    home: Path, log_path: Path, extra_env: dict[str, str] | None = None, port: int = 0
+    home: Path,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    port: int = 0,
+    sockets: list[socket.socket] | None = None,
 ) -> KilnServer:
+    """A `kiln server` subprocess; with `sockets`, it serves on those (gRPC, HTTP) instead of
+    binding its own, as under a supervisor that keeps them open across restarts."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "modal.toml").touch()
     log_file = open(log_path, "w")
+    argv = [sys.executable, "-m", "kiln.cli.main", "server", "--port", str(port)]
+    fds = [sock.fileno() for sock in sockets or []]
+    if fds:
+        argv = [sys.executable, "-c", _SOCKET_ACTIVATION_SHIM, ",".join(map(str, fds)), *argv[1:]]
     process = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli.main", "server", "--port", str(port)],
+        argv,
         env={**os.environ, "KILN_HOME": str(home), **(extra_env or {})},
         stdout=subprocess.PIPE,
         stderr=log_file,
         text=True,
+        pass_fds=fds,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60
@@ -210,10 +236,13 @@ class RestartableServer:
     test's alone) on a fixed gRPC port, so that a restart answers at the same MODAL_SERVER_URL and
     clients reconnect. The home shares the image caches of TEST_HOME, so nothing is rebuilt."""
 
-    def __init__(self, home: Path, logs: Path, port: int | None = None) -> None:
+    def __init__(self, home: Path, logs: Path, port: int | None = None, hold_sockets: bool = False) -> None:
         self.home = home
         self.logs = logs
         self.port = port or free_port()
+        # With `hold_sockets`, this object keeps the listening sockets (as systemd would) and
+        # hands them to every incarnation: while none runs, connections wait in the backlog.
+        self.sockets = [_listen(self.port), _listen(0)] if hold_sockets else []
         self.incarnations: list[KilnServer] = []
         home.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
@@ -237,7 +266,7 @@ class RestartableServer:
 
     def start(self, extra_env: dict[str, str] | None = None) -> KilnServer:
         log_path = self.logs / f"server-{len(self.incarnations)}.log"
-        server = start_server(self.home, log_path, extra_env, port=self.port)
+        server = start_server(self.home, log_path, extra_env, port=self.port, sockets=self.sockets)
         assert server.url == self.url, f"expected the server on {self.url}, it printed {server.url}"
         self.incarnations.append(server)
         return server
@@ -268,9 +297,23 @@ class RestartableServer:
         stop_server(self.server)
         survivors(below, 5)
 
+    def close(self) -> None:
+        """Stop the server and let go of the sockets held for it."""
+        self.stop()
+        for sock in self.sockets:
+            sock.close()
+
     def log(self) -> str:
         """Every incarnation's log, in order."""
         return "".join(f"----- {server.log_path.name} -----\n{server.log()}" for server in self.incarnations)
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    return sock
 
 
 def _close(server: KilnServer) -> None:
@@ -285,4 +328,14 @@ def restartable_server(tmp_path: Path) -> Iterator[RestartableServer]:
     server = RestartableServer(tmp_path / "home", tmp_path / "logs")
     server.start()
     yield server
-    server.stop()
+    server.close()
+
+
+@pytest.fixture
+def supervised_server(tmp_path: Path) -> Iterator[RestartableServer]:
+    """Like `restartable_server`, but its listening sockets are held open across restarts (as
+    under systemd socket activation)."""
+    server = RestartableServer(tmp_path / "home", tmp_path / "logs", hold_sockets=True)
+    server.start()
+    yield server
+    server.close()

@@ -86,20 +86,23 @@ class KilnServer:
         )
         core = Core(config, state, blobs, mounts, ImageService(builder, state))
         self.core = core
-        http_sock = _bind(config.host, config.http_port)
-        core.http_url = f"http://{config.host}:{http_sock.getsockname()[1]}"
+        inherited = inherited_sockets()
+        http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
+        http_host, http_port = http_sock.getsockname()[:2]
+        core.http_url = f"http://{http_host}:{http_port}"
         self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
 
         self._grpc = grpclib.server.Server([f.service() for f in self.frontends])
-        grpc_sock = _bind(config.host, config.port)
+        grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
         # serving wait in its backlog, so the server is ready as soon as gRPC is.
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
-        self.endpoints = Endpoints(f"http://{config.host}:{grpc_sock.getsockname()[1]}", core.http_url)
+        grpc_host, grpc_port = grpc_sock.getsockname()[:2]
+        self.endpoints = Endpoints(f"http://{grpc_host}:{grpc_port}", core.http_url)
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
@@ -145,3 +148,22 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def inherited_sockets() -> list[socket.socket]:
+    """Listening sockets handed over by a supervisor (systemd socket activation: LISTEN_PID and
+    LISTEN_FDS; the first is gRPC, the second HTTP). A supervisor that keeps the sockets open
+    across a restart keeps clients' new connections waiting in the backlog instead of refused,
+    so even the parts of the client that do not retry a refused connection ride out a restart."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for the processes kiln starts
+    sockets = []
+    for fd in range(3, 3 + count):
+        sock = socket.socket(fileno=fd)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets

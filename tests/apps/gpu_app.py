@@ -17,3 +17,14 @@ def where() -> str:
 @app.local_entrypoint()
 def main():
     print("result:", where.remote())
+
+
+@app.function(image=modal.Image.debian_slim())
+def plain() -> str:
+    return "no GPU needed"
+
+
+@app.local_entrypoint()
+def cpu_only():
+    # The app declares a GPU function it never calls: Modal accepts that, and so must kiln.
+    print("result:", plain.remote())

@@ -20,7 +20,7 @@ pytestmark = [
 
 
 def test_gpu_function_without_a_gpu_is_refused_with_the_fix(kiln: KilnServer) -> None:
-    result = run_modal(kiln, "run", "gpu_app.py", env={"GPU_REQUEST": "h100:2"})
+    result = run_modal(kiln, "run", "gpu_app.py::main", env={"GPU_REQUEST": "h100:2"})
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "H100:2" in output and "KILN_GPU_FALLBACK=cpu" in output, output
@@ -28,8 +28,15 @@ def test_gpu_function_without_a_gpu_is_refused_with_the_fix(kiln: KilnServer) ->
     assert run_modal(kiln, "run", "basics.py::echo", "--x", "2").returncode == 0
 
 
+def test_an_app_that_declares_a_gpu_function_it_never_calls_runs(kiln: KilnServer) -> None:
+    result = run_modal(kiln, "run", "gpu_app.py::cpu_only", env={"GPU_REQUEST": "h100:2"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "result: no GPU needed" in output
+
+
 def test_unknown_gpu_type_names_the_valid_ones(kiln: KilnServer) -> None:
-    result = run_modal(kiln, "run", "gpu_app.py", env={"GPU_REQUEST": "X9000"})
+    result = run_modal(kiln, "run", "gpu_app.py::main", env={"GPU_REQUEST": "X9000"})
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Unknown GPU type 'X9000'" in output and "H100" in output, output
@@ -38,7 +45,7 @@ def test_unknown_gpu_type_names_the_valid_ones(kiln: KilnServer) -> None:
 def test_cpu_fallback_runs_gpu_functions_with_a_warning(tmp_path: Path) -> None:
     server = start_server(TEST_HOME, tmp_path / "server.log", extra_env={"KILN_GPU_FALLBACK": "cpu"})
     try:
-        result = run_modal(server, "run", "gpu_app.py", env={"GPU_REQUEST": "a100,t4"})
+        result = run_modal(server, "run", "gpu_app.py::main", env={"GPU_REQUEST": "a100,t4"})
     finally:
         stop_server(server)
     output = result.stdout + result.stderr

@@ -153,8 +153,14 @@ class Core:
         for call in [c for c in self._calls.calls.values() if c.created_at < cutoff and not c.unfinished]:
             self._calls.release(call.call_id)
         expired = self._journal.expire_calls(cutoff)
-        if expired:
-            log.info("forgot %d calls older than the result retention", expired)
+        apps = self._journal.expire_apps(cutoff)
+        for app_id in apps:
+            self._apps.apps.pop(app_id, None)
+            self._logs.remove(app_id)
+        if expired or apps:
+            log.info(
+                "forgot %d calls and %d stopped apps older than the result retention", expired, len(apps)
+            )
 
     async def stop_ephemeral_apps(self, reason: str) -> None:
         """Stop the apps that live only as long as their client (deployed and detached apps stay)."""
@@ -205,6 +211,11 @@ class Core:
 
     def deployed_app(self, name: str, environment: str = "") -> App | None:
         return self._apps.by_name(name, environment)
+
+    def last_app_named(self, name: str, environment: str = "") -> App | None:
+        """The newest app published under `name`, running or stopped."""
+        named = [a for a in self._apps.apps.values() if a.name == name and a.environment == environment]
+        return max(named, key=lambda a: a.created_at) if named else None
 
     def running_app_named(self, name: str, environment: str = "") -> App | None:
         """A deployed app of that name, else the newest running app started under that name."""

@@ -311,6 +311,19 @@ class Journal:
             "UPDATE tasks SET finished_at = ?, exit = ? WHERE finished_at = 0", (time.time(), how)
         )
 
+    def expire_apps(self, before: float) -> list[str]:
+        """Forget apps that stopped before `before` and were never deployed (deployed apps keep
+        their history); returns their IDs."""
+        stopped = (
+            "SELECT app_id FROM apps WHERE state = ? AND stopped_at > 0 AND stopped_at < ? AND version = 0"
+        )
+        params = (int(AppState.STOPPED), before)
+        with self.state.transaction():
+            app_ids = [r[0] for r in self.state.query(stopped, params)]
+            for table in ("functions", "classes", "apps"):
+                self.state.execute(f"DELETE FROM {table} WHERE app_id IN ({stopped})", params)
+        return app_ids
+
     def expire_calls(self, before: float) -> int:
         """Forget calls made before `before` (their results' retention is over)."""
         with self.state.transaction():

@@ -119,7 +119,7 @@ class BaseResolver:
             raise ImageBuildError(
                 f"{reference} needs CPython {minor}, which this machine cannot provide offline. "
                 f"Available: Python {self.available()}. Ask for one of those "
-                f'(e.g. `modal.Image.debian_slim(python_version="{self.available().split(", ")[-1]}")`), '
+                f'(e.g. `python_version="{self.available().split(", ")[-1]}"`), '
                 f"or install CPython {minor} with pyenv or `uv python install {minor}`."
             )
         os_release = host_os_release()

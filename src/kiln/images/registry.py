@@ -214,8 +214,8 @@ class RegistryClient:
         how = (
             "the credentials in the image's registry secret were refused"
             if self.auth
-            else "it needs credentials: pass `secret=modal.Secret.from_dict({'REGISTRY_USERNAME': …, "
-            "'REGISTRY_PASSWORD': …})` (or a named secret with those keys) to Image.from_registry"
+            else "it needs credentials: give the image a secret with the keys REGISTRY_USERNAME and "
+            "REGISTRY_PASSWORD (a named secret, or one made from a dict)"
         )
         return ImageBuildError(f"The registry refused to serve {self.ref.canonical}: {how}.")
 

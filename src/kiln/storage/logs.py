@@ -56,6 +56,10 @@ class LogFiles:
                 continue  # a line cut by a crash mid-write
         return entries
 
+    def remove(self, app_id: str) -> None:
+        self.close(app_id)
+        self._path(app_id).unlink(missing_ok=True)
+
     def close(self, app_id: str | None = None) -> None:
         for key in [app_id] if app_id is not None else list(self._open):
             file = self._open.pop(key, None)

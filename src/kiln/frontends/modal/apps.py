@@ -105,9 +105,20 @@ class AppHandlers:
     async def AppGetByDeploymentName(
         self, req: api_pb2.AppGetByDeploymentNameRequest, ctx: CallContext
     ) -> api_pb2.AppGetByDeploymentNameResponse:
+        environment = req.environment_name or "main"
         app = self.core.deployed_app(req.name, req.environment_name)
-        # An empty app_id (not NOT_FOUND) tells the client the name is free.
-        return api_pb2.AppGetByDeploymentNameResponse(app_id=app.app_id if app else "")
+        if app is not None:
+            return api_pb2.AppGetByDeploymentNameResponse(
+                app_id=app.app_id, environment_name=environment, lifecycle=_lifecycle(app)
+            )
+        # An empty app_id (not NOT_FOUND) tells the client the name is free; a stopped app of
+        # that name is offered as the previous one (`modal app logs/history` still find it).
+        previous = self.core.last_app_named(req.name, req.environment_name)
+        return api_pb2.AppGetByDeploymentNameResponse(
+            previous_app_id=previous.app_id if previous else "",
+            environment_name=environment,
+            lifecycle=_lifecycle(previous) if previous else None,
+        )
 
     async def AppDeploymentHistory(
         self, req: api_pb2.AppDeploymentHistoryRequest, ctx: CallContext
