@@ -106,6 +106,9 @@ class Core:
         self._journal.end_unfinished_tasks("the kiln server stopped")
         for app in self._journal.load_apps():
             self._apps.add(app)
+            if app.state == AppState.STOPPING:  # the server died while stopping it
+                app.state, app.stopped_at = AppState.STOPPED, time.time()
+                self._journal.save_app(app)
             if not app.running:
                 continue
             frontend = self._frontends.get(app.frontend)
