@@ -181,3 +181,25 @@ def test_a_rollback_serves_the_earlier_definition_and_survives_a_restart(tmp_pat
         await again.shutdown()
 
     run(main)
+
+
+def test_runtime_autoscaler_changes_survive_a_restart_and_a_new_deploy_clears_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        core, _ = new_core(tmp_path)
+        app = core.create_app("svc", AppState.DEPLOYED, frontend="toy")
+        core.register_function(function("fu-f", app.app_id, "v1"))
+        core.update_autoscaler("fu-f", {"max_containers": 3, "scaledown_window": 7.0})
+        await core.shutdown()
+
+        again, _ = new_core(tmp_path)
+        view = again.autoscaler("fu-f")
+        assert (view.settings.max_containers, view.settings.scaledown_window) == (3, 7.0)
+        again.register_function(function("fu-f", app.app_id, "v2"))  # redeployed
+        assert again.autoscaler("fu-f").overrides == {}
+        await again.shutdown()
+
+        third, _ = new_core(tmp_path)
+        assert third.autoscaler("fu-f").overrides == {}
+        await third.shutdown()
+
+    run(main)

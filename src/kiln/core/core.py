@@ -379,7 +379,11 @@ class Core:
         if write:
             self._journal.save_function(record)
         self._functions[function.function_id] = function
-        self._scheduler.register(function)
+        pool = self._scheduler.register(function)
+        if write:
+            self._journal.save_overrides(function.function_id, pool.overrides)  # a new deploy clears them
+        else:  # restored: as the user last left them
+            pool.override(self._journal.overrides(function.function_id))
 
     def _fit_to_gpus(self, function: FunctionDef) -> None:
         """Never more containers than there are GPUs for them; with the CPU fallback, a GPU
@@ -425,7 +429,10 @@ class Core:
         return AutoscalerView(pool.settings, pool.function.autoscaling, dict(pool.overrides))
 
     def update_autoscaler(self, function_id: str, changes: dict[str, Any]) -> Autoscaling:
-        return self._pool(function_id).override(changes)
+        pool = self._pool(function_id)
+        settings = pool.override(changes)
+        self._journal.save_overrides(function_id, pool.overrides)
+        return settings
 
     def _pool(self, function_id: str) -> Pool:
         pool = self._scheduler.pools.get(function_id)

@@ -158,10 +158,22 @@ class Journal:
 
     def save_function(self, record: FunctionRecord) -> None:
         self.state.execute(
-            "INSERT OR REPLACE INTO functions (function_id, app_id, frontend, definition, meta, created_at) "
-            "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
+            "INSERT INTO functions (function_id, app_id, frontend, definition, meta, created_at) "
+            "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now')) ON CONFLICT(function_id) DO UPDATE SET "
+            "app_id=excluded.app_id, frontend=excluded.frontend, definition=excluded.definition, "
+            "meta=excluded.meta",
             (record.function_id, record.app_id, record.frontend, record.definition, record.meta),
         )
+
+    def save_overrides(self, function_id: str, overrides: dict[str, Any]) -> None:
+        """Runtime autoscaler changes (`Function.update_autoscaler`), kept until a new deploy."""
+        self.state.execute(
+            "UPDATE functions SET overrides = ? WHERE function_id = ?", (json.dumps(overrides), function_id)
+        )
+
+    def overrides(self, function_id: str) -> dict[str, Any]:
+        rows = self.state.query("SELECT overrides FROM functions WHERE function_id = ?", (function_id,))
+        return dict(json.loads(rows[0][0])) if rows else {}
 
     def functions_of(self, app_id: str) -> list[FunctionRecord]:
         rows = self.state.query(

@@ -63,7 +63,8 @@ def _v2_core_records(db: sqlite3.Connection) -> None:
             snapshot TEXT NOT NULL, PRIMARY KEY (app_id, version));
         CREATE TABLE functions (
             function_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL,
-            definition BLOB NOT NULL, meta BLOB NOT NULL, created_at REAL NOT NULL);
+            definition BLOB NOT NULL, meta BLOB NOT NULL, created_at REAL NOT NULL,
+            overrides TEXT NOT NULL DEFAULT '{}');
         CREATE INDEX functions_by_app ON functions (app_id);
         CREATE TABLE classes (
             class_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL, meta BLOB NOT NULL);
