@@ -63,8 +63,7 @@ def _v2_core_records(db: sqlite3.Connection) -> None:
             snapshot TEXT NOT NULL, PRIMARY KEY (app_id, version));
         CREATE TABLE functions (
             function_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL,
-            definition BLOB NOT NULL, meta BLOB NOT NULL, created_at REAL NOT NULL,
-            overrides TEXT NOT NULL DEFAULT '{}');
+            definition BLOB NOT NULL, meta BLOB NOT NULL, created_at REAL NOT NULL);
         CREATE INDEX functions_by_app ON functions (app_id);
         CREATE TABLE classes (
             class_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, frontend TEXT NOT NULL, meta BLOB NOT NULL);
@@ -94,8 +93,17 @@ def _v2_core_records(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+def _v3_function_overrides(db: sqlite3.Connection) -> None:
+    """Runtime autoscaler changes become durable."""
+    db.execute("ALTER TABLE functions ADD COLUMN overrides TEXT NOT NULL DEFAULT '{}'")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_objects, _v2_core_records]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_objects,
+    _v2_core_records,
+    _v3_function_overrides,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
