@@ -24,8 +24,9 @@ from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord
 from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
+from kiln.core.schedules import next_run
 from kiln.core.results import Result, Status
-from kiln.errors import InvalidRequest, NotFound
+from kiln.errors import InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
@@ -40,6 +41,7 @@ log = logging.getLogger("kiln")
 _KEEP_RUNNING = {AppState.DEPLOYED, AppState.DETACHED}
 _RESTORED_LOG_ENTRIES = 10_000
 _EXPIRY_INTERVAL = 3600.0  # seconds between sweeps of expired results
+_DONE = FunctionCall("", "", "", Invocation.ASYNC, False)  # stands for a call already released
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Core:
         self._functions: dict[str, FunctionDef] = {}
         self._frontends: dict[str, Frontend] = {}
         self._upkeep: asyncio.Task[None] | None = None
+        self._schedule_loop: asyncio.Task[None] | None = None
+        self._schedules: dict[str, tuple[float, float]] = {}  # function → (anchor, next run)
+        self._scheduled_calls: set[str] = set()  # fired, not yet finished
         self._last_expiry = 0.0
 
     # --- life of the server
@@ -91,6 +96,7 @@ class Core:
         apps, calls = self.restore()
         self._scheduler.start()
         self._upkeep = asyncio.ensure_future(self._maintain())
+        self._schedule_loop = asyncio.ensure_future(self._run_schedules())
         if apps or calls:
             log.info(
                 "restored %d running apps and %d unfinished calls in %.0f ms",
@@ -148,6 +154,49 @@ class Core:
             except Exception:
                 log.exception("app upkeep failed")
 
+    async def _run_schedules(self, interval: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.fire_due_schedules(time.time())
+            except Exception:
+                log.exception("running schedules failed")
+
+    def fire_due_schedules(self, now: float) -> list[FunctionCall]:
+        """Start a call (no arguments) of every scheduled function of a deployed app whose time
+        has come; returns the calls started. Written ahead like any call."""
+        for call_id in [c for c in self._scheduled_calls if not self._calls.calls.get(c, _DONE).unfinished]:
+            self._scheduled_calls.discard(call_id)
+            self._calls.release(call_id)  # nobody waits for a scheduled call: the journal keeps it
+        started = []
+        for function in list(self._functions.values()):
+            schedule = function.schedule
+            app = self._apps.apps.get(function.app_id)
+            if schedule is None or app is None or app.state != AppState.DEPLOYED:
+                continue
+            if function.function_id not in app.function_ids.values():
+                continue  # a variant, or a function the current deployment dropped
+            anchor, due = self._schedules.get(function.function_id) or self._first_due(function, now)
+            if due <= now:
+                try:
+                    call = self.start_call(function.function_id, Invocation.ASYNC, is_map=False)
+                    self._calls.put_inputs(call, [(0, function.scheduled_input, "", False)])
+                    self._scheduled_calls.add(call.call_id)
+                    started.append(call)
+                except KilnError as exc:
+                    self.app_logs(app.app_id).append(
+                        f"kiln: the scheduled run of {function.tag} failed: {exc}\n", INFO
+                    )
+                self._journal.schedule_ran(function.function_id, due)
+                due = next_run(schedule, anchor, max(due, now))  # no catching up on missed runs
+            self._schedules[function.function_id] = (anchor, due)
+        return started
+
+    def _first_due(self, function: FunctionDef, now: float) -> tuple[float, float]:
+        assert function.schedule is not None
+        anchor, last_run = self._journal.schedule_times(function.function_id) or (now, 0.0)
+        return anchor, next_run(function.schedule, anchor, max(last_run, now))
+
     def _expire_results(self, now: float) -> None:
         if now - self._last_expiry < _EXPIRY_INTERVAL:
             return
@@ -174,8 +223,9 @@ class Core:
     async def shutdown(self) -> None:
         """Stop scheduling and kill every container. Inputs they held stay unfinished in the
         journal: the next server on this KILN_HOME runs them again."""
-        if self._upkeep is not None:
-            self._upkeep.cancel()
+        for loop in (self._upkeep, self._schedule_loop):
+            if loop is not None:
+                loop.cancel()
         await self._scheduler.shutdown()
         self._logs.close()
 
@@ -275,6 +325,11 @@ class Core:
             commit_info=commit_info,
         )
         self._journal.add_deployment(deployment)
+        for function_id in wanted:  # a deploy restarts periods (cron schedules keep their times)
+            function = self._functions.get(function_id)
+            if function is not None and function.schedule is not None:
+                self._journal.schedule_deployed(function_id, deployment.deployed_at)
+                self._schedules.pop(function_id, None)
         return deployment
 
     def app_history(self, app_id: str) -> list[Deployment]:
@@ -373,6 +428,8 @@ class Core:
         self._journal.save_class(class_id, app_id, frontend, meta)
 
     def _register(self, function: FunctionDef, record: FunctionRecord, write: bool = True) -> None:
+        if function.schedule is not None:
+            function.schedule.check()
         if function.resources.gpu_type:
             gpus.validate(function.resources.gpu_type, function.resources.gpu_count or 1)
             self._fit_to_gpus(function)

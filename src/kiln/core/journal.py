@@ -289,6 +289,26 @@ class Journal:
         rows = self.state.query("SELECT call_id FROM inputs GROUP BY call_id ORDER BY min(rowid)")
         return [r[0] for r in rows]
 
+    # --- schedules
+
+    def schedule_deployed(self, function_id: str, anchor: float) -> None:
+        """A deploy restarts the function's period (its last run is kept)."""
+        self.state.execute(
+            "INSERT INTO schedules (function_id, anchor, last_run) VALUES (?, ?, 0) "
+            "ON CONFLICT(function_id) DO UPDATE SET anchor = excluded.anchor",
+            (function_id, anchor),
+        )
+
+    def schedule_ran(self, function_id: str, when: float) -> None:
+        self.state.execute("UPDATE schedules SET last_run = ? WHERE function_id = ?", (when, function_id))
+
+    def schedule_times(self, function_id: str) -> tuple[float, float] | None:
+        """(anchor, last run) of a scheduled function."""
+        rows = self.state.query(
+            "SELECT anchor, last_run FROM schedules WHERE function_id = ?", (function_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
     # --- containers (the TaskEvents the scheduler reports to)
 
     def task_started(self, task: Task) -> None:

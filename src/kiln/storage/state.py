@@ -98,11 +98,19 @@ def _v3_function_overrides(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE functions ADD COLUMN overrides TEXT NOT NULL DEFAULT '{}'")
 
 
+def _v4_schedules(db: sqlite3.Connection) -> None:
+    """When each scheduled function's period started (its deploy) and when it last ran."""
+    db.execute(
+        "CREATE TABLE schedules (function_id TEXT PRIMARY KEY, anchor REAL NOT NULL, last_run REAL NOT NULL)"
+    )
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
     _v2_core_records,
     _v3_function_overrides,
+    _v4_schedules,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

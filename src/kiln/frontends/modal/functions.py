@@ -7,6 +7,7 @@ from modal_proto import api_pb2
 from kiln.core.apps import App
 from kiln.core.core import Core
 from kiln.core.functions import Autoscaling, FunctionDef, Resources
+from kiln.core.schedules import Period, Schedule
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
@@ -247,7 +248,21 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         ),
         resources=_resources(function.resources),
         definition=function.SerializeToString(),
+        schedule=_schedule(function.schedule) if function.HasField("schedule") else None,
+        # A FunctionInput without args is a call with no arguments (the client's `((), {})`).
+        scheduled_input=api_pb2.FunctionInput().SerializeToString(),
     )
+
+
+def _schedule(schedule: api_pb2.Schedule) -> Schedule | None:
+    if schedule.HasField("cron"):
+        return Schedule(cron=schedule.cron.cron_string, timezone=schedule.cron.timezone or "UTC")
+    if schedule.HasField("period"):
+        p = schedule.period
+        return Schedule(
+            period=Period(p.years, p.months, p.weeks, p.days, p.hours, p.minutes, float(p.seconds))
+        )
+    return None
 
 
 def _resources(resources: api_pb2.Resources) -> Resources:
