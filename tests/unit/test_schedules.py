@@ -11,8 +11,8 @@ from kiln.core.schedules import Period, Schedule, next_run
 from kiln.errors import InvalidRequest
 
 
-def ts(*args: int, tz: str = "UTC") -> float:
-    return datetime(*args, tzinfo=ZoneInfo(tz)).timestamp()  # type: ignore[misc]
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, tz: str = "UTC") -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(tz)).timestamp()
 
 
 def test_a_period_counts_from_the_deployment() -> None:

@@ -24,8 +24,8 @@ from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord
 from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
-from kiln.core.schedules import next_run
 from kiln.core.results import Result, Status
+from kiln.core.schedules import next_run
 from kiln.errors import InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.images.service import ImageService
