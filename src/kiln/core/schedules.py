@@ -70,14 +70,20 @@ def next_run(schedule: Schedule, anchor: float, after: float) -> float:
         return next(iter(CronSim(schedule.cron, start))).timestamp()
     assert schedule.period is not None
     period = schedule.period
+    # Calendar arithmetic on a datetime, but offsets added to the exact float anchor (a datetime
+    # keeps microseconds only, and a rounded anchor would move every run by a hair).
     origin = datetime.fromtimestamp(anchor, timezone.utc)
-    step = max(period.after(origin, 1).timestamp() - anchor, 1e-3)
+
+    def run(times: int) -> float:
+        return anchor + (period.after(origin, times) - origin).total_seconds()
+
+    step = max(run(1) - anchor, 1e-3)
     times = max(1, int((after - anchor) // step))  # a guess; calendar periods vary in length
-    while times > 1 and period.after(origin, times - 1).timestamp() > after:
+    while times > 1 and run(times - 1) > after:
         times -= 1
-    while period.after(origin, times).timestamp() <= after:
+    while run(times) <= after:
         times += 1
-    return period.after(origin, times).timestamp()
+    return run(times)
 
 
 def _zone(name: str) -> ZoneInfo:
