@@ -8,6 +8,11 @@ KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (def
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
 KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
+KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict or Queue lives without a heartbeat (default 900:
+                       three missed beats of the Modal client's 300 s heartbeat)
+KILN_QUEUE_MAX_ITEMS   items a Queue partition holds (default 5000, as Modal)
+KILN_QUEUE_MAX_ITEM_BYTES  bytes per Queue item (default 1 MiB, as Modal)
+KILN_DICT_MAX_ENTRY_BYTES  bytes per Dict entry, key and value together (default 100 MiB)
 """
 
 from __future__ import annotations
@@ -41,6 +46,17 @@ class Config:
     )
     heartbeat_grace: float = field(
         default_factory=lambda: float(os.environ.get("KILN_HEARTBEAT_GRACE", "60"))
+    )
+
+    ephemeral_object_grace: float = field(
+        default_factory=lambda: float(os.environ.get("KILN_EPHEMERAL_OBJECT_GRACE", "900"))
+    )
+    queue_max_items: int = field(default_factory=lambda: int(os.environ.get("KILN_QUEUE_MAX_ITEMS", "5000")))
+    queue_max_item_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_QUEUE_MAX_ITEM_BYTES", str(1024 * 1024)))
+    )
+    dict_max_entry_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_DICT_MAX_ENTRY_BYTES", str(100 * 1024 * 1024)))
     )
 
     @property

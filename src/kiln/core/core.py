@@ -1,7 +1,7 @@
 """The core's facade: what frontends, the gateway and the CLI may ask of apps, functions, calls
 and containers. They call these methods; the state behind them stays private.
 
-Storage rooms (`blobs`, `mounts`, `images`, `secrets`) are public: each is an API of its own.
+Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`) are public: each is an API of its own.
 Everything a user creates is written to the journal before it is acknowledged, and `restore()`
 brings it back when a server starts on the same KILN_HOME.
 """
@@ -30,8 +30,10 @@ from kiln.errors import InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
+from kiln.storage.dicts import Dicts
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
+from kiln.storage.queues import Queues
 from kiln.storage.secrets import Secrets
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, LogBuffer
@@ -66,6 +68,15 @@ class Core:
         self.mounts = mounts
         self.images = images
         self.secrets = Secrets(state)
+        self.dicts = Dicts(
+            state, ephemeral_grace=config.ephemeral_object_grace, max_entry_bytes=config.dict_max_entry_bytes
+        )
+        self.queues = Queues(
+            state,
+            ephemeral_grace=config.ephemeral_object_grace,
+            max_partition_items=config.queue_max_items,
+            max_item_bytes=config.queue_max_item_bytes,
+        )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         self._journal = Journal(state)
         self._logs = LogFiles(config.logs_dir)
@@ -151,6 +162,8 @@ class Core:
             try:
                 await self.stop_orphaned_apps(time.monotonic())
                 self._expire_results(time.time())
+                self.dicts.expire()  # ephemeral dicts and queues whose client stopped beating,
+                self.queues.expire()  # queue partitions past their time to live
             except Exception:
                 log.exception("app upkeep failed")
 
@@ -389,6 +402,8 @@ class Core:
         app.state = AppState.STOPPED
         app.stopped_at = time.time()
         self._journal.save_app(app)
+        self.dicts.forget_app(app.app_id)  # the objects it owned go with it
+        self.queues.forget_app(app.app_id)
         self.app_logs(app.app_id).close()
         self._logs.close(app.app_id)
 

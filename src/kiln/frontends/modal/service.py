@@ -13,12 +13,14 @@ from kiln.frontends.modal.apps import AppHandlers
 from kiln.frontends.modal.calls import CallHandlers
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.container import ContainerHandlers
+from kiln.frontends.modal.dicts import DictHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 from kiln.frontends.modal.functions import FunctionHandlers, to_core
 from kiln.frontends.modal.images import ImageHandlers
 from kiln.frontends.modal.launcher import ModalLauncher
 from kiln.frontends.modal.logs import LogHandlers
 from kiln.frontends.modal.objects import ObjectHandlers
+from kiln.frontends.modal.queues import QueueHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
@@ -43,6 +45,8 @@ class ModalFrontend:
             ContainerHandlers(core),
             SchedulingHandlers(core),
             TaskHandlers(core),
+            DictHandlers(core),
+            QueueHandlers(core),
         ]
 
     @property
