@@ -130,6 +130,28 @@ def test_a_blocked_consumer_wakes_at_once_on_a_put_from_another_process(
     assert result["latency_ms"] >= 0
 
 
+@pytest.mark.timeout(300)
+def test_a_producer_app_and_a_consumer_app_share_a_queue_and_a_dict_by_name(
+    modal_client: None, kiln: KilnServer
+) -> None:
+    storage_app = importlib.import_module("storage_app")
+    name, shared = _name(), f"shared-{_name()}"
+    modal.Queue.objects.create(name)
+    flags = modal.Dict.from_name(shared, create_if_missing=True)
+    with storage_app.app.run():
+        call = storage_app.consume.spawn(name, shared)
+        deadline = time.monotonic() + 120
+        while not flags.get("ready") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        produced = run_modal(
+            kiln, "run", "storage_producer_app.py", "--queue-name", name, "--dict-name", shared, timeout=240
+        )
+        assert produced.returncode == 0, _output(produced)
+        result = call.get(timeout=60)
+    assert flags["producer"] == "kiln-test-storage-producer"
+    print(f"put → get latency, producer function to consumer function: {result['latency_ms']:.1f} ms")
+
+
 @pytest.mark.timeout(120)
 def test_the_queue_cli(kiln: KilnServer) -> None:
     name = _name()
