@@ -124,11 +124,13 @@ def _v5_dicts_and_queues(db: sqlite3.Connection) -> None:
         CREATE TABLE queue_partitions (
             queue_id TEXT NOT NULL, partition BLOB NOT NULL, expires_at REAL NOT NULL,
             PRIMARY KEY (queue_id, partition));
+        CREATE INDEX queue_partitions_by_expiry ON queue_partitions (expires_at);
         CREATE TABLE queue_items (
             entry_id INTEGER PRIMARY KEY AUTOINCREMENT, queue_id TEXT NOT NULL, partition BLOB NOT NULL,
             value BLOB NOT NULL);
         CREATE INDEX queue_items_by_partition ON queue_items (queue_id, partition, entry_id);
         CREATE TABLE queue_put_requests (request_id TEXT PRIMARY KEY, at REAL NOT NULL);
+        CREATE INDEX queue_put_requests_by_age ON queue_put_requests (at);
         """
     for statement in tables.split(";"):
         if statement.strip():
