@@ -531,9 +531,9 @@ class Core:
             stored = self._journal.load_call(call_id)
             if stored is None:
                 raise NotFound(f"Function call {call_id} not found (its results may have expired)")
+            # Every call with unfinished inputs was restored at start: this one is finished.
             call = stored.call
-            if not stored.pending:
-                self._calls.restore(call, [])
+            self._calls.restore(call, [])
         return call
 
     async def wait_outputs(
@@ -558,10 +558,8 @@ class Core:
     # --- containers (what a container asks for, by its task ID)
 
     def task(self, task_id: str) -> Task:
-        task = self._scheduler.task(task_id) if task_id else None
-        if task is None:
-            raise InvalidRequest("this RPC is only for kiln's containers")
-        return task
+        """The running container `task_id` (only kiln's containers have one)."""
+        return self._found(task_id)[1]
 
     def tasks(self, app_id: str = "") -> list[Task]:
         """Running containers (of one app, or all)."""
