@@ -24,6 +24,7 @@ from kiln.images.builder import Builder
 from kiln.images.gc import Collector
 from kiln.images.layer_store import LayerStore
 from kiln.images.service import ImageService
+from kiln.locks import hold_exclusive
 from kiln.staging import process_dir
 from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
@@ -48,6 +49,7 @@ class KilnServer:
         self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
         self._http_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
+        self._state_lock: int | None = None
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -60,7 +62,8 @@ class KilnServer:
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
         scratch = process_dir(config.run_dir)
-        state = StateStore(config.state_db)
+        state_db, logs_dir = self._state_paths(scratch)
+        state = StateStore(state_db)
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
@@ -84,7 +87,7 @@ class KilnServer:
             package_cache=config.package_cache_dir,
             collector=collector,
         )
-        core = Core(config, state, blobs, mounts, ImageService(builder, state))
+        core = Core(config, state, blobs, mounts, ImageService(builder, state), logs_dir=logs_dir)
         self.core = core
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
@@ -106,6 +109,23 @@ class KilnServer:
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
+
+    def _state_paths(self, scratch: Path) -> tuple[Path, Path]:
+        """KILN_HOME's state belongs to one server at a time (two would both restore and run the
+        same calls). A second process on the same home (`kiln run` beside a `kiln server`)
+        shares the content-addressed stores (layers, blobs, mounts) but keeps its own state in
+        its scratch directory, which does not outlive it."""
+        config = self.config
+        self._state_lock = hold_exclusive(config.home / "state.lock")
+        if self._state_lock is not None:
+            return config.state_db, config.logs_dir
+        log.warning(
+            "another kiln process holds the state of %s: this one keeps its apps and calls in %s, "
+            "and forgets them when it stops",
+            config.home,
+            scratch,
+        )
+        return scratch / "state.sqlite3", scratch / "logs"
 
     async def _serve_http(self, core: Core, sock: socket.socket) -> None:
         import uvicorn
@@ -136,6 +156,8 @@ class KilnServer:
                 self._http_task.cancel()
         if core is not None:
             core.close()
+        if self._state_lock is not None:
+            os.close(self._state_lock)
 
 
 def _bind(host: str, port: int) -> socket.socket:

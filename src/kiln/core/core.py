@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln.config import Config
@@ -60,6 +61,7 @@ class Core:
         mounts: MountStore,
         images: ImageService,
         placer: Placer | None = None,
+        logs_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.blobs = blobs
@@ -68,7 +70,7 @@ class Core:
         self.secrets = Secrets(state)
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         self._journal = Journal(state)
-        self._logs = LogFiles(config.logs_dir)
+        self._logs = LogFiles(logs_dir or config.logs_dir)
         self._placer = placer or Placer()
         self._apps = Apps()
         self._calls = Calls(log=self._journal)
