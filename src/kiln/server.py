@@ -19,6 +19,7 @@ from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_
 from kiln.core.core import Core
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
+from kiln.gateway.endpoints import Endpoints as WebEndpoints
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.gc import Collector
@@ -31,6 +32,9 @@ from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
 
 log = logging.getLogger("kiln")
+# grpclib reports every stream its client ends early at INFO; for kiln that is routine (a
+# container stops reading a web request's data_in once it has the body), not news.
+logging.getLogger("grpclib.server").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -50,6 +54,7 @@ class KilnServer:
         self._http_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
         self._state_lock: int | None = None
+        self.web: WebEndpoints | None = None
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -93,7 +98,8 @@ class KilnServer:
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
         http_host, http_port = http_sock.getsockname()[:2]
         core.http_url = f"http://{http_host}:{http_port}"
-        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
+        self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
+        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web)]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
@@ -145,6 +151,8 @@ class KilnServer:
             await self.runtime.shutdown()
         for frontend in self.frontends:
             await frontend.shutdown()
+        if self.web is not None:
+            await self.web.shutdown()
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()

@@ -557,6 +557,13 @@ class Core:
     def data_out_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
         return self._calls.data_out_after(call, last_index)
 
+    def put_data_in(self, call: FunctionCall, data_format: int, messages: list[bytes]) -> None:
+        """Stream messages to the container running the call (a web request's body, say)."""
+        self._calls.put_data_in(call, data_format, messages)
+
+    def data_in_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
+        return self._calls.data_in_after(call, last_index)
+
     # --- containers (what a container asks for, by its task ID)
 
     def task(self, task_id: str) -> Task:
