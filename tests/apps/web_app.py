@@ -49,3 +49,23 @@ def flask_app():
         return f"flask says hi to {request.args.get('who', 'nobody')}"
 
     return web
+
+
+@app.function()
+@modal.asgi_app()
+def echo_socket():
+    from fastapi import FastAPI, WebSocket
+
+    web = FastAPI()
+
+    @web.websocket("/ws")
+    async def echo(websocket: WebSocket):
+        await websocket.accept()
+        while True:
+            text = await websocket.receive_text()
+            if text == "bye":
+                await websocket.close(code=1000)
+                return
+            await websocket.send_text(f"echo: {text}")
+
+    return web

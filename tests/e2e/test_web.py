@@ -47,7 +47,7 @@ def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = 
 @pytest.fixture(scope="module")
 def urls(kiln: KilnServer) -> Iterator[dict[str, str]]:
     urls = deploy(kiln)
-    assert set(urls) == {"hello", "add", "stream", "flask_app"}, urls
+    assert set(urls) == {"hello", "add", "stream", "flask_app", "echo_socket"}, urls
     yield urls
     run_modal(kiln, "app", "stop", "--yes", APP)
 
@@ -63,6 +63,18 @@ def test_a_fastapi_endpoint_answers_get_with_query_parameters_and_post_with_json
 def test_an_asgi_app_streams_its_response_and_a_wsgi_app_answers(urls: dict[str, str]) -> None:
     assert fetch(urls["stream"]) == (200, "".join(f"chunk {i}\n" for i in range(5)))
     assert fetch(urls["flask_app"] + "/?who=you") == (200, "flask says hi to you")
+
+
+def test_a_websocket_endpoint_talks_both_ways_and_closes(urls: dict[str, str]) -> None:
+    from websockets.sync.client import connect
+
+    with connect(urls["echo_socket"].replace("http://", "ws://") + "/ws", open_timeout=120) as socket:
+        for word in ("one", "two"):
+            socket.send(word)
+            assert socket.recv(timeout=60) == f"echo: {word}"
+        socket.send("bye")
+        with pytest.raises(Exception, match="1000"):
+            socket.recv(timeout=60)
 
 
 def test_the_apps_own_404_comes_through(urls: dict[str, str]) -> None:

@@ -98,7 +98,7 @@ class Endpoints:
         async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
             await self._apps[port](scope, receive, send)
 
-        server = uvicorn.Server(uvicorn.Config(dispatch, log_level="warning", lifespan="off", ws="none"))
+        server = uvicorn.Server(uvicorn.Config(dispatch, log_level="warning", lifespan="off"))
         self._servers[port] = server
         self._tasks[port] = asyncio.ensure_future(server.serve(sockets=[sock]))
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+from collections.abc import MutableMapping
 from typing import Any
 
 from modal_proto import api_pb2
@@ -67,16 +68,22 @@ class WebBridge:
         self.method_name = method_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan is the container's; websockets are not bridged yet
+        if scope["type"] not in ("http", "websocket"):
+            return  # lifespan is the container's
         try:
             call = self._start(scope)
         except KilnError as exc:
-            await _plain(send, 404 if isinstance(exc, NotFound) else 503, f"{exc}\n")
+            if scope["type"] == "http":
+                await _plain(send, 404 if isinstance(exc, NotFound) else 503, f"{exc}\n")
+            else:
+                await send({"type": "websocket.close", "code": 1011, "reason": str(exc)[:120]})
             return
         pump = asyncio.ensure_future(self._pump_request(call, receive))
         try:
-            await self._respond(call, send)
+            if scope["type"] == "http":
+                await self._respond(call, send)
+            else:
+                await self._relay_websocket(call, send)
         finally:
             pump.cancel()
             if call.unfinished:
@@ -101,22 +108,54 @@ class WebBridge:
         return call
 
     async def _pump_request(self, call: FunctionCall, receive: Receive) -> None:
-        """The request's body (and, later, its disconnect) to the container."""
+        """What the client sends (a request's body, a websocket's messages, a disconnect), to
+        the container."""
         while True:
             message = await receive()
-            if message["type"] == "http.request":
-                asgi = api_pb2.Asgi(
-                    http_request=api_pb2.Asgi.HttpRequest(
-                        body=message.get("body", b""), more_body=message.get("more_body", False)
-                    )
-                )
-            elif message["type"] == "http.disconnect":
-                asgi = api_pb2.Asgi(http_disconnect=api_pb2.Asgi.HttpDisconnect())
-            else:
-                continue
-            self.core.put_data_in(call, _ASGI, [asgi.SerializeToString()])
-            if message["type"] == "http.disconnect":
+            asgi = _to_proto(message)
+            if asgi is not None:
+                self.core.put_data_in(call, _ASGI, [asgi.SerializeToString()])
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
                 return
+
+    async def _relay_websocket(self, call: FunctionCall, send: Send) -> None:
+        last, accepted, closed = 0, False, False
+        while not closed:
+            for chunk in self.core.data_out_after(call, last):
+                last = chunk.index
+                message = api_pb2.Asgi.FromString(chunk.data)
+                kind = message.WhichOneof("type")
+                if kind == "websocket_accept" and not accepted:
+                    accept = message.websocket_accept
+                    await send(
+                        {
+                            "type": "websocket.accept",
+                            "subprotocol": accept.subprotocol or None,
+                            "headers": _pairs(accept.headers),
+                        }
+                    )
+                    accepted = True
+                elif kind == "websocket_send" and accepted:
+                    data = message.websocket_send
+                    content = (
+                        {"bytes": data.bytes}
+                        if data.WhichOneof("content") == "bytes"
+                        else {"text": data.text}
+                    )
+                    await send({"type": "websocket.send", **content})
+                elif kind == "websocket_close":
+                    close = message.websocket_close
+                    await send(
+                        {"type": "websocket.close", "code": close.code or 1000, "reason": close.reason}
+                    )
+                    closed = True
+                    break
+            if closed or (call.unfinished == 0 and not self.core.data_out_after(call, last)):
+                break
+            await call.changed.wait(_WAIT)
+        if not closed:
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1000 if accepted else 1011, "reason": ""})
 
     async def _respond(self, call: FunctionCall, send: Send) -> None:
         last, started, ended = 0, False, False
@@ -153,12 +192,37 @@ class WebBridge:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def _to_proto(message: MutableMapping[str, Any]) -> api_pb2.Asgi | None:
+    """A client's ASGI message as the container reads it from data_in."""
+    kind = message["type"]
+    if kind == "http.request":
+        body = api_pb2.Asgi.HttpRequest(
+            body=message.get("body", b""), more_body=message.get("more_body", False)
+        )
+        return api_pb2.Asgi(http_request=body)
+    if kind == "http.disconnect":
+        return api_pb2.Asgi(http_disconnect=api_pb2.Asgi.HttpDisconnect())
+    if kind == "websocket.connect":
+        return api_pb2.Asgi(websocket_connect=api_pb2.Asgi.WebsocketConnect())
+    if kind == "websocket.receive":
+        if message.get("bytes") is not None:
+            return api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(bytes=message["bytes"]))
+        return api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(text=message.get("text") or ""))
+    if kind == "websocket.disconnect":
+        return api_pb2.Asgi(
+            websocket_disconnect=api_pb2.Asgi.WebsocketDisconnect(code=message.get("code", 1000))
+        )
+    return None
+
+
 def _plain_scope(scope: Scope) -> dict[str, Any]:
     """The parts of a server's scope that travel to the container (picklable, no server state)."""
     keys = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path")
     plain: dict[str, Any] = {k: scope[k] for k in keys if k in scope}
     plain["asgi"] = {"version": "3.0", "spec_version": "2.3"}
     plain["headers"] = [(bytes(k), bytes(v)) for k, v in scope.get("headers", [])]
+    if scope["type"] == "websocket":
+        plain["subprotocols"] = list(scope.get("subprotocols", []))
     if scope.get("client"):
         plain["client"] = tuple(scope["client"])
     if scope.get("server"):
