@@ -69,3 +69,9 @@ def echo_socket():
             await websocket.send_text(f"echo: {text}")
 
     return web
+
+
+@app.function()
+@modal.fastapi_endpoint(requires_proxy_auth=True)
+def private():
+    return {"secret": "only for token holders"}

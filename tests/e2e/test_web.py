@@ -47,7 +47,7 @@ def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = 
 @pytest.fixture(scope="module")
 def urls(kiln: KilnServer) -> Iterator[dict[str, str]]:
     urls = deploy(kiln)
-    assert set(urls) == {"hello", "add", "stream", "flask_app", "echo_socket"}, urls
+    assert set(urls) == {"hello", "add", "stream", "flask_app", "echo_socket", "private"}, urls
     yield urls
     run_modal(kiln, "app", "stop", "--yes", APP)
 
@@ -77,6 +77,31 @@ def test_a_websocket_endpoint_talks_both_ways_and_closes(urls: dict[str, str]) -
             socket.recv(timeout=60)
 
 
+PROXY_TOKENS = """
+import sys
+import modal
+
+tokens = modal.Workspace.from_context().proxy_tokens
+if sys.argv[1] == "create":
+    token = tokens.create(name="tests")
+    print(token.token_id, token.token_secret)
+else:
+    tokens.delete(sys.argv[2])
+    print([t.token_id for t in tokens.list()])
+"""
+
+
+def test_a_proxy_auth_endpoint_wants_a_live_proxy_token(kiln: KilnServer, urls: dict[str, str]) -> None:
+    status, text = fetch(urls["private"])
+    assert status == 401 and "Modal-Key" in text, text
+    token_id, secret = run_modal_python(kiln, PROXY_TOKENS, "create").split()
+    headers = {"Modal-Key": token_id, "Modal-Secret": secret}
+    assert fetch(urls["private"], headers=headers) == (200, '{"secret":"only for token holders"}')
+    assert fetch(urls["private"], headers={**headers, "Modal-Secret": secret + "x"})[0] == 401
+    assert token_id not in run_modal_python(kiln, PROXY_TOKENS, "delete", token_id)
+    assert fetch(urls["private"], headers=headers)[0] == 401
+
+
 def test_the_apps_own_404_comes_through(urls: dict[str, str]) -> None:
     status, _ = fetch(urls["stream"] + "/no-such-page")
     assert status == 404
@@ -92,14 +117,19 @@ def test_get_web_url_gives_the_printed_url_and_a_redeploy_keeps_it(
     assert fetch(urls["hello"] + "/?name=again") == (200, '{"hello":"again"}')
 
 
-def run_modal_python(kiln: KilnServer, script: str) -> str:
+def run_modal_python(kiln: KilnServer, script: str, *args: str) -> str:
     import subprocess
     import sys
 
     from tests.conftest import APPS
 
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=APPS, env=kiln.env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *args],
+        cwd=APPS,
+        env=kiln.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()

@@ -33,6 +33,7 @@ from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
+from kiln.storage.proxy_tokens import ProxyTokens
 from kiln.storage.secrets import Secrets
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, LogBuffer
@@ -68,6 +69,7 @@ class Core:
         self.mounts = mounts
         self.images = images
         self.secrets = Secrets(state)
+        self.proxy_tokens = ProxyTokens(state)
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         self._journal = Journal(state)
         self._logs = LogFiles(logs_dir or config.logs_dir)

@@ -105,12 +105,18 @@ def _v4_schedules(db: sqlite3.Connection) -> None:
     )
 
 
+def _v5_proxy_tokens(db: sqlite3.Connection) -> None:
+    """Proxy tokens for web endpoints that require proxy auth (secrets kept as hashes)."""
+    _object_table(db, "proxy_tokens")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
     _v2_core_records,
     _v3_function_overrides,
     _v4_schedules,
+    _v5_proxy_tokens,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ from kiln.frontends.modal.images import ImageHandlers
 from kiln.frontends.modal.launcher import ModalLauncher
 from kiln.frontends.modal.logs import LogHandlers
 from kiln.frontends.modal.objects import ObjectHandlers
+from kiln.frontends.modal.proxy_tokens import ProxyTokenHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
@@ -46,6 +47,7 @@ class ModalFrontend:
             ContainerHandlers(core),
             SchedulingHandlers(core),
             TaskHandlers(core),
+            ProxyTokenHandlers(core),
         ]
 
     @property

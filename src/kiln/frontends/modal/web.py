@@ -27,6 +27,10 @@ from kiln.gateway.endpoints import Endpoints, Receive, Scope, Send
 log = logging.getLogger("kiln.web")
 _ASGI = api_pb2.DATA_FORMAT_ASGI
 _WAIT = 30.0  # seconds between checks that a call still runs
+_UNAUTHORIZED = (
+    "This endpoint requires proxy auth: send the headers Modal-Key and Modal-Secret of a proxy "
+    "token (create one with modal.Workspace.from_context().proxy_tokens.create()).\n"
+)
 
 
 def is_web(function: api_pb2.Function | api_pb2.MethodDefinition) -> bool:
@@ -47,7 +51,7 @@ def expose_web_endpoints(
     dev = "" if deploying else "-dev"
     if is_web(function):
         label = function.webhook_config.requested_suffix or function.function_name
-        bridge = WebBridge(core, function_id, "")
+        bridge = WebBridge(core, function_id, "", function.webhook_config.requires_proxy_auth)
         function.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
     for name, method in function.method_definitions.items():
         if is_web(method):
@@ -55,21 +59,30 @@ def expose_web_endpoints(
                 method.webhook_config.requested_suffix
                 or f"{function.function_name.removesuffix('.*')}-{name}"
             )
-            bridge = WebBridge(core, function_id, name)
+            bridge = WebBridge(core, function_id, name, method.webhook_config.requires_proxy_auth)
             method.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
 
 
 class WebBridge:
     """The ASGI app answering one web endpoint's port."""
 
-    def __init__(self, core: Core, function_id: str, method_name: str) -> None:
+    def __init__(
+        self, core: Core, function_id: str, method_name: str, requires_proxy_auth: bool = False
+    ) -> None:
         self.core = core
         self.function_id = function_id
         self.method_name = method_name
+        self.requires_proxy_auth = requires_proxy_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return  # lifespan is the container's
+        if self.requires_proxy_auth and not self._authorized(scope):
+            if scope["type"] == "http":
+                await _plain(send, 401, _UNAUTHORIZED)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": "proxy auth required"})
+            return
         try:
             call = self._start(scope)
         except KilnError as exc:
@@ -89,6 +102,12 @@ class WebBridge:
             if call.unfinished:
                 self.core.cancel_call(call.call_id)
             self.core.release_call(call.call_id)
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = {bytes(k).lower(): bytes(v) for k, v in scope.get("headers", [])}
+        key = headers.get(b"modal-key", b"").decode(errors="replace")
+        secret = headers.get(b"modal-secret", b"").decode(errors="replace")
+        return self.core.proxy_tokens.verify(key, secret)
 
     def _start(self, scope: Scope) -> FunctionCall:
         try:
