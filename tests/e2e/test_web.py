@@ -140,6 +140,7 @@ def test_a_stopped_apps_endpoint_says_so(kiln: KilnServer, urls: dict[str, str])
     time.sleep(0.5)
     status, text = fetch(urls["hello"])
     assert status == 404 and "not running" in text, text
+    assert urls["stream"] in text  # the 404 names the endpoints this server has
     # Deployed again, the same URL serves again.
     assert deploy(kiln) == urls
     assert fetch(urls["hello"] + "/?name=back")[0] == 200

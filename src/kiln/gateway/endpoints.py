@@ -102,11 +102,10 @@ class Endpoints:
         self._servers[port] = server
         self._tasks[port] = asyncio.ensure_future(server.serve(sockets=[sock]))
 
-    def withdraw(self, key: str) -> None:
-        """Stop answering for `key` (its port stays reserved for the name)."""
-        port = self._ports.get(key)
-        if port is not None and port in self._apps:
-            self._apps[port] = _gone
+    def listing(self) -> str:
+        """Every endpoint this server answers for, one per line (for 404 pages)."""
+        served = sorted((key, port) for key, port in self._ports.items() if port in self._servers)
+        return "".join(f"  {self.url(port)}/  {key}\n" for key, port in served) or "  (none)\n"
 
     async def shutdown(self) -> None:
         for server in self._servers.values():
@@ -114,11 +113,3 @@ class Endpoints:
         for task in self._tasks.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
-
-
-async def _gone(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    body = b"This web endpoint's app is stopped; deploy or serve it again.\n"
-    await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": body})

@@ -51,7 +51,7 @@ def expose_web_endpoints(
     dev = "" if deploying else "-dev"
     if is_web(function):
         label = function.webhook_config.requested_suffix or function.function_name
-        bridge = WebBridge(core, function_id, "", function.webhook_config.requires_proxy_auth)
+        bridge = WebBridge(core, endpoints, function_id, "", function.webhook_config.requires_proxy_auth)
         function.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
     for name, method in function.method_definitions.items():
         if is_web(method):
@@ -59,7 +59,7 @@ def expose_web_endpoints(
                 method.webhook_config.requested_suffix
                 or f"{function.function_name.removesuffix('.*')}-{name}"
             )
-            bridge = WebBridge(core, function_id, name, method.webhook_config.requires_proxy_auth)
+            bridge = WebBridge(core, endpoints, function_id, name, method.webhook_config.requires_proxy_auth)
             method.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
 
 
@@ -67,9 +67,15 @@ class WebBridge:
     """The ASGI app answering one web endpoint's port."""
 
     def __init__(
-        self, core: Core, function_id: str, method_name: str, requires_proxy_auth: bool = False
+        self,
+        core: Core,
+        endpoints: Endpoints,
+        function_id: str,
+        method_name: str,
+        requires_proxy_auth: bool = False,
     ) -> None:
         self.core = core
+        self.endpoints = endpoints  # to name the others in a 404
         self.function_id = function_id
         self.method_name = method_name
         self.requires_proxy_auth = requires_proxy_auth
@@ -87,7 +93,8 @@ class WebBridge:
             call = self._start(scope)
         except KilnError as exc:
             if scope["type"] == "http":
-                await _plain(send, 404 if isinstance(exc, NotFound) else 503, f"{exc}\n")
+                known = f"\nThe web endpoints of this kiln server:\n{self.endpoints.listing()}"
+                await _plain(send, 404 if isinstance(exc, NotFound) else 503, f"{exc}\n{known}")
             else:
                 await send({"type": "websocket.close", "code": 1011, "reason": str(exc)[:120]})
             return
