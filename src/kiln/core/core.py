@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln.config import Config
@@ -33,6 +34,7 @@ from kiln.storage.blobs import BlobStore
 from kiln.storage.dicts import Dicts
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
+from kiln.storage.proxy_tokens import ProxyTokens
 from kiln.storage.queues import Queues
 from kiln.storage.secrets import Secrets
 from kiln.storage.state import StateStore
@@ -62,12 +64,14 @@ class Core:
         mounts: MountStore,
         images: ImageService,
         placer: Placer | None = None,
+        logs_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.blobs = blobs
         self.mounts = mounts
         self.images = images
         self.secrets = Secrets(state)
+        self.proxy_tokens = ProxyTokens(state)
         self.dicts = Dicts(
             state, ephemeral_grace=config.ephemeral_object_grace, max_entry_bytes=config.dict_max_entry_bytes
         )
@@ -79,7 +83,7 @@ class Core:
         )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         self._journal = Journal(state)
-        self._logs = LogFiles(config.logs_dir)
+        self._logs = LogFiles(logs_dir or config.logs_dir)
         self._placer = placer or Placer()
         self._apps = Apps()
         self._calls = Calls(log=self._journal)
@@ -546,9 +550,9 @@ class Core:
             stored = self._journal.load_call(call_id)
             if stored is None:
                 raise NotFound(f"Function call {call_id} not found (its results may have expired)")
+            # Every call with unfinished inputs was restored at start: this one is finished.
             call = stored.call
-            if not stored.pending:
-                self._calls.restore(call, [])
+            self._calls.restore(call, [])
         return call
 
     async def wait_outputs(
@@ -570,13 +574,18 @@ class Core:
     def data_out_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
         return self._calls.data_out_after(call, last_index)
 
+    def put_data_in(self, call: FunctionCall, data_format: int, messages: list[bytes]) -> None:
+        """Stream messages to the container running the call (a web request's body, say)."""
+        self._calls.put_data_in(call, data_format, messages)
+
+    def data_in_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
+        return self._calls.data_in_after(call, last_index)
+
     # --- containers (what a container asks for, by its task ID)
 
     def task(self, task_id: str) -> Task:
-        task = self._scheduler.task(task_id) if task_id else None
-        if task is None:
-            raise InvalidRequest("this RPC is only for kiln's containers")
-        return task
+        """The running container `task_id` (only kiln's containers have one)."""
+        return self._found(task_id)[1]
 
     def tasks(self, app_id: str = "") -> list[Task]:
         """Running containers (of one app, or all)."""

@@ -105,7 +105,12 @@ def _v4_schedules(db: sqlite3.Connection) -> None:
     )
 
 
-def _v5_dicts_and_queues(db: sqlite3.Connection) -> None:
+def _v5_proxy_tokens(db: sqlite3.Connection) -> None:
+    """Proxy tokens for web endpoints that require proxy auth (secrets kept as hashes)."""
+    _object_table(db, "proxy_tokens")
+
+
+def _v6_dicts_and_queues(db: sqlite3.Connection) -> None:
     """Named and ephemeral Dicts and Queues with their contents (`storage/dicts.py`, `queues.py`)."""
     tables = """
         CREATE TABLE dicts (
@@ -143,7 +148,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v2_core_records,
     _v3_function_overrides,
     _v4_schedules,
-    _v5_dicts_and_queues,
+    _v5_proxy_tokens,
+    _v6_dicts_and_queues,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,13 +13,16 @@ from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.frontends.modal.registry import ModalFunction, Registry, encode_meta
 from kiln.frontends.modal.variants import check_options, merge_options, variant_id
+from kiln.frontends.modal.web import expose_web_endpoints
+from kiln.gateway.endpoints import Endpoints
 from kiln.ids import new_id
 
 
 class FunctionHandlers:
-    def __init__(self, core: Core, registry: Registry) -> None:
+    def __init__(self, core: Core, registry: Registry, endpoints: Endpoints) -> None:
         self.core = core
         self.registry = registry
+        self.endpoints = endpoints
 
     async def FunctionPrecreate(
         self, req: api_pb2.FunctionPrecreateRequest, ctx: CallContext
@@ -56,9 +59,11 @@ class FunctionHandlers:
             function = api_pb2.Function()
             function.CopyFrom(req.function)
         function_id = req.existing_function_id or new_id("fu")
+        expose_web_endpoints(self.core, self.endpoints, req.app_id, function_id, function)
         known = self.registry.functions.get(function_id)
         handle = known.handle if known is not None else api_pb2.FunctionHandleMetadata()
         handle.function_name = function.function_name
+        handle.web_url = function.web_url
         handle.function_type = function.function_type
         handle.app_id = req.app_id
         handle.class_parameter_info.CopyFrom(function.class_parameter_info)
