@@ -135,6 +135,7 @@ def test_a_get_gives_up_after_its_timeout(queues: Queues) -> None:
         q = queues.create_ephemeral("main")
         assert await queues.get(q.object_id, 1, timeout=0.05) == []
         assert await queues.get(q.object_id, 1, timeout=0) == []
+        assert queues._waiters == {}
 
     asyncio.run(main())
 
@@ -148,6 +149,7 @@ def test_two_waiters_share_items_each_once(queues: Queues) -> None:
         queues.put(q.object_id, [b"b"])
         got = await asyncio.wait_for(asyncio.gather(*waiters), 1)
         assert sorted(v for values in got for v in values) == [b"a", b"b"]
+        assert queues._waiters == {}  # no signal is kept for partitions nobody waits on
 
     asyncio.run(main())
 

@@ -42,7 +42,8 @@ class Queues(NamedObjects):
         super().__init__(state, "queues", "qu", contents, clock, ephemeral_grace)
         self.max_partition_items = max_partition_items
         self.max_item_bytes = max_item_bytes
-        self._changed: dict[str, dict[bytes, Changed]] = {}
+        # (queue, partition) → its wake-up signal and how many wait on it (dropped at none).
+        self._waiters: dict[str, dict[bytes, tuple[Changed, int]]] = {}
 
     # --- writing
 
@@ -111,7 +112,7 @@ class Queues(NamedObjects):
             remaining = deadline - time.monotonic()
             if values or remaining <= 0:
                 return values
-            await self._changes(queue_id, partition).wait(remaining)
+            await self._wait(queue_id, partition, remaining)
 
     def take(self, queue_id: str, n: int = 1, partition: bytes = b"") -> list[bytes]:
         """Take up to `n` items from the front of the partition, without waiting."""
@@ -148,7 +149,7 @@ class Queues(NamedObjects):
             remaining = deadline - time.monotonic()
             if rows or remaining <= 0:
                 return [(int(entry_id), bytes(value)) for entry_id, value in rows]
-            await self._changes(queue_id, partition).wait(remaining)
+            await self._wait(queue_id, partition, remaining)
 
     def len(self, queue_id: str, partition: bytes = b"", total: bool = False) -> int:
         """Items in the partition, or in every partition with `total`."""
@@ -217,15 +218,29 @@ class Queues(NamedObjects):
 
     # --- waking waiters
 
-    def _changes(self, queue_id: str, partition: bytes) -> Changed:
-        return self._changed.setdefault(queue_id, {}).setdefault(partition, Changed())
+    async def _wait(self, queue_id: str, partition: bytes, timeout: float) -> None:
+        """Until the next put to the partition (or its queue is deleted), at most `timeout` s."""
+        partitions = self._waiters.setdefault(queue_id, {})
+        changed, waiting = partitions.get(partition) or (Changed(), 0)
+        partitions[partition] = (changed, waiting + 1)
+        try:
+            await changed.wait(timeout)
+        finally:
+            partitions = self._waiters.get(queue_id, {})
+            if partition in partitions:
+                changed, waiting = partitions[partition]
+                if waiting > 1:
+                    partitions[partition] = (changed, waiting - 1)
+                else:
+                    del partitions[partition]
+                    if not partitions:
+                        del self._waiters[queue_id]
 
     def _wake(self, queue_id: str, partition: bytes) -> None:
-        changed = self._changed.get(queue_id, {}).get(partition)
-        if changed is not None:
-            changed.notify()
+        if partition in self._waiters.get(queue_id, {}):
+            self._waiters[queue_id][partition][0].notify()
 
     def _deleted(self, object_ids: list[str]) -> None:
         for queue_id in object_ids:  # waiters wake, and find the queue gone
-            for changed in self._changed.pop(queue_id, {}).values():
+            for changed, _ in self._waiters.pop(queue_id, {}).values():
                 changed.notify()
