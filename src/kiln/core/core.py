@@ -1,9 +1,9 @@
 """The core's facade: what frontends, the gateway and the CLI may ask of apps, functions, calls
 and containers. They call these methods; the state behind them stays private.
 
-Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`) are public: each is an API of its own.
-Everything a user creates is written to the journal before it is acknowledged, and `restore()`
-brings it back when a server starts on the same KILN_HOME.
+Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`) are public: each is an
+API of its own. Everything a user creates is written to the journal before it is acknowledged,
+and `restore()` brings it back when a server starts on the same KILN_HOME.
 """
 
 from __future__ import annotations
