@@ -52,7 +52,9 @@ def main() -> None:
         )
     finally:
         stop_server(server)
-    print_table("GET / of a Starlette app", ["server", "p50 (ms)", "p99 (ms)", "requests/s (8 clients)"], rows)
+    print_table(
+        "GET / of a Starlette app", ["server", "p50 (ms)", "p99 (ms)", "requests/s (8 clients)"], rows
+    )
     if args.json is not None:
         args.json.write_text(json.dumps({"peer": "kiln", "metrics": {}, "details": details}, indent=2))
 
