@@ -89,3 +89,12 @@ def test_stopped_apps_that_were_never_deployed_expire_and_deployed_ones_stay(tmp
         journal.save_app(app)
     assert journal.expire_apps(before=50.0) == ["ap-run"]
     assert sorted(a.app_id for a in journal.load_apps()) == ["ap-dep", "ap-new"]
+
+
+def test_a_call_made_not_durable_leaves_nothing_in_the_journal(tmp_path: Path) -> None:
+    calls, journal = _calls(tmp_path / "state.sqlite3")
+    call = calls.create("fu-1", "ap-1", Invocation.SYNC, is_map=False, durable=False)
+    (item,) = calls.put_inputs(call, [(0, b"scope", "", False)])
+    calls.complete(item.input_id, Result(Status.SUCCESS, payload=b"done"))
+    assert journal.load_call(call.call_id) is None
+    assert [o.result.payload for o in call.outputs] == [b"done"]

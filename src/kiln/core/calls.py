@@ -96,6 +96,9 @@ class FunctionCall:
     changed: Changed = field(default_factory=Changed)
     created_at: float = field(default_factory=time.time)
     by_idx: dict[int, str] = field(default_factory=dict)  # idx → input ID: a re-sent input is not doubled
+    # Written ahead to the journal. A web request's call is not: its HTTP connection dies with the
+    # server, so there is nobody to deliver its result to after a restart.
+    durable: bool = True
 
 
 class CallLog(Protocol):
@@ -156,9 +159,11 @@ class Calls:
         invocation: Invocation,
         is_map: bool,
         retry: RetryPolicy | None = None,
+        durable: bool = True,
     ) -> FunctionCall:
         call = FunctionCall(new_id("fc"), function_id, app_id, invocation, is_map, retry or RetryPolicy())
-        if self.log is not None:
+        call.durable = durable
+        if self.log is not None and durable:
             self.log.call_created(call)
         self.calls[call.call_id] = call
         return call
@@ -191,7 +196,7 @@ class Calls:
             answer.append(item)
         if not created:
             return answer
-        if self.log is not None:
+        if self.log is not None and call.durable:
             self.log.inputs_added(call, created)  # before the caller is told: the write-ahead
         queue = self.queues[call.function_id]
         for item in created:
@@ -333,7 +338,7 @@ class Calls:
         output = Output(
             item.input_id, item.idx, result, 0, task_id or item.task_id, item.started_at, time.time()
         )
-        if call is not None and self.log is not None:
+        if call is not None and call.durable and self.log is not None:
             # Written before the caller can read it: after a crash it is delivered, not run again.
             self.log.output_added(call, len(call.outputs), output)
         item.done = True
@@ -364,7 +369,7 @@ class Calls:
         if call is None:
             return []
         call.cancelled = True
-        if self.log is not None:
+        if self.log is not None and call.durable:
             self.log.call_cancelled(call)
         running = []
         for item in list(call.inputs.values()):

@@ -521,10 +521,15 @@ class Core:
 
     # --- calls
 
-    def start_call(self, function_id: str, invocation: Invocation, is_map: bool) -> FunctionCall:
+    def start_call(
+        self, function_id: str, invocation: Invocation, is_map: bool, durable: bool = True
+    ) -> FunctionCall:
+        """A new call; `durable` ones are written ahead and outlive a restart."""
         function = self.function(function_id)
         self._check_servable(function)
-        return self._calls.create(function.function_id, function.app_id, invocation, is_map, function.retry)
+        return self._calls.create(
+            function.function_id, function.app_id, invocation, is_map, function.retry, durable
+        )
 
     def _check_servable(self, function: FunctionDef) -> None:
         if self._placer.servable(function.resources):

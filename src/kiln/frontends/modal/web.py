@@ -124,7 +124,7 @@ class WebBridge:
             running = False
         if not running:
             raise NotFound("This web endpoint's app is not running; deploy or serve it again.")
-        call = self.core.start_call(self.function_id, Invocation.SYNC, is_map=False)
+        call = self.core.start_call(self.function_id, Invocation.SYNC, is_map=False, durable=False)
         payload = api_pb2.FunctionInput(
             args=pickle.dumps(((_plain_scope(scope),), {}), protocol=4),
             data_format=api_pb2.DATA_FORMAT_PICKLE,
