@@ -8,6 +8,10 @@ KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (def
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
 KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
+KILN_CONTAINER_PIDS_MAX   processes and threads one container may run (default 2048)
+KILN_CONTAINER_MEMORY_MB  memory ceiling of a container whose function sets no `memory=`
+                          (default: half of this machine's memory; 0 = none)
+KILN_DEBIAN_MIRROR     where Debian bases come from (default: this machine's apt mirror)
 """
 
 from __future__ import annotations
@@ -42,6 +46,21 @@ class Config:
     heartbeat_grace: float = field(
         default_factory=lambda: float(os.environ.get("KILN_HEARTBEAT_GRACE", "60"))
     )
+
+    container_pids_max: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_CONTAINER_PIDS_MAX", "2048"))
+    )
+    container_memory_mb: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_CONTAINER_MEMORY_MB", "-1"))
+    )
+
+    @property
+    def default_memory_mb(self) -> int:
+        """The memory ceiling of containers that ask for none: half the machine unless set."""
+        if self.container_memory_mb >= 0:
+            return self.container_memory_mb
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return max(1024, total // 2**20 // 2)
 
     @property
     def state_db(self) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import grpclib.server
 
 from kiln.config import Config, host_network_env
-from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
+from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.core.core import Core
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
@@ -70,7 +70,8 @@ class KilnServer:
         def layer_path(layer: Layer) -> Path:
             return layers.fs_path(layer.key) if layer.store == IMAGE else roots[layer.store] / layer.key
 
-        runtime = BubblewrapRuntime(scratch, home, layer_path)
+        isolation = Isolation(pids_max=config.container_pids_max, memory_mb=config.default_memory_mb)
+        runtime = BubblewrapRuntime(scratch, home, layer_path, isolation)
         self.runtime = runtime
         collector = Collector(
             layers, mounts.trees, mounts.remove_tree, int(config.layer_store_max_gb * 2**30)
@@ -83,6 +84,7 @@ class KilnServer:
             network_env,
             package_cache=config.package_cache_dir,
             collector=collector,
+            ids=isolation.ids,
         )
         core = Core(config, state, blobs, mounts, ImageService(builder, state))
         self.core = core
