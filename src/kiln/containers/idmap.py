@@ -28,19 +28,22 @@ class IdMap:
         for path in paths:
             os.lchown(path, self.uid, self.gid)
 
-    def shift_tree(self, root: Path) -> None:
+    def shift_tree(self, root: Path, skip_linked: bool = False) -> None:
         """Shift every entry under `root` (included) from host ids into the container's range.
 
         Ids already in the range are kept; `chown` clears setuid/setgid bits, so modes are put
-        back. Never call this on hard links to files of the host (it would change those too).
+        back. A hard link shares its owner with every other name of the file: with
+        `skip_linked`, files linked elsewhere (the host's own, in a snapshot) keep theirs.
         """
-        self._shift(root)
+        self._shift(root, skip_linked)
         for directory, dirs, files in os.walk(root):
             for name in dirs + files:
-                self._shift(Path(directory) / name)
+                self._shift(Path(directory) / name, skip_linked)
 
-    def _shift(self, path: Path) -> None:
+    def _shift(self, path: Path, skip_linked: bool = False) -> None:
         st = os.lstat(path)
+        if skip_linked and st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            return
         uid = (
             st.st_uid if self.uid <= st.st_uid < self.uid + self.count else self.uid + st.st_uid % self.count
         )

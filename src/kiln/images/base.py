@@ -12,8 +12,9 @@ Providers, tried in order:
 6. anything else: pulled from its registry over the OCI distribution API (`registry.py`).
 When no Debian archive is reachable, 4 and 5 fall back to a *filtered copy* of this machine's
 userland (never its /etc/shadow, /etc/gshadow, ssh host keys, /root, machine-id or KILN_HOME).
-Every substitution is logged in the build output. Host-made layers are copies, never hard links,
-since the builder then shifts their owners into the containers' id range.
+Every substitution is logged in the build output. The builder shifts the owners of files made on
+the host into the containers' id range; the host fallback's hard links to the host's own files
+are left alone (read-only inside, like any file of an unmapped owner).
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ class BaseResolver:
         host = os_release.get("VERSION_CODENAME", "unknown")
         return (
             BaseLayer(
-                f"host-os:{os_release.get('ID', 'linux')}:{host}:filtered-copy:v3",
+                f"host-os:{os_release.get('ID', 'linux')}:{host}:filtered:v3",
                 materialize=lambda dest: snapshot_host_os(dest, self.home),
+                links_host_files=True,
             ),
             f"no Debian archive is reachable at {self.mirror}: using a filtered copy of this "
             f"machine's {os_release.get('PRETTY_NAME', 'OS')} (without its secrets) instead of Debian "
@@ -295,26 +297,27 @@ def _copy_contents(source: Path, dest: Path) -> ImageConfig:
 
 
 def snapshot_host_os(dest: Path, kiln_home: Path | None = None) -> None:
-    """Copy this machine's userland into `dest`, without its secrets (see `_HOST_EXCLUDE`):
-    the fallback when no Debian archive is reachable. Fresh /etc/shadow and /etc/gshadow lock
-    every account, as Debian's images do."""
+    """This machine's userland in `dest`, without its secrets (see `_HOST_EXCLUDE`): the fallback
+    when no Debian archive is reachable. /usr and /var are hard links (cheap; the builder leaves
+    their owners alone, so they are read-only inside, and overlay never writes a lower file);
+    /etc is a copy, with fresh /etc/shadow and /etc/gshadow that lock every account."""
     home = os.path.realpath(kiln_home) if kiln_home is not None else ""
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         source = Path("/") / name
         if source.is_symlink():
             os.symlink(os.readlink(source), dest / name)
         elif source.is_dir():
-            _copy_tree(source, dest / name)
+            _copy_tree(source, dest / name, link=True)
     for name in _HOST_DIRS:
         exclude = {e[len(name) + 1 :] for e in _HOST_EXCLUDE if e.startswith(name + "/")}
         if home.startswith(f"/{name}/"):
             exclude.add(home[len(name) + 2 :])
-        _copy_tree(Path("/") / name, dest / name, exclude=exclude)
-    for accounts, shadow, mode in (("passwd", "shadow", 0o640), ("group", "gshadow", 0o640)):
+        _copy_tree(Path("/") / name, dest / name, exclude=exclude, link=name != "etc")
+    for accounts, shadow in (("passwd", "shadow"), ("group", "gshadow")):
         names = [line.split(":", 1)[0] for line in (dest / "etc" / accounts).read_text().splitlines() if line]
         fields = ":*:19000:0:99999:7:::" if shadow == "shadow" else ":*::"
         (dest / "etc" / shadow).write_text("".join(f"{n}{fields}\n" for n in names))
-        os.chmod(dest / "etc" / shadow, mode)
+        os.chmod(dest / "etc" / shadow, 0o640)
     _finish_rootfs(dest)
 
 
@@ -339,11 +342,11 @@ def install_python(python: HostPython, dest: Path) -> None:
         _copy_tree(src / "lib" / "pkgconfig", local / "lib" / "pkgconfig")
 
 
-def _copy_tree(source: Path, dest: Path, exclude: set[str] | None = None) -> None:
-    """`cp -a` of `source` to `dest`, skipping relative paths in `exclude`."""
+def _copy_tree(source: Path, dest: Path, exclude: set[str] | None = None, link: bool = False) -> None:
+    """`cp -a` of `source` to `dest` (hard links with `link`), skipping relative paths in `exclude`."""
     exclude = exclude or set()
     if not exclude or source.is_symlink() or not source.is_dir():
-        _cp(source, dest)
+        _cp(source, dest, link=link)
         return
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copystat(source, dest)
@@ -351,14 +354,16 @@ def _copy_tree(source: Path, dest: Path, exclude: set[str] | None = None) -> Non
         if entry.name in exclude:
             continue
         nested = {e[len(entry.name) + 1 :] for e in exclude if e.startswith(entry.name + "/")}
-        _copy_tree(Path(entry.path), dest / entry.name, nested)
+        _copy_tree(Path(entry.path), dest / entry.name, nested, link)
 
 
-def _cp(source: Path, dest: Path, contents: bool = False) -> None:
-    """`cp -a` of `source`, or of its contents into `dest`. Never hard links: the builder
-    changes the copies' owners, which would change the originals too."""
+def _cp(source: Path, dest: Path, contents: bool = False, link: bool = False) -> None:
+    """`cp -a` of `source`, or of its contents into `dest`; hard links only when asked (and on
+    the same filesystem): the builder changes the owners of copies, never of linked files."""
+    same_fs = os.stat(source, follow_symlinks=False).st_dev == os.stat(dest.parent).st_dev
+    flags = ["-a", "--link"] if link and same_fs else ["-a"]
     result = subprocess.run(
-        ["cp", "-a", "--", f"{source}/." if contents else str(source), str(dest)],
+        ["cp", *flags, "--", f"{source}/." if contents else str(source), str(dest)],
         capture_output=True,
         text=True,
         check=False,

@@ -145,7 +145,7 @@ class Builder:
         base = planned.base
         if base is not None and base.materialize is not None:
             made = await asyncio.to_thread(base.materialize, upper)
-            await asyncio.to_thread(self._shift, upper)
+            await asyncio.to_thread(self._shift, upper, base.links_host_files)
             return made or planned.base_config or ImageConfig()
         assert planned.parent is not None
         parent_config = self._config_of(planned.parent)
@@ -271,9 +271,9 @@ class Builder:
         env.setdefault("UV_LINK_MODE", "copy")
         return binds
 
-    def _shift(self, upper: Path) -> None:
+    def _shift(self, upper: Path, skip_linked: bool = False) -> None:
         if self.ids is not None:
-            self.ids.shift_tree(upper)
+            self.ids.shift_tree(upper, skip_linked)
 
 
 def _rebuilt_by_force(planned: PlannedLayer) -> bool:
