@@ -64,13 +64,13 @@ class KilnServer:
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
-        mounts = MountStore(state, blobs, config.mounts_dir)
+        isolation = Isolation(pids_max=config.container_pids_max, memory_mb=config.default_memory_mb)
+        mounts = MountStore(state, blobs, config.mounts_dir, dir_owner=(isolation.ids.uid, isolation.ids.gid))
         roots = {MOUNT: config.mounts_dir, DEPS: config.deps_dir}
 
         def layer_path(layer: Layer) -> Path:
             return layers.fs_path(layer.key) if layer.store == IMAGE else roots[layer.store] / layer.key
 
-        isolation = Isolation(pids_max=config.container_pids_max, memory_mb=config.default_memory_mb)
         runtime = BubblewrapRuntime(scratch, home, layer_path, isolation)
         self.runtime = runtime
         collector = Collector(

@@ -152,6 +152,7 @@ class Builder:
         if planned.build_function is not None:
             await planned.build_function.run(planned.parent, upper, log)
             _scrub(upper, ["/.kiln"])  # the socket directory the build container was given
+            shutil.rmtree(upper / HOST_FILES.lstrip("/"), ignore_errors=True)
             return parent_config.copy()
         step = planned.step
         assert step is not None
