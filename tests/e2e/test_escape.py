@@ -8,10 +8,14 @@ user namespaces; and secrets visible in `ps`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
+import shutil
 import socket
 import threading
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +24,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import APPS, KilnServer, process_tree
+from kiln.containers import BubblewrapRuntime, ContainerSpec, PortForward
+from kiln.images.layer_store import LayerStore
+from tests.conftest import APPS, KilnServer, free_port, process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +172,89 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+# The runtime itself, on the escape app's image: what Sandboxes and web servers will use.
+
+
+def _run_in_sandbox(home: Path, command: str, **spec_options: object) -> tuple[int | None, str]:
+    """Run `command` (Python) in a container over the escape app's image; (exit code, output)."""
+    store = LayerStore(home / "layers")
+    top = next(layer for layer in store.all() if layer.step == "RUN echo built > /built.txt")
+    scratch = home / "run" / f"test-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    runtime = BubblewrapRuntime(scratch, home, lambda layer: store.fs_path(layer.key))
+    output: list[bytes] = []
+
+    async def run() -> int | None:
+        spec = ContainerSpec(
+            store.image_layers(top.key),
+            ["python", "-c", command],
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+            **spec_options,  # type: ignore[arg-type]
+        )
+        container = await runtime.start(spec, lambda fd, data: output.append(data))
+        try:
+            status = await asyncio.wait_for(container.wait(), 60)
+        finally:
+            await runtime.shutdown()
+        return status.code
+
+    try:
+        code = asyncio.run(run())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return code, b"".join(output).decode(errors="replace")
+
+
+_NO_NETWORK = """
+import socket
+print(sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]))
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+socket.create_connection(server.getsockname(), timeout=2).close()
+print("loopback ok")
+try:
+    socket.create_connection(("pypi.org", 443), timeout=3)
+    print("outside reached")
+except OSError as exc:
+    print("outside:", type(exc).__name__)
+"""
+
+
+def test_a_container_without_network_has_only_its_own_loopback(
+    escape_app: ModuleType, kiln: KilnServer
+) -> None:
+    code, output = _run_in_sandbox(kiln.home, _NO_NETWORK, network=False)
+    assert code == 0, output
+    assert "['lo']" in output and "loopback ok" in output, output
+    assert "outside reached" not in output and "outside: " in output, output
+
+
+def test_the_server_reaches_a_port_inside_through_a_loopback_forward(
+    escape_app: ModuleType, kiln: KilnServer
+) -> None:
+    host_port = free_port()
+    command = (
+        "import http.server, threading, time\n"
+        "server = http.server.HTTPServer(('0.0.0.0', 8000), http.server.SimpleHTTPRequestHandler)\n"
+        "threading.Timer(15, server.shutdown).start()\n"
+        "server.serve_forever()\n"
+    )
+    results: list[object] = []
+
+    def fetch() -> None:
+        deadline = time.monotonic() + 14
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/built.txt", timeout=2) as response:
+                    results.append(response.status)
+                    return
+            except OSError as exc:
+                results.append(repr(exc))
+                time.sleep(0.3)
+
+    fetcher = threading.Thread(target=fetch)
+    fetcher.start()
+    _run_in_sandbox(kiln.home, command, forwards=[PortForward(host_port, 8000)])
+    fetcher.join()
+    assert results and results[-1] == 200, results

@@ -1,15 +1,15 @@
 """The sandbox helper: puts a container in its own user namespace, then becomes bubblewrap.
 
-Run as `python -m kiln.containers.namespaces PLAN_FD` by the runtime (as root), in the
-container's own session. The plan (JSON on a descriptor, never on the command line) says which
-cgroups to join, which ids to map, how to mount the overlay and whether to start pasta. Then:
+Run as `python -I -S namespaces.py PLAN_FD` by the runtime (as root), in the container's own
+session. The plan (JSON on a descriptor, never on the command line) says which cgroups to join,
+which ids to map, how to mount the overlay and whether to start pasta. Then:
 
 1. join the container's cgroups (everything it runs is limited from here on);
 2. fork; the child drops to the unprivileged host ids (100000…) and creates a user namespace,
    which the parent (still root) maps `0 100000 65536`; the child becomes root *inside* it:
    it holds capabilities only over that namespace and what it writes is owned by host 100000;
-3. the child makes its mount (and, for a networked container, network) namespace, mounts the
-   overlay (`userxattr`: the namespace cannot write `trusted.*` attributes) and waits;
+3. the child makes its mount and network namespaces, mounts the overlay (`userxattr`: the
+   namespace cannot write `trusted.*` attributes) and the binds, and waits;
 4. the parent starts pasta on the child's network namespace (as the unprivileged id, with no
    way back to the host's loopback) and lets the child exec bubblewrap, whose arguments
    (environment included) come from a descriptor too;
@@ -19,15 +19,20 @@ cgroups to join, which ids to map, how to mount the overlay and whether to start
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
 the helper's working directory: its parents (e.g. /root) need not be open to the unprivileged ids.
+Everything is imported up front: once the child is an unprivileged id it may not be able to read
+the interpreter's own library (a pyenv under /root).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -133,10 +138,6 @@ def _bind(source: str, target: str, read_only: bool) -> None:
 
 def _loopback_up() -> None:
     """A network namespace without pasta has only `lo`, and it is down: bring it up."""
-    import fcntl
-    import socket
-    import struct
-
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh", b"lo", 0)
