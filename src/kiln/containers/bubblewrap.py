@@ -245,8 +245,8 @@ class BubblewrapRuntime:
         args: list[str] = []
         for variable in _CA_VARIABLES:
             value = env.get(variable, "")
-            if not value.startswith("/") or not os.path.exists(value) or value.startswith(HOST_FILES):
-                continue
+            if value.startswith(HOST_FILES) or not _open_to_all(value):
+                continue  # bwrap, an unprivileged id, could not reach it: the image's own stays
             target = f"{HOST_FILES}/{variable.lower()}"
             args += ["--ro-bind", os.path.realpath(value), target]
             env[variable] = target
@@ -275,6 +275,19 @@ class _Descriptors:
         for fd in self.all:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _open_to_all(path: str) -> bool:
+    """Whether any user can reach `path` (every directory above it searchable, it readable)."""
+    if not path.startswith("/"):
+        return False
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        parts = Path(real).parents
+        return bool(st.st_mode & 0o004) and all(os.stat(p).st_mode & 0o001 for p in parts)
+    except OSError:
+        return False
 
 
 def _let_pasta_open_tun() -> None:
