@@ -16,6 +16,7 @@ import grpclib.server
 
 from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
+from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
@@ -59,6 +60,7 @@ class KilnServer:
         os.chmod(home, 0o700)
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
+        stop_stale_networks(config.run_dir)
         scratch = process_dir(config.run_dir)
         state = StateStore(config.state_db)
         blobs = BlobStore(config.blobs_dir)

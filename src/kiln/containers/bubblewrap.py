@@ -28,6 +28,7 @@ from kiln.containers.cgroups import Cgroups
 from kiln.containers.container import Container
 from kiln.containers.devices import container_devices, present
 from kiln.containers.idmap import IdMap
+from kiln.containers.namespaces import stop_pasta
 from kiln.containers.readonly import read_only_paths
 from kiln.containers.seccomp import filter_bpf
 from kiln.containers.spec import ContainerSpec, Layer, OutputSink
@@ -275,6 +276,15 @@ class _Descriptors:
         for fd in self.all:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def stop_stale_networks(run_dir: Path) -> None:
+    """Kill the pastas of containers of servers that are gone (a SIGKILLed server's helpers die
+    with it, but pasta outlives them): call before their scratch directories are removed."""
+    for pidfile in run_dir.glob("*/*/pasta.pid"):
+        owner = pidfile.parent.parent.name
+        if owner.isdigit() and int(owner) != os.getpid() and not Path(f"/proc/{owner}").exists():
+            stop_pasta(str(pidfile))
 
 
 def _open_to_all(path: str) -> bool:
