@@ -60,7 +60,7 @@ class KilnServer:
         os.chmod(home, 0o700)
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
-        stop_stale_networks(config.run_dir)
+        stop_stale_networks()
         scratch = process_dir(config.run_dir)
         state = StateStore(config.state_db)
         blobs = BlobStore(config.blobs_dir)

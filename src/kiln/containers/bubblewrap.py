@@ -40,6 +40,8 @@ _HELPER = Path(__file__).with_name("namespaces.py")
 # Where each helper mounts its container's root, in its own mount namespace (so one mount point
 # serves every container): a path the unprivileged ids can reach, unlike kiln's home.
 SANDBOX_ROOT = Path("/run/kiln-sandbox")
+# pasta (as the containers' uid) writes its pid here: `<server pid>-<container>.pid`.
+PASTA_PIDS = Path("/run/kiln-pasta")
 
 log = logging.getLogger("kiln.containers")
 
@@ -117,6 +119,8 @@ class BubblewrapRuntime:
         self.leases = Leases()  # no one deletes a layer while a container uses it
         self.pasta = shutil.which("pasta") or "pasta"
         SANDBOX_ROOT.mkdir(parents=True, exist_ok=True)
+        PASTA_PIDS.mkdir(mode=0o700, exist_ok=True)
+        self.isolation.ids.own(PASTA_PIDS)
         # The container's root (host gid of root inside) may walk into kiln's home, and no
         # one else: layer paths are opened from there by the sandbox helper.
         for directory in (overlay_root, scratch_root):
@@ -153,7 +157,7 @@ class BubblewrapRuntime:
         try:
             args = self._bwrap_args(spec, read_only, fds)
             args_fd = fds.memfd("kiln-bwrap-args", b"".join(a.encode() + b"\0" for a in args))
-            pasta_pidfile = str(scratch / "pasta.pid")
+            pasta_pidfile = str(PASTA_PIDS / f"{os.getpid()}-{scratch.name}.pid") if spec.network else ""
             plan: dict[str, object] = {
                 "server_pid": os.getpid(),
                 "uid": ids.uid,
@@ -205,8 +209,10 @@ class BubblewrapRuntime:
             self._live.pop(container, None)
 
     def _relative(self, path: Path) -> str:
-        """`path` as the helper sees it: relative to kiln's home, its working directory."""
-        return os.path.relpath(path, self.overlay_root)
+        """`path` as the helper sees it: relative to kiln's home (its working directory) when
+        inside it, so no directory above the home need be open to the containers' ids."""
+        relative = os.path.relpath(path, self.overlay_root)
+        return str(path) if relative.startswith("..") else relative
 
     def _bwrap_args(self, spec: ContainerSpec, read_only: list[str], fds: _Descriptors) -> list[str]:
         merged = str(SANDBOX_ROOT)
@@ -278,11 +284,11 @@ class _Descriptors:
                 os.close(fd)
 
 
-def stop_stale_networks(run_dir: Path) -> None:
+def stop_stale_networks() -> None:
     """Kill the pastas of containers of servers that are gone (a SIGKILLed server's helpers die
-    with it, but pasta outlives them): call before their scratch directories are removed."""
-    for pidfile in run_dir.glob("*/*/pasta.pid"):
-        owner = pidfile.parent.parent.name
+    with it, but pasta outlives them)."""
+    for pidfile in PASTA_PIDS.glob("*-*.pid"):
+        owner = pidfile.name.split("-", 1)[0]
         if owner.isdigit() and int(owner) != os.getpid() and not Path(f"/proc/{owner}").exists():
             stop_pasta(str(pidfile))
 

@@ -177,16 +177,16 @@ def stop_pasta(pidfile: str) -> None:
             pid = int(f.read().strip() or "0")
     except (OSError, ValueError):
         return
-    if pid <= 0:
-        return
     try:
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
     except OSError:
-        return
+        comm = ""
     if comm.startswith(("passt", "pasta")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.unlink(pidfile)
 
 
 def main(plan_fd: int) -> None:
