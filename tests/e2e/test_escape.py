@@ -123,6 +123,27 @@ def test_a_fork_storm_stops_at_the_pids_limit(escape_app: ModuleType) -> None:
     assert 1500 < result["started"] < 2048, result  # kiln's default: 2048 tasks per container
 
 
+def test_every_container_gets_a_pids_limit_and_a_memory_ceiling(
+    escape_app: ModuleType, kiln: KilnServer
+) -> None:
+    escape_app.nested_userns.remote()  # a container of this app is running now
+    cgroups = Path("/sys/fs/cgroup")
+    v2 = (cgroups / "cgroup.controllers").exists()
+    pids = cgroups if v2 else cgroups / "pids"
+    memory = cgroups if v2 else cgroups / "memory"
+    groups = list((pids / "kiln" / str(kiln.process.pid)).glob("*/pids.max"))
+    assert groups, "no container of this server has a pids group"
+    assert all(group.read_text().strip() == "2048" for group in groups)
+    limits = [
+        int(path.read_text().split()[0])
+        for path in (memory / "kiln" / str(kiln.process.pid)).glob(
+            "*/memory.max" if v2 else "*/memory.limit_in_bytes"
+        )
+    ]
+    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2 * 2**20
+    assert half in limits, (limits, half)  # functions without memory= get half the machine
+
+
 def test_a_nested_user_namespace_cannot_be_made(escape_app: ModuleType) -> None:
     result = escape_app.nested_userns.remote()
     assert result["unshare"] == "EPERM", result
