@@ -129,7 +129,7 @@ class BaseResolver:
         host = os_release.get("VERSION_CODENAME", "unknown")
         return (
             BaseLayer(
-                f"host-os:{os_release.get('ID', 'linux')}:{host}:filtered:v3",
+                f"host-os:{os_release.get('ID', 'linux')}:{host}:filtered:v4",
                 materialize=lambda dest: snapshot_host_os(dest, self.home),
                 links_host_files=True,
             ),
@@ -203,7 +203,9 @@ _HOST_EXCLUDE = {
     "etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-", "etc/ssh", "etc/ssl/private",
     "etc/machine-id", "var/lib/dbus/machine-id", "etc/sudoers", "etc/sudoers.d",
     "etc/security/opasswd", "etc/subuid", "etc/subgid", "etc/kiln", "var/lib/kiln",
-    "var/lib/sss", "var/lib/private", "var/spool", "var/backups", "var/cache",
+    "var/lib/sss", "var/lib/private", "var/spool", "var/backups", "var/cache/apt", "var/cache/man",
+    # Other services' data.
+    "var/lib/postgresql", "var/lib/mysql", "var/lib/redis", "var/lib/mongodb", "var/www",
 }  # fmt: skip
 # What the official slim images configure: no docs or manuals from packages, no kept .debs.
 _SLIM_FILES = {
@@ -298,9 +300,10 @@ def _copy_contents(source: Path, dest: Path) -> ImageConfig:
 
 def snapshot_host_os(dest: Path, kiln_home: Path | None = None) -> None:
     """This machine's userland in `dest`, without its secrets (see `_HOST_EXCLUDE`): the fallback
-    when no Debian archive is reachable. /usr and /var are hard links (cheap; the builder leaves
-    their owners alone, so they are read-only inside, and overlay never writes a lower file);
-    /etc is a copy, with fresh /etc/shadow and /etc/gshadow that lock every account."""
+    when no Debian archive is reachable. /usr is hard links (cheap; the builder leaves their
+    owners alone, so those files are read-only inside, and overlay never writes a lower file;
+    its directories are new, and the container's); /etc and /var are copies (dpkg and apt write
+    there), with fresh /etc/shadow and /etc/gshadow that lock every account."""
     home = os.path.realpath(kiln_home) if kiln_home is not None else ""
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         source = Path("/") / name
@@ -312,7 +315,7 @@ def snapshot_host_os(dest: Path, kiln_home: Path | None = None) -> None:
         exclude = {e[len(name) + 1 :] for e in _HOST_EXCLUDE if e.startswith(name + "/")}
         if home.startswith(f"/{name}/"):
             exclude.add(home[len(name) + 2 :])
-        _copy_tree(Path("/") / name, dest / name, exclude=exclude, link=name != "etc")
+        _copy_tree(Path("/") / name, dest / name, exclude=exclude, link=name == "usr")
     for accounts, shadow in (("passwd", "shadow"), ("group", "gshadow")):
         names = [line.split(":", 1)[0] for line in (dest / "etc" / accounts).read_text().splitlines() if line]
         fields = ":*:19000:0:99999:7:::" if shadow == "shadow" else ":*::"
