@@ -55,3 +55,15 @@ def test_the_seccomp_filter_compiles_and_denies_what_makes_namespaces_and_mounts
     assert {"mount", "unshare", "setns", "keyctl", "bpf", "perf_event_open", "init_module"} <= set(DENIED)
     program = filter_bpf()
     assert program and len(program) % 8 == 0  # cBPF: 8-byte instructions
+
+
+def test_groups_of_servers_that_are_gone_are_removed(tmp_path: Path) -> None:
+    root = _v1(tmp_path / "cg")
+    gone = root / "pids" / "kiln" / "999999999" / "c1"  # no such process
+    gone.mkdir(parents=True)
+    mine = Cgroups(root)
+    group = mine.create("c2", cpu_limit=0, memory_limit_mb=0, pids_max=10)
+    assert group is not None
+    mine.remove_stale()
+    assert not gone.parent.exists()
+    assert group.dirs[0].exists()  # this server's own stay

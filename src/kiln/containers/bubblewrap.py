@@ -116,6 +116,7 @@ class BubblewrapRuntime:
         self.ids: IdMap | None = self.isolation.ids
         self._live: dict[Container, asyncio.Future[None]] = {}  # each with the task that reaps it
         self.cgroups = Cgroups()
+        self.cgroups.remove_stale()
         self.leases = Leases()  # no one deletes a layer while a container uses it
         self.pasta = shutil.which("pasta") or "pasta"
         SANDBOX_ROOT.mkdir(parents=True, exist_ok=True)

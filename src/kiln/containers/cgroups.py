@@ -146,21 +146,39 @@ class Cgroups:
             dirs.append(pids_dir)
         return Cgroup(dirs, memory_dir, v2=False) if dirs else None
 
+    def _hierarchies(self) -> list[Path]:
+        if self.v2:
+            return [self.root]
+        return [p for p in (self._v1_dir(c) for c in ("memory", "cpu", "pids")) if p]
+
     def cleanup(self) -> None:
         """Remove this server's (empty) parent groups."""
-        hierarchies = (
-            [self.root] if self.v2 else [p for p in (self._v1_dir(c) for c in ("memory", "cpu", "pids")) if p]
-        )
-        for hierarchy in hierarchies:
-            base = hierarchy / self._base
-            if base.is_dir():
-                for child in base.iterdir():
-                    if child.is_dir():
-                        try:
-                            child.rmdir()
-                        except OSError:
-                            pass
-                try:
-                    base.rmdir()
-                except OSError:
-                    pass
+        for hierarchy in self._hierarchies():
+            _remove_group(hierarchy / self._base)
+
+    def remove_stale(self) -> None:
+        """Remove the (empty) groups of servers that are gone: a SIGKILLed server leaves its
+        containers' groups behind (their processes died with it)."""
+        for hierarchy in self._hierarchies():
+            parent = hierarchy / "kiln"
+            if not parent.is_dir():
+                continue
+            for base in parent.iterdir():
+                if base.name.isdigit() and base.is_dir() and not Path(f"/proc/{base.name}").exists():
+                    _remove_group(base)
+
+
+def _remove_group(base: Path) -> None:
+    """rmdir a server's group and its containers' groups (the kernel refuses non-empty ones)."""
+    if not base.is_dir():
+        return
+    for child in base.iterdir():
+        if child.is_dir():
+            try:
+                child.rmdir()
+            except OSError:
+                pass
+    try:
+        base.rmdir()
+    except OSError:
+        pass
