@@ -13,6 +13,10 @@ KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict or Queue lives without a 
 KILN_QUEUE_MAX_ITEMS   items a Queue partition holds (default 5000, as Modal)
 KILN_QUEUE_MAX_ITEM_BYTES  bytes per Queue item (default 1 MiB, as Modal)
 KILN_DICT_MAX_ENTRY_BYTES  bytes per Dict entry, key and value together (default 100 MiB)
+KILN_CONTAINER_PIDS_MAX   processes and threads one container may run (default 2048)
+KILN_CONTAINER_MEMORY_MB  memory ceiling of a container whose function sets no `memory=`
+                          (default: half of this machine's memory; 0 = none)
+KILN_DEBIAN_MIRROR     where Debian bases come from (default: this machine's apt mirror)
 """
 
 from __future__ import annotations
@@ -58,6 +62,21 @@ class Config:
     dict_max_entry_bytes: int = field(
         default_factory=lambda: int(os.environ.get("KILN_DICT_MAX_ENTRY_BYTES", str(100 * 1024 * 1024)))
     )
+
+    container_pids_max: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_CONTAINER_PIDS_MAX", "2048"))
+    )
+    container_memory_mb: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_CONTAINER_MEMORY_MB", "-1"))
+    )
+
+    @property
+    def default_memory_mb(self) -> int:
+        """The memory ceiling of containers that ask for none: half the machine unless set."""
+        if self.container_memory_mb >= 0:
+            return self.container_memory_mb
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return max(1024, total // 2**20 // 2)
 
     @property
     def state_db(self) -> Path:

@@ -15,7 +15,8 @@ from typing import Any
 import grpclib.server
 
 from kiln.config import Config, host_network_env
-from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
+from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
+from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
@@ -66,19 +67,21 @@ class KilnServer:
         os.chmod(home, 0o700)
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
+        stop_stale_networks()
         scratch = process_dir(config.run_dir)
         state_db, logs_dir = self._state_paths(scratch)
         state = StateStore(state_db)
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
-        mounts = MountStore(state, blobs, config.mounts_dir)
+        isolation = Isolation(pids_max=config.container_pids_max, memory_mb=config.default_memory_mb)
+        mounts = MountStore(state, blobs, config.mounts_dir, dir_owner=(isolation.ids.uid, isolation.ids.gid))
         roots = {MOUNT: config.mounts_dir, DEPS: config.deps_dir}
 
         def layer_path(layer: Layer) -> Path:
             return layers.fs_path(layer.key) if layer.store == IMAGE else roots[layer.store] / layer.key
 
-        runtime = BubblewrapRuntime(scratch, home, layer_path)
+        runtime = BubblewrapRuntime(scratch, home, layer_path, isolation)
         self.runtime = runtime
         collector = Collector(
             layers, mounts.trees, mounts.remove_tree, int(config.layer_store_max_gb * 2**30)
@@ -91,6 +94,7 @@ class KilnServer:
             network_env,
             package_cache=config.package_cache_dir,
             collector=collector,
+            ids=isolation.ids,
         )
         core = Core(config, state, blobs, mounts, ImageService(builder, state), logs_dir=logs_dir)
         self.core = core

@@ -21,6 +21,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kiln.containers.idmap import IdMap
 from kiln.containers.runtime import ContainerHandle, Runtime
 from kiln.containers.spec import ContainerSpec, ExitStatus, OutputSink
 
@@ -139,6 +140,7 @@ class InMemoryRuntime:
 
     def __init__(self) -> None:
         self.started: list[InMemoryContainer] = []
+        self.ids: IdMap | None = None  # nothing runs, so no ids are mapped
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> InMemoryContainer:
         container = InMemoryContainer(spec, sink)

@@ -3,10 +3,21 @@
 This package knows nothing about functions or images: it runs a command in a sandbox.
 """
 
-from kiln.containers.bubblewrap import BubblewrapRuntime, LayerPaths, check_sandbox_support
+from kiln.containers.bubblewrap import BubblewrapRuntime, Isolation, LayerPaths, check_sandbox_support
 from kiln.containers.container import Container
+from kiln.containers.idmap import IdMap
 from kiln.containers.runtime import ContainerHandle, Runtime
-from kiln.containers.spec import DEPS, IMAGE, MOUNT, Bind, ContainerSpec, ExitStatus, Layer, OutputSink
+from kiln.containers.spec import (
+    DEPS,
+    IMAGE,
+    MOUNT,
+    Bind,
+    ContainerSpec,
+    ExitStatus,
+    Layer,
+    OutputSink,
+    PortForward,
+)
 
 __all__ = [
     "DEPS",
@@ -18,9 +29,12 @@ __all__ = [
     "ContainerHandle",
     "ContainerSpec",
     "ExitStatus",
+    "IdMap",
+    "Isolation",
     "Layer",
     "LayerPaths",
     "OutputSink",
+    "PortForward",
     "Runtime",
     "check_sandbox_support",
 ]

@@ -1,4 +1,5 @@
-"""Resource limits for containers with Linux control groups (v2, or v1 controllers).
+"""Resource limits for containers with Linux control groups (v2, or v1 controllers): cpu,
+memory and a pids limit (every container gets one, so a fork bomb stops at its own group).
 
 A container's sandbox joins its group before bubblewrap starts, so everything it runs is
 limited. Where the kernel offers no usable controller, limits are not enforced and the server
@@ -65,30 +66,31 @@ class Cgroups:
         path = self.root / controller
         return path if (path / "cgroup.procs").exists() else None
 
-    def create(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+    def create(self, name: str, cpu_limit: float, memory_limit_mb: int, pids_max: int = 0) -> Cgroup | None:
         """A group enforcing the limits (0 = none), or None when nothing is to be (or can be) enforced."""
-        if cpu_limit <= 0 and memory_limit_mb <= 0:
+        if cpu_limit <= 0 and memory_limit_mb <= 0 and pids_max <= 0:
             return None
         try:
             group = (
-                self._create_v2(name, cpu_limit, memory_limit_mb)
+                self._create_v2(name, cpu_limit, memory_limit_mb, pids_max)
                 if self.v2
-                else self._create_v1(name, cpu_limit, memory_limit_mb)
+                else self._create_v1(name, cpu_limit, memory_limit_mb, pids_max)
             )
         except OSError as exc:
             group = None
             reason = str(exc)
         else:
-            reason = "no memory or cpu controller is available"
+            reason = "no memory, cpu or pids controller is available"
         if group is None and not self._warned:
             self._warned = True
-            log.warning("cannot enforce container cpu/memory limits on this machine (%s)", reason)
+            log.warning("cannot enforce container cpu/memory/pids limits on this machine (%s)", reason)
         return group
 
-    def _create_v2(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+    def _create_v2(self, name: str, cpu_limit: float, memory_limit_mb: int, pids_max: int) -> Cgroup | None:
         controllers = (self.root / "cgroup.controllers").read_text().split()
-        if "memory" not in controllers and "cpu" not in controllers:
+        if not {"memory", "cpu", "pids"} & set(controllers):
             return None
+        self._enable_v2_controllers(controllers)
         path = self.root / self._base / name
         path.mkdir(parents=True, exist_ok=True)
         if memory_limit_mb > 0 and "memory" in controllers:
@@ -96,9 +98,27 @@ class Cgroups:
             (path / "memory.swap.max").write_text("0")
         if cpu_limit > 0 and "cpu" in controllers:
             (path / "cpu.max").write_text(f"{int(cpu_limit * _PERIOD_US)} {_PERIOD_US}")
+        if pids_max > 0 and "pids" in controllers:
+            (path / "pids.max").write_text(str(pids_max))
         return Cgroup([path], path if memory_limit_mb > 0 else None, v2=True)
 
-    def _create_v1(self, name: str, cpu_limit: float, memory_limit_mb: int) -> Cgroup | None:
+    def _enable_v2_controllers(self, controllers: list[str]) -> None:
+        """Let the groups under kiln's own use the controllers (cgroup v2 enables per level)."""
+        wanted = " ".join(f"+{c}" for c in ("cpu", "memory", "pids") if c in controllers)
+        directory = self.root
+        for part in self._base.split("/"):
+            try:
+                (directory / "cgroup.subtree_control").write_text(wanted)
+            except OSError:
+                pass  # a group with processes of its own cannot delegate; limits may then fail
+            directory = directory / part
+            directory.mkdir(exist_ok=True)
+        try:
+            (directory / "cgroup.subtree_control").write_text(wanted)
+        except OSError:
+            pass
+
+    def _create_v1(self, name: str, cpu_limit: float, memory_limit_mb: int, pids_max: int) -> Cgroup | None:
         dirs: list[Path] = []
         memory_dir = None
         memory_root = self._v1_dir("memory")
@@ -118,23 +138,47 @@ class Cgroups:
             (cpu_dir / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
             (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu_limit * _PERIOD_US)))
             dirs.append(cpu_dir)
+        pids_root = self._v1_dir("pids")
+        if pids_max > 0 and pids_root is not None:
+            pids_dir = pids_root / self._base / name
+            pids_dir.mkdir(parents=True, exist_ok=True)
+            (pids_dir / "pids.max").write_text(str(pids_max))
+            dirs.append(pids_dir)
         return Cgroup(dirs, memory_dir, v2=False) if dirs else None
+
+    def _hierarchies(self) -> list[Path]:
+        if self.v2:
+            return [self.root]
+        return [p for p in (self._v1_dir(c) for c in ("memory", "cpu", "pids")) if p]
 
     def cleanup(self) -> None:
         """Remove this server's (empty) parent groups."""
-        hierarchies = (
-            [self.root] if self.v2 else [p for p in (self._v1_dir("memory"), self._v1_dir("cpu")) if p]
-        )
-        for hierarchy in hierarchies:
-            base = hierarchy / self._base
-            if base.is_dir():
-                for child in base.iterdir():
-                    if child.is_dir():
-                        try:
-                            child.rmdir()
-                        except OSError:
-                            pass
-                try:
-                    base.rmdir()
-                except OSError:
-                    pass
+        for hierarchy in self._hierarchies():
+            _remove_group(hierarchy / self._base)
+
+    def remove_stale(self) -> None:
+        """Remove the (empty) groups of servers that are gone: a SIGKILLed server leaves its
+        containers' groups behind (their processes died with it)."""
+        for hierarchy in self._hierarchies():
+            parent = hierarchy / "kiln"
+            if not parent.is_dir():
+                continue
+            for base in parent.iterdir():
+                if base.name.isdigit() and base.is_dir() and not Path(f"/proc/{base.name}").exists():
+                    _remove_group(base)
+
+
+def _remove_group(base: Path) -> None:
+    """rmdir a server's group and its containers' groups (the kernel refuses non-empty ones)."""
+    if not base.is_dir():
+        return
+    for child in base.iterdir():
+        if child.is_dir():
+            try:
+                child.rmdir()
+            except OSError:
+                pass
+    try:
+        base.rmdir()
+    except OSError:
+        pass

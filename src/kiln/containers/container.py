@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from kiln.containers.cgroups import Cgroup
+from kiln.containers.namespaces import stop_pasta
 from kiln.containers.spec import ExitStatus, OutputSink
 
 
@@ -27,8 +28,10 @@ class Container:
         scratch: Path,
         sink: OutputSink | None,
         cgroup: Cgroup | None = None,
+        pasta_pidfile: str = "",
     ) -> None:
         self.process = process
+        self.pasta_pidfile = pasta_pidfile
         self.cgroup = cgroup
         self.scratch = scratch
         self._sink = sink
@@ -67,6 +70,8 @@ class Container:
         code = await self.process.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._status = _decode_status(code)
+        if self.pasta_pidfile:
+            stop_pasta(self.pasta_pidfile)  # the helper does; not if it was SIGKILLed
         if self.cgroup is not None:
             if self.cgroup.oom_killed():
                 self._status = ExitStatus(self._status.code, self._status.signal, oom_killed=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kiln.containers.idmap import IdMap
 from kiln.containers.spec import ContainerSpec, ExitStatus, OutputSink
 
 
@@ -32,6 +33,10 @@ class ContainerHandle(Protocol):
 
 class Runtime(Protocol):
     """Starts containers from specs and streams their output to a sink."""
+
+    # The host ids root inside a container maps to (None: a runtime that maps none). Whoever
+    # hands a container a host directory to write in gives it to these ids.
+    ids: IdMap | None
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> ContainerHandle: ...
 

@@ -37,6 +37,14 @@ class Bind:
     read_only: bool = True
 
 
+@dataclass(frozen=True)
+class PortForward:
+    """A port inside the container reachable at `127.0.0.1:host_port` on the host."""
+
+    host_port: int
+    container_port: int
+
+
 @dataclass
 class ContainerSpec:
     """A sandboxed process over an overlay of read-only layers.
@@ -54,11 +62,12 @@ class ContainerSpec:
     cwd: str = "/"
     binds: list[Bind] = field(default_factory=list)
     upper: Path | None = None
-    network: bool = True
+    network: bool = True  # False: no network at all (only the container's own loopback)
+    forwards: list[PortForward] = field(default_factory=list)  # host loopback → container ports
     hostname: str = "kiln"
     # Limits enforced with cgroups where the kernel allows; 0 = unlimited.
     cpu_limit: float = 0.0  # cores
-    memory_limit_mb: int = 0
+    memory_limit_mb: int = 0  # 0 = the runtime's default ceiling
     gpus: list[int] = field(default_factory=list)  # indices of this machine's GPUs (placement chose them)
 
     @property

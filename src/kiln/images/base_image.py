@@ -21,6 +21,8 @@ class BaseLayer:
     materialize: Materializer | None = None
     step: Step | None = None
     refresh: bool = False  # force_build fetches it again (registry images); host snapshots stay
+    # Its files include hard links to the host's own: their owners must not change.
+    links_host_files: bool = False
 
 
 @dataclass

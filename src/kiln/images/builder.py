@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kiln.containers import Bind, ContainerSpec, Runtime
+from kiln.containers import Bind, ContainerSpec, IdMap, Runtime
+from kiln.containers.bubblewrap import HOST_FILES
 from kiln.errors import ImageBuildError
 from kiln.images.base import BaseResolver
 from kiln.images.context import BuildContext, materialize_from_layers
@@ -53,8 +54,12 @@ class Builder:
         network_env: dict[str, str] | None = None,
         package_cache: Path | None = None,
         collector: Collector | None = None,
+        ids: IdMap | None = None,
     ) -> None:
         self.store = store
+        # Files made on the host for a layer are shifted to the containers' ids (None: left as
+        # they are, for runtimes that map no ids).
+        self.ids = ids
         self.network_env = network_env or {}
         self.runtime = runtime
         self.bases = bases
@@ -140,12 +145,14 @@ class Builder:
         base = planned.base
         if base is not None and base.materialize is not None:
             made = await asyncio.to_thread(base.materialize, upper)
+            await asyncio.to_thread(self._shift, upper, base.links_host_files)
             return made or planned.base_config or ImageConfig()
         assert planned.parent is not None
         parent_config = self._config_of(planned.parent)
         if planned.build_function is not None:
             await planned.build_function.run(planned.parent, upper, log)
             _scrub(upper, ["/.kiln"])  # the socket directory the build container was given
+            shutil.rmtree(upper / HOST_FILES.lstrip("/"), ignore_errors=True)
             return parent_config.copy()
         step = planned.step
         assert step is not None
@@ -195,6 +202,7 @@ class Builder:
         flags, rest = split_flags(planned.step.argument)
         argument = " ".join([*(f"--{k}={v}" for k, v in flags.items() if k != "from"), rest])
         context_dir = Path(tempfile.mkdtemp(dir=self.scratch, prefix="context-"))
+        os.chmod(context_dir, 0o755)  # the sandbox reads it as an unprivileged id
         try:
             if planned.copy_from:
                 sources = shlex.split(rest)[:-1]
@@ -207,6 +215,7 @@ class Builder:
                 # Context files are plain files (no symlinks to follow out of the layer).
                 script = copy_script(argument, cwd, context=str(context_dir), root=str(upper))
                 await asyncio.to_thread(_run_on_host, script, planned.step.text)
+                await asyncio.to_thread(self._shift, upper)
                 return
             binds = [Bind(context_dir, CONTEXT_MOUNT, read_only=True)]
             await self._sandbox(
@@ -238,6 +247,7 @@ class Builder:
         finally:
             output.flush()
             _scrub(upper, [b.target for b in binds])
+            shutil.rmtree(upper / HOST_FILES.lstrip("/"), ignore_errors=True)
         if not status.ok:
             shown = "\n".join(f"  {line}" for line in output.tail) or "  (no output)"
             raise ImageBuildError(
@@ -254,11 +264,17 @@ class Builder:
         for variable, name in PACKAGE_CACHES.items():
             source = self.package_cache / name
             source.mkdir(parents=True, exist_ok=True)
+            if self.ids is not None and source.stat().st_uid != self.ids.uid:
+                self.ids.shift_tree(source)  # a cache written before containers were unprivileged
             binds.append(Bind(source, f"{CACHE_MOUNT}/{name}", read_only=False))
             env.setdefault(variable, f"{CACHE_MOUNT}/{name}")
         # uv hard-links from its cache by default, which fails across the bind: copy quietly.
         env.setdefault("UV_LINK_MODE", "copy")
         return binds
+
+    def _shift(self, upper: Path, skip_linked: bool = False) -> None:
+        if self.ids is not None:
+            self.ids.shift_tree(upper, skip_linked)
 
 
 def _rebuilt_by_force(planned: PlannedLayer) -> bool:
@@ -295,10 +311,14 @@ def _scrub(upper: Path, targets: list[str]) -> None:
 
 
 def _opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque") == b"y"
-    except OSError:
-        return False
+    # Overlays mounted in a user namespace mark opaque directories with user.* attributes.
+    for name in ("user.overlay.opaque", "trusted.overlay.opaque"):
+        try:
+            if os.getxattr(path, name) == b"y":
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def copy_script(argument: str, workdir: str, context: str = "", root: str = "") -> str:
@@ -321,6 +341,9 @@ def copy_script(argument: str, workdir: str, context: str = "", root: str = "") 
         dest = workdir.rstrip("/") + "/" + dest
     to_dir = dest.endswith("/") or len(sources) > 1
     quoted_dest = shlex.quote(root + dest)
+    # Copied files belong to whoever copies (root in the image, as Docker's COPY), not to the
+    # context's owners on the host.
+    cp = "cp -a --no-preserve=ownership"
     lines = ["set -e", f"cd {shlex.quote(context or CONTEXT_MOUNT)}"]
     for source in sources:
         src = posixpath.normpath(source.lstrip("/") or ".")
@@ -337,8 +360,8 @@ def copy_script(argument: str, workdir: str, context: str = "", root: str = "") 
             )
         target_dir = quoted_dest if to_dir else f'"$(dirname {quoted_dest})"'
         lines.append(
-            f'for s in "$@"; do if [ -d "$s" ]; then mkdir -p {quoted_dest} && cp -a "$s"/. {quoted_dest}; '
-            f'else mkdir -p {target_dir} && cp -a "$s" {quoted_dest}; fi; done'
+            f'for s in "$@"; do if [ -d "$s" ]; then mkdir -p {quoted_dest} && {cp} "$s"/. {quoted_dest}; '
+            f'else mkdir -p {target_dir} && {cp} "$s" {quoted_dest}; fi; done'
         )
     for flag, command in (("chown", "chown -R"), ("chmod", "chmod -R")):
         if flags.get(flag):

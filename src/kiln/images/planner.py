@@ -24,6 +24,11 @@ from kiln.images.registry import RegistryAuth
 from kiln.images.steps import ImageConfig, Step, parse_arg, parse_dockerfile, parse_from, split_flags
 
 LogSink = Callable[[str], None]
+# Every image starts with a base layer, so this reaches every key. Format 2: layers are owned by
+# the containers' unprivileged ids (root inside = host 100000); layers of format 1 were owned by
+# host root, and are rebuilt rather than reused.
+LAYER_FORMAT = {"layer_format": "2"}
+
 # Runs a build function over a parent image: (parent key, writable upper dir, log) → None.
 BuildRunner = Callable[[str, Path, LogSink], Awaitable[None]]
 _ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -146,7 +151,7 @@ class _Planner:
         parent: str | None = None
         for base_layer in base.layers:
             # A cache-ignoring build pulls registry images again; host-derived bases stay.
-            inputs = self.base_inputs if base_layer.refresh else None
+            inputs = {**(self.base_inputs if base_layer.refresh else {}), **LAYER_FORMAT}
             key = layer_key(parent, f"BASE {base_layer.name}", inputs)
             if all(layer.key != key for layer in self.layers):
                 self.layers.append(

@@ -35,10 +35,17 @@ class MountFile:
 
 
 class MountStore:
-    def __init__(self, state: StateStore, blobs: BlobStore, root: Path) -> None:
+    def __init__(
+        self, state: StateStore, blobs: BlobStore, root: Path, dir_owner: tuple[int, int] | None = None
+    ) -> None:
         self.state = state
         self.blobs = blobs
         self.root = root
+        # Who owns a tree's directories: root of the containers (uid, gid on the host). A mount's
+        # directory merges with the image's (`/root`), and the topmost layer's owner is the
+        # merged directory's, so the container must own it to write there. Files stay the
+        # store's (hard links), read-only like every mount.
+        self.dir_owner = dir_owner
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(root)
 
@@ -124,6 +131,8 @@ class MountStore:
     def _materialize(self, mount_id: str) -> Path:
         target = self.root / mount_id
         if target.exists():
+            if self.dir_owner is not None and os.stat(target).st_uid != self.dir_owner[0]:
+                self._own_directories(target)  # a tree made before containers were unprivileged
             return target
         staging = self.root / staging_name()
         started = time.perf_counter()
@@ -137,6 +146,7 @@ class MountStore:
                     made.add(dest.parent)
                 _link_or_copy(self.blobs.file_path(f.sha256), dest, f.mode & 0o7777 or 0o644)
             staging.mkdir(parents=True, exist_ok=True)
+            self._own_directories(staging)
             os.rename(staging, target)
             elapsed_ms = (time.perf_counter() - started) * 1000
             log.info("mount %s: %d files laid out in %.0f ms", mount_id, len(files), elapsed_ms)
@@ -147,6 +157,13 @@ class MountStore:
             if not target.exists():
                 raise
         return target
+
+    def _own_directories(self, tree: Path) -> None:
+        if self.dir_owner is None:
+            return
+        uid, gid = self.dir_owner
+        for directory, _, _ in os.walk(tree):
+            os.lchown(directory, uid, gid)
 
 
 def _link_or_copy(source: Path, dest: Path, mode: int) -> None:

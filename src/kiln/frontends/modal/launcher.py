@@ -9,6 +9,7 @@ is the container's identity: requests on it are from this task and no other.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class ModalLauncher:
         # Unix socket paths are limited to 108 bytes: keep the per-task directories short. A
         # killed server's directory is removed by the next one.
         self.sockets_root = process_dir(Path("/tmp"), "kiln-")
+        if runtime.ids is not None:
+            # The container (an unprivileged id) reaches its own task directory, not the others.
+            os.chown(self.sockets_root, -1, runtime.ids.gid)
+            os.chmod(self.sockets_root, 0o710)
         self._servers: dict[str, grpclib.server.Server] = {}
 
     async def launch(
@@ -92,6 +97,8 @@ class ModalLauncher:
         (task_dir / "arguments.bin").write_bytes(arguments.SerializeToString())
         server = grpclib.server.Server([Service(build_mapping(self.handlers, _context_for(task.task_id)))])
         await server.start(path=str(task_dir / "modal.sock"))
+        if self.runtime.ids is not None:
+            self.runtime.ids.own(task_dir, task_dir / "modal.sock")
         self._servers[task.task_id] = server
 
         workdir = image_config.workdir or "/root"
