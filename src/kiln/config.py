@@ -8,6 +8,9 @@ KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (def
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
 KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
+KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the client sends larger
+                       payloads as blobs)
+KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class Config:
     )
     heartbeat_grace: float = field(
         default_factory=lambda: float(os.environ.get("KILN_HEARTBEAT_GRACE", "60"))
+    )
+    max_message_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_MESSAGE_MB", "64")) * 2**20)
+    )
+    max_blob_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_BLOB_GB", "5")) * 2**30)
     )
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpclib.server
 
+from kiln.auth import Credentials
 from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
 from kiln.core.core import Core
@@ -34,8 +35,11 @@ log = logging.getLogger("kiln")
 
 @dataclass
 class Endpoints:
+    """Where clients reach the server, and the token pair they must present."""
+
     grpc_url: str
     http_url: str
+    credentials: Credentials
 
 
 class KilnServer:
@@ -57,6 +61,7 @@ class KilnServer:
         home = config.home
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
+        credentials = Credentials.load_or_create(home)
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
         scratch = process_dir(config.run_dir)
@@ -95,14 +100,14 @@ class KilnServer:
             core.add_frontend(frontend)
         core.start()
 
-        self._grpc = grpclib.server.Server([f.service() for f in self.frontends])
+        self._grpc = grpclib.server.Server([f.service(credentials) for f in self.frontends])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
         # serving wait in its backlog, so the server is ready as soon as gRPC is.
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
-        self.endpoints = Endpoints(f"http://{grpc_host}:{grpc_port}", core.http_url)
+        self.endpoints = Endpoints(f"http://{grpc_host}:{grpc_port}", core.http_url, credentials)
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints

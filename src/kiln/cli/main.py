@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kiln.auth import Credentials
 from kiln.cli.images import image
 from kiln.config import Config
 from kiln.errors import KilnError
@@ -34,15 +35,15 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def client_env(grpc_url: str, home: Path) -> dict[str, str]:
-    """What the official client needs to talk to kiln instead of Modal."""
+def client_env(grpc_url: str, home: Path, credentials: Credentials) -> dict[str, str]:
+    """What the official client needs to talk to kiln instead of Modal: its URL and token pair."""
     config_path = home / "modal.toml"
     if not config_path.exists():
         config_path.write_text("")
     return {
         "MODAL_SERVER_URL": grpc_url,
-        "MODAL_TOKEN_ID": "ak-kiln",
-        "MODAL_TOKEN_SECRET": "as-kiln",
+        "MODAL_TOKEN_ID": credentials.token_id,
+        "MODAL_TOKEN_SECRET": credentials.token_secret,
         # Keep the user's ~/.modal.toml profiles (which may point at Modal) out of the way.
         "MODAL_CONFIG_PATH": str(config_path),
     }
@@ -70,7 +71,7 @@ async def _run(modal_args: list[str]) -> int:
         click.echo(f"kiln: {exc}", err=True)
         return 2
     try:
-        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home)}
+        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)}
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modal", "run", *modal_args, env=env
         )
@@ -119,7 +120,7 @@ async def _serve(config: Config) -> None:
         click.echo(f"kiln: {exc}", err=True)
         sys.exit(2)
     click.echo(f"kiln server ready in {server.ready_seconds * 1000:.0f} ms. Point the modal client at it:\n")
-    for key, value in client_env(endpoints.grpc_url, config.home).items():
+    for key, value in client_env(endpoints.grpc_url, config.home, endpoints.credentials).items():
         click.echo(f"  export {key}={value}")
     click.echo("\nthen `modal run app.py`. Ctrl-C stops the server.", err=False)
     stop = asyncio.Event()

@@ -90,7 +90,8 @@ class ModalLauncher:
             serialized_params=modal_function.serialized_params,
         )
         (task_dir / "arguments.bin").write_bytes(arguments.SerializeToString())
-        server = grpclib.server.Server([Service(build_mapping(self.handlers, _context_for(task.task_id)))])
+        mapping = build_mapping(self.handlers, _context_for(task.task_id), core.config.max_message_bytes)
+        server = grpclib.server.Server([Service(mapping)])
         await server.start(path=str(task_dir / "modal.sock"))
         self._servers[task.task_id] = server
 
