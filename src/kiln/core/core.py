@@ -18,6 +18,7 @@ from typing import Any
 from kiln.config import Config
 from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
+from kiln.core.autoscaler import check_settings
 from kiln.core.calls import Calls, DataChunk, FunctionCall, Input, Invocation, Output
 from kiln.core.frontend import Frontend
 from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord
@@ -361,6 +362,7 @@ class Core:
     def register_function(self, function: FunctionDef, meta: bytes = b"") -> None:
         """Make a function callable (written ahead: it survives a restart). A GPU this machine
         lacks is accepted here — Modal accepts the declaration — and refused when it is called."""
+        check_settings(function.autoscaling)
         record = FunctionRecord(
             function.function_id, function.app_id, function.frontend, function.definition, meta
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from kiln.errors import InvalidRequest
 from kiln.ids import new_id
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BlobStore:
@@ -22,6 +25,8 @@ class BlobStore:
     # -- content-addressed files (mount contents) ----------------------------------------------
 
     def file_path(self, sha256_hex: str) -> Path:
+        if not _SHA256.fullmatch(sha256_hex):
+            raise InvalidRequest(f"{sha256_hex[:80]!r} is not a sha256 hex digest")
         return self.files_dir / sha256_hex[:2] / sha256_hex
 
     def has_file(self, sha256_hex: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,7 @@ def _wrap(
         except GRPCError as exc:
             raise GRPCError(exc.status, bounded(exc.message or ""), exc.details) from exc
         except Exception as exc:
-            log.exception("%s failed", name)
+            log.error("%s failed (a kiln bug):\n%s", name, _traceback(exc))
             # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
             raise GRPCError(
                 GrpcStatus.FAILED_PRECONDITION,
@@ -154,6 +155,12 @@ def _wrap(
             ) from exc
 
     return handle
+
+
+def _traceback(exc: BaseException) -> str:
+    """A bug's traceback for the log, each line cut short: exceptions may quote request data."""
+    lines = "".join(traceback.format_exception(exc)).splitlines()
+    return "\n".join(bounded(line, 300) for line in lines[-60:])
 
 
 def bounded(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
