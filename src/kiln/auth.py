@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
+import ssl
 import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.config import Config
 from kiln.errors import InvalidRequest
 
 CREDENTIALS_FILE = "credentials.json"
@@ -40,6 +43,7 @@ class Credentials:
     def load_or_create(cls, home: Path) -> Credentials:
         """This server's credentials, created on first use (several servers starting on one
         home at once agree: the file is created exclusively, and the losers read it)."""
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = home / CREDENTIALS_FILE
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -121,3 +125,38 @@ class BlobUrls:
         if int(expires) < self._clock():
             raise InvalidRequest("this blob URL has expired; ask the server for a new one")
         return int(size)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to serve beyond this machine in clear text unless told to (`--insecure`)."""
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise InvalidRequest("--tls-cert and --tls-key go together: give both, or neither")
+    if not is_loopback(config.host) and not config.tls_cert and not config.insecure:
+        raise InvalidRequest(
+            f"--host {config.host} would serve beyond this machine in clear text (tokens included). "
+            "Give a certificate with --tls-cert CERT.pem --tls-key KEY.pem, or pass --insecure to serve "
+            "without TLS anyway (only on a network you trust)"
+        )
+
+
+def server_tls(config: Config, alpn: list[str]) -> ssl.SSLContext | None:
+    """The server side's TLS context (None without a certificate)."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidRequest(f"cannot load --tls-cert/--tls-key: {exc}") from exc
+    context.set_alpn_protocols(alpn)
+    return context

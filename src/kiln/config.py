@@ -11,6 +11,8 @@ KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heart
 KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the client sends larger
                        payloads as blobs)
 KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
+KILN_TLS_CERT, KILN_TLS_KEY  serve gRPC and HTTP over TLS with this certificate chain and key
+KILN_INSECURE          `1`: allow a non-loopback KILN_HOST without TLS (with a warning)
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Config:
     max_blob_bytes: int = field(
         default_factory=lambda: int(float(os.environ.get("KILN_MAX_BLOB_GB", "5")) * 2**30)
     )
+
+    tls_cert: str = field(default_factory=lambda: os.environ.get("KILN_TLS_CERT", ""))
+    tls_key: str = field(default_factory=lambda: os.environ.get("KILN_TLS_KEY", ""))
+    insecure: bool = field(default_factory=lambda: os.environ.get("KILN_INSECURE", "") == "1")
 
     @property
     def state_db(self) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpclib.server
 
-from kiln.auth import Credentials
+from kiln.auth import BlobUrls, Credentials, check_exposure, server_tls
 from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
 from kiln.core.core import Core
@@ -56,8 +56,10 @@ class KilnServer:
 
     async def start(self) -> Endpoints:
         started = time.monotonic()
-        check_sandbox_support()
         config = self.config
+        check_exposure(config)
+        grpc_tls = server_tls(config, ["h2"])
+        check_sandbox_support()
         home = config.home
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
@@ -94,7 +96,9 @@ class KilnServer:
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
         http_host, http_port = http_sock.getsockname()[:2]
-        core.http_url = f"http://{http_host}:{http_port}"
+        scheme = "https" if grpc_tls else "http"
+        core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
+        core.blob_urls = BlobUrls(credentials.signing_key, core.http_url)
         self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
         for frontend in self.frontends:
             core.add_frontend(frontend)
@@ -102,12 +106,14 @@ class KilnServer:
 
         self._grpc = grpclib.server.Server([f.service(credentials) for f in self.frontends])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
-        await self._grpc.start(sock=grpc_sock)
+        await self._grpc.start(sock=grpc_sock, ssl=grpc_tls)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
         # serving wait in its backlog, so the server is ready as soon as gRPC is.
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
-        self.endpoints = Endpoints(f"http://{grpc_host}:{grpc_port}", core.http_url, credentials)
+        self.endpoints = Endpoints(
+            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}", core.http_url, credentials
+        )
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
@@ -117,7 +123,14 @@ class KilnServer:
 
         from kiln.gateway.http import create_app
 
-        self._http = uvicorn.Server(uvicorn.Config(create_app(core), log_level="warning", lifespan="off"))
+        tls = (
+            {"ssl_certfile": self.config.tls_cert, "ssl_keyfile": self.config.tls_key}
+            if self.config.tls_cert
+            else {}
+        )
+        self._http = uvicorn.Server(
+            uvicorn.Config(create_app(core), log_level="warning", lifespan="off", **tls)  # type: ignore[arg-type]
+        )
         await self._http.serve(sockets=[sock])
 
     async def stop(self) -> None:
@@ -143,8 +156,12 @@ class KilnServer:
             core.close()
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit this. Without it, small gRPC frames wait on delayed ACKs:
     # every RPC took ~45 ms instead of ~1 ms.

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.auth import BlobUrls
 from kiln.config import Config
 from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
@@ -66,6 +68,8 @@ class Core:
         self.images = images
         self.secrets = Secrets(state)
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
+        # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
+        self.blob_urls = BlobUrls(secrets.token_bytes(32), "")
         self._journal = Journal(state)
         self._logs = LogFiles(config.logs_dir)
         self._placer = placer or Placer()

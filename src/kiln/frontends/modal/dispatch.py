@@ -49,7 +49,12 @@ class AlreadyExists(errors.InvalidRequest):
     """Maps to ALREADY_EXISTS (the client raises AlreadyExistsError)."""
 
 
+class TooLarge(errors.InvalidRequest):
+    """Maps to RESOURCE_EXHAUSTED: a payload over one of the server's limits."""
+
+
 _STATUS_OF[AlreadyExists] = GrpcStatus.ALREADY_EXISTS
+_STATUS_OF[TooLarge] = GrpcStatus.RESOURCE_EXHAUSTED
 
 
 @dataclass
@@ -60,6 +65,10 @@ class CallContext:
     task_id: str = ""
 
 
+# Sees a decoded request (RPC name, request, caller) before its handler; raises GRPCError to refuse.
+Guard = Callable[[str, Any, CallContext], None]
+
+
 def _message_class(descriptor: Any) -> Any:
     return symbol_database.Default().GetSymbol(descriptor.full_name)
 
@@ -68,14 +77,16 @@ def build_mapping(
     handlers: list[object],
     ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext],
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    guard: Guard | None = None,
 ) -> dict[str, grpclib.const.Handler]:
     """The grpclib mapping for every method of the service, served by `handlers`. `ctx_factory`
-    says who calls (and refuses a caller with a GRPCError before anything is read)."""
+    says who calls (and refuses a caller with a GRPCError before anything is read); `guard`, if
+    any, sees each decoded request before its handler and may refuse it."""
     mapping = {}
     for method in _methods():
         impl = next((i for i in (getattr(h, method.name, None) for h in handlers) if i is not None), None)
         mapping[method.path] = grpclib.const.Handler(
-            _wrap(method, impl, ctx_factory, max_message_bytes),
+            _wrap(method, impl, ctx_factory, max_message_bytes, guard),
             method.cardinality,
             method.request,
             method.response,
@@ -116,7 +127,11 @@ def _methods() -> tuple[_Method, ...]:
 
 
 def _wrap(
-    method: _Method, impl: Any, ctx_factory: Callable[[Any], CallContext], max_message_bytes: int
+    method: _Method,
+    impl: Any,
+    ctx_factory: Callable[[Any], CallContext],
+    max_message_bytes: int,
+    guard: Guard | None,
 ) -> Any:
     name = method.name
 
@@ -129,6 +144,8 @@ def _wrap(
                 "on this server.",
             )
         request = await receive(stream, method.request, name, max_message_bytes)
+        if guard is not None:
+            guard(name, request, ctx)
         try:
             if method.server_streaming:
                 responses: AsyncIterator[Any] = impl(request, ctx)

@@ -11,7 +11,7 @@ from modal_proto import api_pb2
 
 from kiln.core.core import Core
 from kiln.errors import NotFound
-from kiln.frontends.modal.dispatch import AlreadyExists, CallContext
+from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, TooLarge
 from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
 
@@ -30,8 +30,15 @@ class ObjectHandlers:
     async def BlobCreate(
         self, req: api_pb2.BlobCreateRequest, ctx: CallContext
     ) -> api_pb2.BlobCreateResponse:
+        limit = self.core.config.max_blob_bytes
+        if req.content_length > limit:
+            raise TooLarge(
+                f"this upload is {req.content_length} bytes; the largest blob this kiln server accepts is "
+                f"{limit} bytes (KILN_MAX_BLOB_GB)"
+            )
         blob_id = self.core.blobs.new_blob_id()
-        url = f"{self.core.http_url}/blobs/{blob_id}"
+        # The URL allows the size the client announced (the client always sends it).
+        url = self.core.blob_urls.upload(blob_id, req.content_length if req.content_length > 0 else limit)
         return api_pb2.BlobCreateResponse(
             blob_id=blob_id,
             upload_url=url,
@@ -42,7 +49,7 @@ class ObjectHandlers:
     async def BlobGet(self, req: api_pb2.BlobGetRequest, ctx: CallContext) -> api_pb2.BlobGetResponse:
         if not self.core.blobs.blob_path(req.blob_id).exists():
             raise NotFound(f"blob {req.blob_id} not found")
-        return api_pb2.BlobGetResponse(download_url=f"{self.core.http_url}/blobs/{req.blob_id}")
+        return api_pb2.BlobGetResponse(download_url=self.core.blob_urls.download(req.blob_id))
 
     # -- mounts --------------------------------------------------------------------------------
 
