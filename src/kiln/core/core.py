@@ -34,7 +34,7 @@ from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
-from kiln.storage.secrets import Secrets
+from kiln.storage.secrets import EPHEMERAL, Secrets
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, LogBuffer
 
@@ -93,6 +93,8 @@ class Core:
     def start(self) -> None:
         """Bring back what the journal holds, then start scheduling and upkeep."""
         started = time.monotonic()
+        # Secrets made outside any app belonged to clients of an earlier server run.
+        self.secrets.remove_owned_by(EPHEMERAL)
         apps, calls = self.restore()
         self._scheduler.start()
         self._upkeep = asyncio.ensure_future(self._maintain())
@@ -336,6 +338,7 @@ class Core:
         app.state = AppState.STOPPED
         app.stopped_at = time.time()
         self._journal.save_app(app)
+        self.secrets.remove_owned_by(app.app_id)
         self.app_logs(app.app_id).close()
         self._logs.close(app.app_id)
 

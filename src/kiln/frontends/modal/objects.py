@@ -14,6 +14,7 @@ from kiln.errors import NotFound
 from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, TooLarge
 from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
+from kiln.storage.secrets import EPHEMERAL
 
 MODAL_VERSION = importlib.metadata.version("modal")
 CLIENT_MOUNT_NAME = f"modal-client-mount-{MODAL_VERSION}"
@@ -147,7 +148,12 @@ class ObjectHandlers:
                 and secrets.lookup(name, env) is not None
             ):
                 raise AlreadyExists(f"Secret {name!r} already exists")
-            secret = secrets.create(dict(req.env_dict), name, env)
+            owner = ""
+            if not name and creation == api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP:
+                owner = self.core.app(req.app_id).app_id  # NOT_FOUND for an app that does not exist
+            elif not name:
+                owner = EPHEMERAL
+            secret = secrets.create(dict(req.env_dict), name, env, owner)
         return api_pb2.SecretGetOrCreateResponse(
             secret_id=secret.secret_id,
             metadata=api_pb2.SecretMetadata(
