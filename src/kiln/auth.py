@@ -88,9 +88,10 @@ class Credentials:
         )
 
 
-class BlobUrls:
-    """Signed, expiring URLs for the blob endpoints: an upload URL is for one blob ID the server
-    issued and at most the size the client announced; nobody else can make one."""
+class SignedUrls:
+    """URLs of the HTTP side that only this server can make: for blobs, signed and expiring (an
+    upload URL is for one blob ID the server issued and at most the size the client announced);
+    for app pages, signed (the client prints them for its user to open later)."""
 
     def __init__(
         self, key: bytes, base_url: str, ttl: float = 3600.0, clock: Callable[[], float] = time.time
@@ -105,6 +106,13 @@ class BlobUrls:
 
     def download(self, blob_id: str) -> str:
         return self._url("get", blob_id, 0)
+
+    def app_page(self, app_id: str) -> str:
+        return f"{self.base_url}/apps/{app_id}?sig={self._sign('page', app_id, 0, 0)}"
+
+    def check_page(self, app_id: str, sig: str) -> None:
+        if not hmac.compare_digest(self._sign("page", app_id, 0, 0).encode(), sig.encode()):
+            raise InvalidRequest("this app page URL is not one kiln made; use the URL `modal run` printed")
 
     def _url(self, op: str, blob_id: str, size: int) -> str:
         expires = int(self._clock() + self.ttl)

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpclib.server
 
-from kiln.auth import BlobUrls, Credentials, check_exposure, server_tls
+from kiln.auth import Credentials, SignedUrls, check_exposure, server_tls
 from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_sandbox_support
 from kiln.core.core import Core
@@ -98,7 +98,7 @@ class KilnServer:
         http_host, http_port = http_sock.getsockname()[:2]
         scheme = "https" if grpc_tls else "http"
         core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
-        core.blob_urls = BlobUrls(credentials.signing_key, core.http_url)
+        core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
         for frontend in self.frontends:
             core.add_frontend(frontend)

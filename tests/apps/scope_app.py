@@ -52,6 +52,11 @@ async def probe(other_app_id: str, deployed_app: str) -> dict:
                 )
             )
         ),
+        "Secret of another environment": await _outcome(
+            stub.SecretGetOrCreate(
+                api_pb2.SecretGetOrCreateRequest(deployment_name="any", environment_name="elsewhere")
+            )
+        ),
     }
     channel.close()
     outcomes["own function"] = await double.remote.aio(21)

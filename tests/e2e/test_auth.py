@@ -23,7 +23,7 @@ from grpclib.exceptions import GRPCError
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientStub
 
-from kiln.auth import BlobUrls, Credentials
+from kiln.auth import Credentials, SignedUrls
 from tests.conftest import (
     KilnServer,
     RestartableServer,
@@ -137,7 +137,14 @@ def test_a_container_is_scoped_to_its_own_app_and_environment(kiln: KilnServer, 
     with scope_app.app.run():
         outcomes = scope_app.probe.remote(other_app_id, "kiln-scope-target")
 
-    for name in ("AppList", "AppStop", "AppGetLogs", "TaskList", "AppDeploymentHistory"):
+    for name in (
+        "AppList",
+        "AppStop",
+        "AppGetLogs",
+        "TaskList",
+        "AppDeploymentHistory",
+        "Secret of another environment",
+    ):
         assert outcomes[name].startswith("PERMISSION_DENIED: kiln: "), (name, outcomes[name])
     assert outcomes["FunctionGet other environment"].startswith("PERMISSION_DENIED"), outcomes
     assert "own environment" in outcomes["FunctionGet other environment"], outcomes
@@ -182,7 +189,9 @@ def test_blobs_go_only_to_signed_unexpired_urls_once_and_within_their_size(kiln:
     assert _http("PUT", url[:-1] + ("0" if url[-1] != "0" else "1"), b"0123456789")[0] == 403
     # Expired (a URL signed with this server's key an hour ago).
     credentials = Credentials.load_or_create(kiln.home)
-    stale = BlobUrls(credentials.signing_key, base.rsplit("/blobs/", 1)[0], clock=lambda: time.time() - 7200)
+    stale = SignedUrls(
+        credentials.signing_key, base.rsplit("/blobs/", 1)[0], clock=lambda: time.time() - 7200
+    )
     status, body, _ = _http("PUT", stale.upload(created.blob_id, 10), b"0123456789")
     assert status == 403 and b"expired" in body
     # Over the announced size.
@@ -205,6 +214,22 @@ def test_blobs_go_only_to_signed_unexpired_urls_once_and_within_their_size(kiln:
 
     status, body, _ = _http("GET", asyncio.run(download_url()))
     assert (status, body) == (200, b"0123456789")
+
+
+def test_an_app_page_needs_the_url_the_server_signed(kiln: KilnServer) -> None:
+    async def create() -> str:
+        async with raw_stub(kiln) as stub:
+            created = await stub.AppCreate(
+                api_pb2.AppCreateRequest(description="page", environment_name="main"), metadata=kiln.metadata
+            )
+            await stub.AppStop(api_pb2.AppStopRequest(app_id=created.app_id), metadata=kiln.metadata)
+            return created.app_page_url
+
+    url = asyncio.run(create())
+    status, body, _ = _http("GET", url)
+    assert status == 200 and b"'page'" in body
+    assert _http("GET", url.split("?")[0])[0] == 403
+    assert _http("GET", url[:-1] + ("0" if url[-1] != "0" else "1"))[0] == 403
 
 
 def test_a_blob_over_the_servers_limit_is_refused_up_front(kiln: KilnServer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.auth import BlobUrls, Credentials, check_exposure
+from kiln.auth import Credentials, SignedUrls, check_exposure
 from kiln.config import Config
 from kiln.errors import InvalidRequest
 from kiln.testing import FakeClock
@@ -24,9 +24,9 @@ def test_credentials_are_made_once_private_and_checked(tmp_path: Path) -> None:
     assert Credentials.load_or_create(tmp_path / "other").token_secret != first.token_secret
 
 
-def test_blob_urls_are_bound_to_their_id_size_operation_and_time() -> None:
+def test_signed_urls_are_bound_to_their_id_size_operation_and_time() -> None:
     clock = FakeClock()
-    urls = BlobUrls(b"k" * 32, "http://127.0.0.1:1", ttl=60, clock=clock)
+    urls = SignedUrls(b"k" * 32, "http://127.0.0.1:1", ttl=60, clock=clock)
 
     def parts(url: str) -> tuple[str, str, str, str]:
         query = dict(p.split("=") for p in url.split("?")[1].split("&"))
@@ -38,7 +38,7 @@ def test_blob_urls_are_bound_to_their_id_size_operation_and_time() -> None:
         with pytest.raises(InvalidRequest, match="not one kiln signed"):
             urls.check(op, bid, sz, expires, sig)
     with pytest.raises(InvalidRequest, match="not one kiln signed"):
-        BlobUrls(b"x" * 32, "").check("put", blob_id, size, expires, sig)
+        SignedUrls(b"x" * 32, "").check("put", blob_id, size, expires, sig)
     clock.advance(61)
     with pytest.raises(InvalidRequest, match="expired"):
         urls.check("put", blob_id, size, expires, sig)

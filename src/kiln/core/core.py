@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.auth import BlobUrls
+from kiln.auth import SignedUrls
 from kiln.config import Config
 from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
@@ -69,7 +69,7 @@ class Core:
         self.secrets = Secrets(state)
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
-        self.blob_urls = BlobUrls(secrets.token_bytes(32), "")
+        self.signed_urls = SignedUrls(secrets.token_bytes(32), "")
         self._journal = Journal(state)
         self._logs = LogFiles(config.logs_dir)
         self._placer = placer or Placer()

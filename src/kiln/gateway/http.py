@@ -1,8 +1,8 @@
 """The HTTP side of the server (starlette): blobs, and a plain page per app.
 
-Blob URLs are signed by the server (`kiln.auth.BlobUrls`, handed out by BlobCreate and BlobGet):
-an upload goes only to an ID the server issued, at most the size the client announced, once; a
-download needs a URL the server made. Both expire.
+Every URL is one the server signed (`kiln.auth.SignedUrls`). Blob URLs come from BlobCreate and
+BlobGet: an upload goes only to an ID the server issued, at most the size the client announced,
+once; a download needs a URL the server made; both expire. App page URLs come from AppCreate.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def create_app(core: Core) -> Starlette:
         blob_id = request.path_params["blob_id"]
         core.blobs.blob_path(blob_id)  # a blob ID's shape, before anything else
         query = request.query_params
-        return core.blob_urls.check(
+        return core.signed_urls.check(
             op, blob_id, query.get("size", ""), query.get("expires", ""), query.get("sig", "")
         )
 
@@ -69,6 +69,10 @@ def create_app(core: Core) -> Starlette:
 
     async def app_page(request: Request) -> Response:
         app_id = request.path_params["app_id"][:64]
+        try:
+            core.signed_urls.check_page(app_id, request.query_params.get("sig", ""))
+        except KilnError as exc:
+            return PlainTextResponse(str(exc), status_code=403)
         try:
             app = core.app(app_id)
         except KilnError:

@@ -39,7 +39,7 @@ class ObjectHandlers:
             )
         blob_id = self.core.blobs.new_blob_id()
         # The URL allows the size the client announced (the client always sends it).
-        url = self.core.blob_urls.upload(blob_id, req.content_length if req.content_length > 0 else limit)
+        url = self.core.signed_urls.upload(blob_id, req.content_length if req.content_length > 0 else limit)
         return api_pb2.BlobCreateResponse(
             blob_id=blob_id,
             upload_url=url,
@@ -50,7 +50,7 @@ class ObjectHandlers:
     async def BlobGet(self, req: api_pb2.BlobGetRequest, ctx: CallContext) -> api_pb2.BlobGetResponse:
         if not self.core.blobs.blob_path(req.blob_id).exists():
             raise NotFound(f"blob {req.blob_id} not found")
-        return api_pb2.BlobGetResponse(download_url=self.core.blob_urls.download(req.blob_id))
+        return api_pb2.BlobGetResponse(download_url=self.core.signed_urls.download(req.blob_id))
 
     # -- mounts --------------------------------------------------------------------------------
 

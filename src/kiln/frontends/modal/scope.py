@@ -149,8 +149,17 @@ def _environment(scope: ContainerScope, request: Any) -> None:
         scope.environment_of(request.deployment_name)
 
 
-def _object(scope: ContainerScope, request: Any) -> None:
+def _mount(scope: ContainerScope, request: Any) -> None:
     if request.environment_name:
+        scope.environment_of(request.environment_name)
+    if request.app_id:
+        scope.own_app(request.app_id, "create objects for")
+
+
+def _secret(scope: ContainerScope, request: Any) -> None:
+    # A named secret is looked up in the environment the request names ("" is a bucket of its
+    # own), so the name must be exactly the container's.
+    if request.deployment_name:
         scope.environment_of(request.environment_name)
     if request.app_id:
         scope.own_app(request.app_id, "create objects for")
@@ -193,8 +202,8 @@ RULES: dict[str, Check] = {
     "BlobGet": _any,
     "MountBatchedCheckExistence": _any,
     "MountPutFile": _any,
-    "MountGetOrCreate": _object,
-    "SecretGetOrCreate": _object,
+    "MountGetOrCreate": _mount,
+    "SecretGetOrCreate": _secret,
     "ImageGetOrCreate": _image,
     "ImageJoinStreaming": _any,
     # Its own app: layout, logs, containers, heartbeat, stop.
