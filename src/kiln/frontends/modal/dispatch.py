@@ -32,6 +32,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 # message blocked the loop for seconds. Messages name the fix in far less.
 MAX_ERROR_MESSAGE = 4000
 MAX_ID_LENGTH = 64  # kiln's IDs are 25 characters; Modal's are shorter than this too
+MAX_NAME_LENGTH = 256  # the client allows 64 for object, app and environment names
 
 
 SERVICE = api_pb2.DESCRIPTOR.services_by_name["ModalClient"]
@@ -187,12 +188,6 @@ def bounded(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
     return message[: limit - 20] + " … (message cut)"
 
 
-def shown(value: str, limit: int = 100) -> str:
-    """A user-provided value as an error message quotes it: repr'd, at most `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "…'"
-
-
 async def receive(
     stream: grpclib.server.Stream[Any, Any], message_type: Any, name: str, max_bytes: int
 ) -> Any:
@@ -230,15 +225,21 @@ async def receive(
 
 
 def _check_ids(request: Any, name: str) -> None:
-    """Refuse over-long IDs up front, before any handler looks them up or quotes them."""
+    """Refuse over-long IDs and names up front, before any handler looks them up or quotes them."""
     for descriptor, value in request.ListFields():
-        if descriptor.type != descriptor.TYPE_STRING or not descriptor.name.endswith(("_id", "_ids")):
+        if descriptor.type != descriptor.TYPE_STRING:
+            continue
+        if descriptor.name.endswith(("_id", "_ids")):
+            limit, what = MAX_ID_LENGTH, "so it is no ID of this server"
+        elif descriptor.name == "name" or descriptor.name.endswith("_name"):
+            limit, what = MAX_NAME_LENGTH, "while names are at most 64"
+        else:
             continue
         values = value if descriptor.is_repeated else [value]
-        if any(len(v) > MAX_ID_LENGTH for v in values):
+        if any(len(v) > limit for v in values):
             raise GRPCError(
                 GrpcStatus.INVALID_ARGUMENT,
-                f"{name}: {descriptor.name} is longer than {MAX_ID_LENGTH} characters, so it is no ID of this server",
+                f"{name}: {descriptor.name} is longer than {limit} characters, {what}",
             )
 
 
