@@ -123,13 +123,15 @@ class Server:
     log_path: Path
     spawn_to_export_s: float  # our wall clock: spawn -> the `export MODAL_SERVER_URL=` line
     reported_ms: float | None  # what kiln printed: "kiln server ready in N ms"
+    token_id: str
+    token_secret: str
 
     def client_env(self) -> dict[str, str]:
         """What the official client needs to talk to this server instead of Modal."""
         return {
             "MODAL_SERVER_URL": self.url,
-            "MODAL_TOKEN_ID": "ak-bench",
-            "MODAL_TOKEN_SECRET": "as-bench",
+            "MODAL_TOKEN_ID": self.token_id,
+            "MODAL_TOKEN_SECRET": self.token_secret,
             "MODAL_CONFIG_PATH": str(HOME / "modal.toml"),
         }
 
@@ -161,6 +163,8 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
 
     threading.Thread(target=pump, daemon=True).start()
     reported = None
+    url = None
+    exports: dict[str, str] = {}
     deadline = started + timeout
     while True:
         try:
@@ -178,8 +182,21 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
         if m := re.search(r"ready in (\d+(?:\.\d+)?) ms", line):
             reported = float(m.group(1))
         if m := re.search(r"export MODAL_SERVER_URL=(\S+)", line):
-            elapsed = time.perf_counter() - started
-            return Server(m.group(1), process, log_file, log_path, elapsed, reported)
+            url = m.group(1)
+            elapsed = time.perf_counter() - started  # the URL line: when a client could connect
+        elif m := re.search(r"export (MODAL_TOKEN_\w+)=(\S+)", line):
+            exports[m.group(1)] = m.group(2)
+        if url is not None and len(exports) == 2:
+            return Server(
+                url,
+                process,
+                log_file,
+                log_path,
+                elapsed,
+                reported,
+                exports["MODAL_TOKEN_ID"],
+                exports["MODAL_TOKEN_SECRET"],
+            )
 
 
 def stop_server(server: Server) -> None:

@@ -18,12 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pytest
+from grpclib.client import Channel
+from modal_proto.api_grpc import ModalClientStub
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
@@ -37,6 +39,8 @@ class KilnServer:
     process: subprocess.Popen[str]
     log_path: Path
     log_file: IO[str]
+    token_id: str
+    token_secret: str
 
     @property
     def env(self) -> dict[str, str]:
@@ -45,11 +49,16 @@ class KilnServer:
         return {
             **os.environ,
             "MODAL_SERVER_URL": self.url,
-            "MODAL_TOKEN_ID": "ak-test",
-            "MODAL_TOKEN_SECRET": "as-test",
+            "MODAL_TOKEN_ID": self.token_id,
+            "MODAL_TOKEN_SECRET": self.token_secret,
             "MODAL_CONFIG_PATH": str(config),
             "PYTHONPATH": str(APPS),
         }
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The gRPC metadata a raw request needs: this server's token pair."""
+        return {"x-modal-token-id": self.token_id, "x-modal-token-secret": self.token_secret}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -93,22 +102,37 @@ def start_server(
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60
-    url = None
+    exports: dict[str, str] = {}
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
-        match = re.search(r"export MODAL_SERVER_URL=(\S+)", line)
+        match = re.search(r"export (MODAL_\w+)=(\S+)", line)
         if match:
-            url = match.group(1)
+            exports[match.group(1)] = match.group(2)
+        if "MODAL_TOKEN_SECRET" in exports:
             break
-    if url is None:
+    url = exports.get("MODAL_SERVER_URL")
+    if url is None or "MODAL_TOKEN_SECRET" not in exports:
         process.kill()
         process.wait()
         process.stdout.close()
         log_file.close()
         raise RuntimeError(f"kiln server did not start:\n{log_path.read_text()}")
-    return KilnServer(url, home, process, log_path, log_file)
+    return KilnServer(
+        url, home, process, log_path, log_file, exports["MODAL_TOKEN_ID"], exports["MODAL_TOKEN_SECRET"]
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw_stub(server: KilnServer) -> AsyncIterator[ModalClientStub]:
+    """A raw grpclib stub on the server's port (requests carry whatever metadata a test passes)."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    channel = Channel(host, int(port))
+    try:
+        yield ModalClientStub(channel)
+    finally:
+        channel.close()
 
 
 def stop_server(server: KilnServer) -> None:

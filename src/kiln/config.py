@@ -17,6 +17,11 @@ KILN_CONTAINER_PIDS_MAX   processes and threads one container may run (default 2
 KILN_CONTAINER_MEMORY_MB  memory ceiling of a container whose function sets no `memory=`
                           (default: half of this machine's memory; 0 = none)
 KILN_DEBIAN_MIRROR     where Debian bases come from (default: this machine's apt mirror)
+KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the client sends larger
+                       payloads as blobs)
+KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
+KILN_TLS_CERT, KILN_TLS_KEY  serve gRPC and HTTP over TLS with this certificate chain and key
+KILN_INSECURE          `1`: allow a non-loopback KILN_HOST without TLS (with a warning)
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ class Config:
     heartbeat_grace: float = field(
         default_factory=lambda: float(os.environ.get("KILN_HEARTBEAT_GRACE", "60"))
     )
+    max_message_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_MESSAGE_MB", "64")) * 2**20)
+    )
+    max_blob_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_BLOB_GB", "5")) * 2**30)
+    )
+
+    tls_cert: str = field(default_factory=lambda: os.environ.get("KILN_TLS_CERT", ""))
+    tls_key: str = field(default_factory=lambda: os.environ.get("KILN_TLS_KEY", ""))
+    insecure: bool = field(default_factory=lambda: os.environ.get("KILN_INSECURE", "") == "1")
 
     ephemeral_object_grace: float = field(
         default_factory=lambda: float(os.environ.get("KILN_EPHEMERAL_OBJECT_GRACE", "900"))

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpclib.server
 
+from kiln.auth import Credentials, SignedUrls, check_exposure, server_tls
 from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.containers.bubblewrap import stop_stale_networks
@@ -40,8 +41,11 @@ logging.getLogger("grpclib.server").setLevel(logging.WARNING)
 
 @dataclass
 class Endpoints:
+    """Where clients reach the server, and the token pair they must present."""
+
     grpc_url: str
     http_url: str
+    credentials: Credentials
 
 
 class KilnServer:
@@ -60,11 +64,14 @@ class KilnServer:
 
     async def start(self) -> Endpoints:
         started = time.monotonic()
-        check_sandbox_support()
         config = self.config
+        check_exposure(config)
+        grpc_tls = server_tls(config, ["h2"])
+        check_sandbox_support()
         home = config.home
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
+        credentials = Credentials.load_or_create(home)
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
         stop_stale_networks()
@@ -101,21 +108,25 @@ class KilnServer:
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
         http_host, http_port = http_sock.getsockname()[:2]
-        core.http_url = f"http://{http_host}:{http_port}"
+        scheme = "https" if grpc_tls else "http"
+        core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
+        core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
         self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web)]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
 
-        self._grpc = grpclib.server.Server([f.service() for f in self.frontends])
+        self._grpc = grpclib.server.Server([f.service(credentials) for f in self.frontends])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
-        await self._grpc.start(sock=grpc_sock)
+        await self._grpc.start(sock=grpc_sock, ssl=grpc_tls)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
         # serving wait in its backlog, so the server is ready as soon as gRPC is.
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
-        self.endpoints = Endpoints(f"http://{grpc_host}:{grpc_port}", core.http_url)
+        self.endpoints = Endpoints(
+            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}", core.http_url, credentials
+        )
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
@@ -142,7 +153,14 @@ class KilnServer:
 
         from kiln.gateway.http import create_app
 
-        self._http = uvicorn.Server(uvicorn.Config(create_app(core), log_level="warning", lifespan="off"))
+        tls = (
+            {"ssl_certfile": self.config.tls_cert, "ssl_keyfile": self.config.tls_key}
+            if self.config.tls_cert
+            else {}
+        )
+        self._http = uvicorn.Server(
+            uvicorn.Config(create_app(core), log_level="warning", lifespan="off", **tls)  # type: ignore[arg-type]
+        )
         await self._http.serve(sockets=[sock])
 
     async def stop(self) -> None:
@@ -172,8 +190,12 @@ class KilnServer:
             os.close(self._state_lock)
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit this. Without it, small gRPC frames wait on delayed ACKs:
     # every RPC took ~45 ms instead of ~1 ms.

@@ -43,3 +43,9 @@ def countdown(n: int):
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)
     return 2 * x
+
+
+@app.function(image=image)
+def reversed_bytes(data: bytes) -> bytes:
+    """Large arguments and results travel as blobs (over 2 MiB)."""
+    return data[::-1]

@@ -131,3 +131,11 @@ def test_async_function_called_synchronously(calls_app: ModuleType) -> None:
 
 def test_server_is_alive(kiln: KilnServer) -> None:
     assert kiln.process.poll() is None, kiln.log()[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_arguments_and_results_over_2_mib_travel_as_blobs(calls_app: ModuleType, kiln: KilnServer) -> None:
+    data = bytes(range(256)) * (3 * 2**20 // 256 + 1)
+    with calls_app.app.run():
+        assert calls_app.reversed_bytes.remote(data) == data[::-1]
+    assert len(list((kiln.home / "blobs" / "blobs").iterdir())) >= 2

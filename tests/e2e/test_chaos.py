@@ -87,13 +87,13 @@ class Killer(threading.Thread):
 
 
 async def map_on_the_wire(
-    url: str, function_id: str, n: int
+    server: KilnServer, function_id: str, n: int
 ) -> dict[int, list[api_pb2.FunctionGetOutputsItem]]:
     """A map through the raw protocol, keeping every output the server sends (the client would
     silently drop duplicates)."""
     from modal._serialization import serialize
 
-    host, port = re.fullmatch(r"http://([^:]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    host, port = re.fullmatch(r"http://([^:]+):(\d+)", server.url).groups()  # type: ignore[union-attr]
     channel = Channel(host, int(port))
     stub = ModalClientStub(channel)
     try:
@@ -102,7 +102,8 @@ async def map_on_the_wire(
                 function_id=function_id,
                 function_call_type=api_pb2.FUNCTION_CALL_TYPE_MAP,
                 function_call_invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC,
-            )
+            ),
+            metadata=server.metadata,
         )
         for first in range(0, n, 49):
             items = [
@@ -117,7 +118,8 @@ async def map_on_the_wire(
             await stub.FunctionPutInputs(
                 api_pb2.FunctionPutInputsRequest(
                     function_id=function_id, function_call_id=call.function_call_id, inputs=items
-                )
+                ),
+                metadata=server.metadata,
             )
         outputs: dict[int, list[api_pb2.FunctionGetOutputsItem]] = defaultdict(list)
         cursor = "0-0"
@@ -125,7 +127,8 @@ async def map_on_the_wire(
             response = await stub.FunctionGetOutputs(
                 api_pb2.FunctionGetOutputsRequest(
                     function_call_id=call.function_call_id, timeout=5, last_entry_id=cursor
-                )
+                ),
+                metadata=server.metadata,
             )
             cursor = response.last_entry_id
             for output in response.outputs:
@@ -145,11 +148,11 @@ def test_every_result_arrives_exactly_once_while_containers_are_killed(
 
     work = chaos_app.work  # type: ignore[attr-defined]
     # A client of its own: the process may already hold one for the session's shared server.
-    client = modal.Client.from_credentials("ak-test", "as-test")
+    client = modal.Client.from_credentials(own_server.token_id, own_server.token_secret)
     with client, chaos_app.app.run(client=client):  # type: ignore[attr-defined]
         work.remote(0)  # build and start before the chaos
         with Killer(own_server) as wire_killer:
-            outputs = asyncio.run(map_on_the_wire(own_server.url, work.object_id, N))
+            outputs = asyncio.run(map_on_the_wire(own_server, work.object_id, N))
         with Killer(own_server) as map_killer:
             mapped = list(work.map(range(N)))
 

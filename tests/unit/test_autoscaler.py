@@ -168,3 +168,18 @@ def test_inputs_time_out_once_they_have_run_for_the_whole_timeout() -> None:
     assert timed_out(started, 10, now=9.9) == []
     assert timed_out(started, 10, now=10.0) == ["in-a"]
     assert sorted(timed_out(started, 10, now=20.0)) == ["in-a", "in-b"]
+
+
+def test_settings_asking_for_absurd_numbers_of_warm_containers_are_refused() -> None:
+    from kiln.core.autoscaler import check_settings
+    from kiln.errors import InvalidRequest
+
+    check_settings(Autoscaling(min_containers=2, buffer_containers=3, max_containers=10**6))
+    for bad in (
+        Autoscaling(min_containers=2**31),
+        Autoscaling(buffer_containers=5000),
+        Autoscaling(min_containers=-1),
+        Autoscaling(scaledown_window=float("nan")),
+    ):
+        with pytest.raises(InvalidRequest):
+            check_settings(bad)

@@ -185,3 +185,17 @@ def test_an_app_log_file_past_its_limit_keeps_its_newest_entries(tmp_path: Path)
     assert entries[-1].entry_id == 1000
     ids = [e.entry_id for e in entries]
     assert ids == list(range(ids[0], 1001))  # contiguous: no entry cut in half survives
+
+
+def test_anonymous_secrets_go_away_with_their_owner(tmp_path: Path) -> None:
+    from kiln.storage.secrets import EPHEMERAL, Secrets
+
+    secrets = Secrets(StateStore(tmp_path / "state.sqlite3"))
+    named = secrets.create({"K": "named"}, "creds", "main", owner="ap-1")  # a name outlives any app
+    mine = secrets.create({"K": "mine"}, owner="ap-1")
+    other = secrets.create({"K": "other"}, owner="ap-2")
+    loose = secrets.create({"K": "loose"}, owner=EPHEMERAL)
+    assert secrets.remove_owned_by("ap-1") == 1
+    assert secrets.get(mine.secret_id) is None
+    assert secrets.get(other.secret_id) is not None and secrets.get(named.secret_id) is not None
+    assert secrets.remove_owned_by(EPHEMERAL) == 1 and secrets.get(loose.secret_id) is None

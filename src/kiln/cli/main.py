@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kiln.auth import Credentials, is_loopback
 from kiln.cli.images import image
 from kiln.config import Config
 from kiln.errors import KilnError
@@ -34,15 +35,15 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def client_env(grpc_url: str, home: Path) -> dict[str, str]:
-    """What the official client needs to talk to kiln instead of Modal."""
+def client_env(grpc_url: str, home: Path, credentials: Credentials) -> dict[str, str]:
+    """What the official client needs to talk to kiln instead of Modal: its URL and token pair."""
     config_path = home / "modal.toml"
     if not config_path.exists():
         config_path.write_text("")
     return {
         "MODAL_SERVER_URL": grpc_url,
-        "MODAL_TOKEN_ID": "ak-kiln",
-        "MODAL_TOKEN_SECRET": "as-kiln",
+        "MODAL_TOKEN_ID": credentials.token_id,
+        "MODAL_TOKEN_SECRET": credentials.token_secret,
         # Keep the user's ~/.modal.toml profiles (which may point at Modal) out of the way.
         "MODAL_CONFIG_PATH": str(config_path),
     }
@@ -70,7 +71,7 @@ async def _run(modal_args: list[str]) -> int:
         click.echo(f"kiln: {exc}", err=True)
         return 2
     try:
-        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home)}
+        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)}
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modal", "run", *modal_args, env=env
         )
@@ -92,7 +93,23 @@ async def _run(modal_args: list[str]) -> int:
     default=None,
     help="`cpu`: run functions that ask for a GPU on the CPU, with a warning, when none matches.",
 )
-def server(host: str | None, port: int | None, http_port: int | None, gpu_fallback: str | None) -> None:
+@click.option("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and HTTP over TLS.")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Allow a --host beyond this machine without TLS (tokens and data travel in clear text).",
+)
+def server(
+    host: str | None,
+    port: int | None,
+    http_port: int | None,
+    gpu_fallback: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
+) -> None:
     """Start a long-running kiln server; point `modal` at it with the printed exports."""
     logging.basicConfig(
         level=os.environ.get("KILN_LOG", "INFO"), format="%(asctime)s kiln %(levelname)s %(message)s"
@@ -104,6 +121,9 @@ def server(host: str | None, port: int | None, http_port: int | None, gpu_fallba
         port=port if port is not None else int(os.environ.get("KILN_PORT", "50051")),
         http_port=http_port if http_port is not None else defaults.http_port,
         gpu_fallback_cpu=defaults.gpu_fallback_cpu if gpu_fallback is None else gpu_fallback == "cpu",
+        tls_cert=tls_cert or defaults.tls_cert,
+        tls_key=tls_key or defaults.tls_key,
+        insecure=insecure or defaults.insecure,
     )
     try:
         run_loop(_serve(config))
@@ -118,8 +138,14 @@ async def _serve(config: Config) -> None:
     except KilnError as exc:
         click.echo(f"kiln: {exc}", err=True)
         sys.exit(2)
+    if not is_loopback(config.host) and not config.tls_cert:
+        click.echo(
+            f"kiln: WARNING: serving on {config.host} WITHOUT TLS (--insecure): the token and all data travel "
+            "in clear text, readable by anyone on the network path.",
+            err=True,
+        )
     click.echo(f"kiln server ready in {server.ready_seconds * 1000:.0f} ms. Point the modal client at it:\n")
-    for key, value in client_env(endpoints.grpc_url, config.home).items():
+    for key, value in client_env(endpoints.grpc_url, config.home, endpoints.credentials).items():
         click.echo(f"  export {key}={value}")
     click.echo("\nthen `modal run app.py`. Ctrl-C stops the server.", err=False)
     stop = asyncio.Event()

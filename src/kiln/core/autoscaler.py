@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kiln.core.functions import Autoscaling
+from kiln.errors import InvalidRequest
+
+# Containers one function may keep warm (min + buffer). A bound, not a policy: one request must
+# not make the server start millions of containers in one pass of its loop.
+MAX_WARM_CONTAINERS = 1000
 
 
 @dataclass(frozen=True)
@@ -15,6 +20,21 @@ class Load:
     running: int  # inputs being run by containers that keep serving
     containers: int  # containers alive or starting that keep serving
     stopping: int = 0  # containers told to stop that have not exited yet
+
+
+def check_settings(settings: Autoscaling) -> None:
+    """Refuse settings no machine can honour (a number of warm containers past any sense)."""
+    for name in ("min_containers", "buffer_containers", "max_containers"):
+        value = getattr(settings, name)
+        if value is not None and value < 0:
+            raise InvalidRequest(f"{name}={value} must not be negative")
+    if settings.min_containers + settings.buffer_containers > MAX_WARM_CONTAINERS:
+        raise InvalidRequest(
+            f"min_containers={settings.min_containers} and buffer_containers={settings.buffer_containers} "
+            f"ask for more than {MAX_WARM_CONTAINERS} warm containers; lower them"
+        )
+    if not 0 <= settings.scaledown_window <= 7 * 86400:
+        raise InvalidRequest(f"scaledown_window={settings.scaledown_window} must be between 0 s and 7 days")
 
 
 def desired_containers(

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.auth import SignedUrls
 from kiln.config import Config
 from kiln.core import gpus
 from kiln.core.apps import App, Apps, AppState
+from kiln.core.autoscaler import check_settings
 from kiln.core.calls import Calls, DataChunk, FunctionCall, Input, Invocation, Output
 from kiln.core.frontend import Frontend
 from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord
@@ -36,7 +39,7 @@ from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
 from kiln.storage.proxy_tokens import ProxyTokens
 from kiln.storage.queues import Queues
-from kiln.storage.secrets import Secrets
+from kiln.storage.secrets import EPHEMERAL, Secrets
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, LogBuffer
 
@@ -82,6 +85,8 @@ class Core:
             max_item_bytes=config.queue_max_item_bytes,
         )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
+        # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
+        self.signed_urls = SignedUrls(secrets.token_bytes(32), "")
         self._journal = Journal(state)
         self._logs = LogFiles(logs_dir or config.logs_dir)
         self._placer = placer or Placer()
@@ -108,6 +113,8 @@ class Core:
     def start(self) -> None:
         """Bring back what the journal holds, then start scheduling and upkeep."""
         started = time.monotonic()
+        # Secrets made outside any app belonged to clients of an earlier server run.
+        self.secrets.remove_owned_by(EPHEMERAL)
         apps, calls = self.restore()
         self._scheduler.start()
         self._upkeep = asyncio.ensure_future(self._maintain())
@@ -408,6 +415,7 @@ class Core:
         self._journal.save_app(app)
         self.dicts.forget_app(app.app_id)  # the objects it owned go with it
         self.queues.forget_app(app.app_id)
+        self.secrets.remove_owned_by(app.app_id)
         self.app_logs(app.app_id).close()
         self._logs.close(app.app_id)
 
@@ -438,6 +446,7 @@ class Core:
     def register_function(self, function: FunctionDef, meta: bytes = b"") -> None:
         """Make a function callable (written ahead: it survives a restart). A GPU this machine
         lacks is accepted here — Modal accepts the declaration — and refused when it is called."""
+        check_settings(function.autoscaling)
         record = FunctionRecord(
             function.function_id, function.app_id, function.frontend, function.definition, meta
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kiln.containers import ContainerHandle
-from kiln.core.autoscaler import Load, containers_to_start, containers_to_stop, timed_out
+from kiln.core.autoscaler import Load, check_settings, containers_to_start, containers_to_stop, timed_out
 from kiln.core.calls import Calls, Input
 from kiln.core.functions import Autoscaling, FunctionDef
 from kiln.core.placement import Placement, Placer
@@ -106,6 +106,7 @@ class Pool:
 
     def override(self, changes: dict[str, Any]) -> Autoscaling:
         """Change autoscaler settings until the function is defined again (its next deploy)."""
+        check_settings(dataclasses.replace(self.settings, **changes))
         self.overrides.update(changes)
         self.reconcile()
         return self.settings

@@ -1,6 +1,9 @@
 """Secrets: named or anonymous sets of environment variables, scoped by environment.
 
-The room frontends call for secrets; its rows live in the state store's `secrets` table.
+The room frontends call for secrets; its rows live in the state store's `secrets` table (0600,
+under a 0700 KILN_HOME). An anonymous secret has an owner: the app it was made for (removed when
+that app stops) or, made outside any app, EPHEMERAL (removed at the server's next start, as a
+client's ephemeral objects do not outlive it). Values never go to a log.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from kiln.ids import new_id
 from kiln.storage.state import StateStore
 
 _KIND = "secrets"
+EPHEMERAL = "*"  # the owner of an anonymous secret made outside any app
 
 
 @dataclass(frozen=True)
@@ -28,20 +32,30 @@ class Secrets:
     def __init__(self, state: StateStore) -> None:
         self.state = state
 
-    def create(self, env: dict[str, str], name: str = "", environment: str = "") -> Secret:
-        """A new secret (named: it becomes what `name` refers to in `environment`)."""
+    def create(self, env: dict[str, str], name: str = "", environment: str = "", owner: str = "") -> Secret:
+        """A new secret (named: it becomes what `name` refers to in `environment`; anonymous:
+        `owner` is the app it goes away with, or EPHEMERAL)."""
         for key in env:
             if not key or "=" in key or "\0" in key:
-                raise InvalidRequest(f"secret key {key!r} is not a valid environment variable name")
+                raise InvalidRequest(f"secret key {key[:100]!r} is not a valid environment variable name")
         secret = Secret(new_id("st"), dict(env), time.time(), name, environment if name else "")
-        self.state.put(
-            _KIND,
-            secret.secret_id,
-            {"env": secret.env, "created_at": secret.created_at},
-            name=name or None,
-            namespace=secret.environment,
-        )
+        with self.state.transaction():
+            self.state.put(
+                _KIND,
+                secret.secret_id,
+                {"env": secret.env, "created_at": secret.created_at},
+                name=name or None,
+                namespace=secret.environment,
+            )
+            if owner and not name:
+                self.state.execute(f"UPDATE {_KIND} SET owner = ? WHERE id = ?", (owner, secret.secret_id))
         return secret
+
+    def remove_owned_by(self, owner: str) -> int:
+        """Remove the anonymous secrets of an app that stopped (or, EPHEMERAL, of gone clients)."""
+        count = len(self.state.query(f"SELECT id FROM {_KIND} WHERE owner = ?", (owner,)))
+        self.state.execute(f"DELETE FROM {_KIND} WHERE owner = ?", (owner,))
+        return count
 
     def lookup(self, name: str, environment: str = "") -> Secret | None:
         found = self.state.find(_KIND, name, environment)

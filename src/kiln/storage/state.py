@@ -142,6 +142,13 @@ def _v6_dicts_and_queues(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+def _v7_secret_owners(db: sqlite3.Connection) -> None:
+    """Anonymous secrets record who owns them ('' lasting, an app ID, or '*' for a client's
+    ephemeral one), so they are removed with their app instead of piling up."""
+    db.execute("ALTER TABLE secrets ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX secrets_by_owner ON secrets (owner)")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -150,6 +157,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v4_schedules,
     _v5_proxy_tokens,
     _v6_dicts_and_queues,
+    _v7_secret_owners,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -38,13 +38,13 @@ class AppHandlers:
         )
 
     def _url(self, app: App) -> str:
-        return f"{self.core.http_url}/apps/{app.app_id}"
+        return self.core.signed_urls.app_page(app.app_id)
 
     async def AppCreate(self, req: api_pb2.AppCreateRequest, ctx: CallContext) -> api_pb2.AppCreateResponse:
         state = AppState(req.app_state) if req.app_state else AppState.EPHEMERAL
         app = self.core.create_app(req.description, state, req.environment_name)
         url = self._url(app)
-        return api_pb2.AppCreateResponse(app_id=app.app_id, app_page_url=url, app_logs_url=url + "/logs")
+        return api_pb2.AppCreateResponse(app_id=app.app_id, app_page_url=url, app_logs_url=url)
 
     async def AppHeartbeat(self, req: api_pb2.AppHeartbeatRequest, ctx: CallContext) -> object:
         self.core.heartbeat(req.app_id)

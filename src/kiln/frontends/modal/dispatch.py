@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,14 @@ from modal_proto import api_pb2
 from kiln import errors
 
 log = logging.getLogger("kiln.modal")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+# An error message travels in a gRPC header, whose encoding is slow for long values: a 300 KB
+# message blocked the loop for seconds. Messages name the fix in far less.
+MAX_ERROR_MESSAGE = 4000
+MAX_ID_LENGTH = 64  # kiln's IDs are 25 characters; Modal's are shorter than this too
+MAX_NAME_LENGTH = 256  # the client allows 64 for object, app and environment names
+
 
 SERVICE = api_pb2.DESCRIPTOR.services_by_name["ModalClient"]
 _STATUS_OF = {
@@ -42,7 +51,12 @@ class AlreadyExists(errors.InvalidRequest):
     """Maps to ALREADY_EXISTS (the client raises AlreadyExistsError)."""
 
 
+class TooLarge(errors.InvalidRequest):
+    """Maps to RESOURCE_EXHAUSTED: a payload over one of the server's limits."""
+
+
 _STATUS_OF[AlreadyExists] = GrpcStatus.ALREADY_EXISTS
+_STATUS_OF[TooLarge] = GrpcStatus.RESOURCE_EXHAUSTED
 
 
 @dataclass
@@ -53,19 +67,28 @@ class CallContext:
     task_id: str = ""
 
 
+# Sees a decoded request (RPC name, request, caller) before its handler; raises GRPCError to refuse.
+Guard = Callable[[str, Any, CallContext], None]
+
+
 def _message_class(descriptor: Any) -> Any:
     return symbol_database.Default().GetSymbol(descriptor.full_name)
 
 
 def build_mapping(
-    handlers: list[object], ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext]
+    handlers: list[object],
+    ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext],
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    guard: Guard | None = None,
 ) -> dict[str, grpclib.const.Handler]:
-    """The grpclib mapping for every method of the service, served by `handlers`."""
+    """The grpclib mapping for every method of the service, served by `handlers`. `ctx_factory`
+    says who calls (and refuses a caller with a GRPCError before anything is read); `guard`, if
+    any, sees each decoded request before its handler and may refuse it."""
     mapping = {}
     for method in _methods():
         impl = next((i for i in (getattr(h, method.name, None) for h in handlers) if i is not None), None)
         mapping[method.path] = grpclib.const.Handler(
-            _wrap(method.name, impl, method.server_streaming, ctx_factory),
+            _wrap(method, impl, ctx_factory, max_message_bytes, guard),
             method.cardinality,
             method.request,
             method.response,
@@ -105,18 +128,28 @@ def _methods() -> tuple[_Method, ...]:
     )
 
 
-def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], CallContext]) -> Any:
+def _wrap(
+    method: _Method,
+    impl: Any,
+    ctx_factory: Callable[[Any], CallContext],
+    max_message_bytes: int,
+    guard: Guard | None,
+) -> Any:
+    name = method.name
+
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        ctx = ctx_factory(stream)
         if impl is None:
             raise GRPCError(
                 GrpcStatus.UNIMPLEMENTED,
                 f"kiln does not implement {name} yet, so the client feature that uses it is not available "
                 "on this server.",
             )
-        request = await stream.recv_message()
-        ctx = ctx_factory(stream)
+        request = await receive(stream, method.request, name, max_message_bytes)
+        if guard is not None:
+            guard(name, request, ctx)
         try:
-            if streaming:
+            if method.server_streaming:
                 responses: AsyncIterator[Any] = impl(request, ctx)
                 async for response in responses:
                     await stream.send_message(response)
@@ -129,18 +162,86 @@ def _wrap(name: str, impl: Any, streaming: bool, ctx_factory: Callable[[Any], Ca
                     (s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)),
                     GrpcStatus.FAILED_PRECONDITION,
                 )
-            raise GRPCError(status, str(exc)) from exc
-        except GRPCError:
-            raise
+            raise GRPCError(status, bounded(str(exc))) from exc
+        except GRPCError as exc:
+            raise GRPCError(exc.status, bounded(exc.message or ""), exc.details) from exc
         except Exception as exc:
-            log.exception("%s failed", name)
+            log.error("%s failed (a kiln bug):\n%s", name, _traceback(exc))
             # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
             raise GRPCError(
                 GrpcStatus.FAILED_PRECONDITION,
-                f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)",
+                bounded(f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)"),
             ) from exc
 
     return handle
+
+
+def _traceback(exc: BaseException) -> str:
+    """A bug's traceback for the log, each line cut short: exceptions may quote request data."""
+    lines = "".join(traceback.format_exception(exc)).splitlines()
+    return "\n".join(bounded(line, 300) for line in lines[-60:])
+
+
+def bounded(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """`message`, cut to `limit` characters (saying so)."""
+    if len(message) <= limit:
+        return message
+    return message[: limit - 20] + " … (message cut)"
+
+
+async def receive(
+    stream: grpclib.server.Stream[Any, Any], message_type: Any, name: str, max_bytes: int
+) -> Any:
+    """The request message, read with bounds: grpclib has no message-size limit, so the length
+    prefix is read first (from its protocol stream) and a message over `max_bytes` is refused before
+    its body is read; bytes that do not decode are INVALID_ARGUMENT, never a traceback."""
+    raw = stream._stream  # grpclib.protocol.Stream
+    try:
+        prefix = await raw.recv_data(5)
+        if len(prefix) != 5:
+            raise GRPCError(GrpcStatus.INVALID_ARGUMENT, f"{name}: the request has no message")
+        if prefix[0]:
+            raise GRPCError(GrpcStatus.INVALID_ARGUMENT, f"{name}: kiln does not accept compressed messages")
+        length = int.from_bytes(prefix[1:], "big")
+        if length > max_bytes:
+            raise GRPCError(
+                GrpcStatus.RESOURCE_EXHAUSTED,
+                f"{name}: the request is {length} bytes, over this server's limit of {max_bytes} "
+                "(KILN_MAX_MESSAGE_MB); send large payloads as blobs, as the client does",
+            )
+        data = await raw.recv_data(length)
+    except AssertionError:  # grpclib: the stream ended before the announced length
+        raise GRPCError(GrpcStatus.INVALID_ARGUMENT, f"{name}: the request message was cut short") from None
+    if len(data) != length:
+        raise GRPCError(GrpcStatus.INVALID_ARGUMENT, f"{name}: the request message was cut short")
+    try:
+        request = message_type.FromString(data)
+    except Exception:  # DecodeError, RecursionError, …: what the bytes say is not worth a log line
+        raise GRPCError(
+            GrpcStatus.INVALID_ARGUMENT,
+            f"{name}: the request is not a valid {message_type.DESCRIPTOR.full_name} message",
+        ) from None
+    _check_ids(request, name)
+    return request
+
+
+def _check_ids(request: Any, name: str) -> None:
+    """Refuse over-long IDs and names up front, before any handler looks them up or quotes them."""
+    for descriptor, value in request.ListFields():
+        if descriptor.type != descriptor.TYPE_STRING:
+            continue
+        if descriptor.name.endswith(("_id", "_ids")):
+            limit, what = MAX_ID_LENGTH, "so it is no ID of this server"
+        elif descriptor.name == "name" or descriptor.name.endswith("_name"):
+            limit, what = MAX_NAME_LENGTH, "while names are at most 64"
+        else:
+            continue
+        values = value if descriptor.is_repeated else [value]
+        if any(len(v) > limit for v in values):
+            raise GRPCError(
+                GrpcStatus.INVALID_ARGUMENT,
+                f"{name}: {descriptor.name} is longer than {limit} characters, {what}",
+            )
 
 
 def empty() -> object:

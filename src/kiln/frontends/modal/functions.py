@@ -52,6 +52,8 @@ class FunctionHandlers:
             # `gpu=["h100", "a100"]`: the first choice this machine can serve, else the first
             # (whose GPU request register_function then explains or falls back from).
             ranked = [r.function for r in sorted(req.function_data.ranked_functions, key=lambda r: r.rank)]
+            if not ranked:
+                raise InvalidRequest("FunctionCreate: function_data has no ranked_functions")
             servable = (f for f in ranked if self.core.gpu_servable(_resources(f.resources)))
             function = api_pb2.Function()
             function.CopyFrom(next(servable, ranked[0]))

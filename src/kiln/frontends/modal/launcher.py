@@ -26,6 +26,7 @@ from kiln.errors import ContainerStartError
 from kiln.frontends.modal.client_deps import IMAGE_BUILDER_VERSION, ClientDeps
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 from kiln.frontends.modal.registry import Registry
+from kiln.frontends.modal.scope import ContainerScope
 from kiln.images.pythons import find_host_pythons
 from kiln.staging import process_dir
 
@@ -95,7 +96,11 @@ class ModalLauncher:
             serialized_params=modal_function.serialized_params,
         )
         (task_dir / "arguments.bin").write_bytes(arguments.SerializeToString())
-        server = grpclib.server.Server([Service(build_mapping(self.handlers, _context_for(task.task_id)))])
+        scope = ContainerScope(core, task.task_id, task.function.function_id, app.app_id, app.environment)
+        mapping = build_mapping(
+            self.handlers, _context_for(task.task_id), core.config.max_message_bytes, scope.check
+        )
+        server = grpclib.server.Server([Service(mapping)])
         await server.start(path=str(task_dir / "modal.sock"))
         if self.runtime.ids is not None:
             self.runtime.ids.own(task_dir, task_dir / "modal.sock")

@@ -11,9 +11,10 @@ from modal_proto import api_pb2
 
 from kiln.core.core import Core
 from kiln.errors import NotFound
-from kiln.frontends.modal.dispatch import AlreadyExists, CallContext
+from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, TooLarge
 from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
+from kiln.storage.secrets import EPHEMERAL
 
 MODAL_VERSION = importlib.metadata.version("modal")
 CLIENT_MOUNT_NAME = f"modal-client-mount-{MODAL_VERSION}"
@@ -30,8 +31,15 @@ class ObjectHandlers:
     async def BlobCreate(
         self, req: api_pb2.BlobCreateRequest, ctx: CallContext
     ) -> api_pb2.BlobCreateResponse:
+        limit = self.core.config.max_blob_bytes
+        if req.content_length > limit:
+            raise TooLarge(
+                f"this upload is {req.content_length} bytes; the largest blob this kiln server accepts is "
+                f"{limit} bytes (KILN_MAX_BLOB_GB)"
+            )
         blob_id = self.core.blobs.new_blob_id()
-        url = f"{self.core.http_url}/blobs/{blob_id}"
+        # The URL allows the size the client announced (the client always sends it).
+        url = self.core.signed_urls.upload(blob_id, req.content_length if req.content_length > 0 else limit)
         return api_pb2.BlobCreateResponse(
             blob_id=blob_id,
             upload_url=url,
@@ -42,7 +50,7 @@ class ObjectHandlers:
     async def BlobGet(self, req: api_pb2.BlobGetRequest, ctx: CallContext) -> api_pb2.BlobGetResponse:
         if not self.core.blobs.blob_path(req.blob_id).exists():
             raise NotFound(f"blob {req.blob_id} not found")
-        return api_pb2.BlobGetResponse(download_url=f"{self.core.http_url}/blobs/{req.blob_id}")
+        return api_pb2.BlobGetResponse(download_url=self.core.signed_urls.download(req.blob_id))
 
     # -- mounts --------------------------------------------------------------------------------
 
@@ -140,7 +148,12 @@ class ObjectHandlers:
                 and secrets.lookup(name, env) is not None
             ):
                 raise AlreadyExists(f"Secret {name!r} already exists")
-            secret = secrets.create(dict(req.env_dict), name, env)
+            owner = ""
+            if not name and creation == api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP:
+                owner = self.core.app(req.app_id).app_id  # NOT_FOUND for an app that does not exist
+            elif not name:
+                owner = EPHEMERAL
+            secret = secrets.create(dict(req.env_dict), name, env, owner)
         return api_pb2.SecretGetOrCreateResponse(
             secret_id=secret.secret_id,
             metadata=api_pb2.SecretMetadata(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
 from modal_proto import api_pb2
 
+from kiln.auth import Credentials
 from kiln.containers import Runtime
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
@@ -58,9 +62,12 @@ class ModalFrontend:
     def launcher(self) -> ModalLauncher:
         return self._launcher
 
-    def service(self) -> Service:
-        """The service for users' clients (containers get their own, per task)."""
-        return Service(build_mapping(self.handlers, _user_context))
+    def service(self, credentials: Credentials) -> Service:
+        """The service for users' clients, who must present `credentials`' token pair
+        (containers get their own service, per task, on their own socket)."""
+        return Service(
+            build_mapping(self.handlers, _user_context(credentials), self.core.config.max_message_bytes)
+        )
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
         function = api_pb2.Function.FromString(record.definition)
@@ -75,7 +82,20 @@ class ModalFrontend:
         await self._launcher.shutdown()
 
 
-def _user_context(stream: Any) -> CallContext:
-    """A user's client; its metadata carries its version (and, later, its credentials)."""
-    metadata = stream.metadata or {}
-    return CallContext(metadata={str(k): str(v) for k, v in metadata.items()})
+def _user_context(credentials: Credentials) -> Callable[[Any], CallContext]:
+    """A user's client: its metadata carries its version and its token pair, which must be this
+    server's. ClientHello too: `modal token set` and `Client.verify` expect a wrong pair to fail
+    there with AuthError (UNAUTHENTICATED), as Modal answers."""
+
+    def context(stream: Any) -> CallContext:
+        metadata = {str(k): str(v) for k, v in (stream.metadata or {}).items()}
+        token_id = metadata.get("x-modal-token-id", "")
+        token_secret = metadata.get("x-modal-token-secret", "")
+        if not credentials.accepts(token_id, token_secret):
+            problem = "carries a wrong token" if token_id or token_secret else "carries no token"
+            raise GRPCError(
+                GrpcStatus.UNAUTHENTICATED, f"This request to kiln {problem}. {credentials.where()}"
+            )
+        return CallContext(metadata=metadata)
+
+    return context

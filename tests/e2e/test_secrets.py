@@ -1,0 +1,45 @@
+"""Secrets stay secret: never in the server's log or the app's logs, and an app's anonymous
+secrets are removed when it stops."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import KilnServer, run_modal
+
+pytestmark = pytest.mark.e2e
+
+
+def _secret_rows(kiln: KilnServer, secret_id: str) -> int:
+    db = sqlite3.connect(kiln.home / "state.sqlite3")
+    try:
+        return int(db.execute("SELECT count(*) FROM secrets WHERE id = ?", (secret_id,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(300)
+def test_an_anonymous_secret_reaches_its_function_only_and_goes_away_with_its_app(kiln: KilnServer) -> None:
+    value = f"kiln-secret-{uuid.uuid4().hex}"
+    result = run_modal(kiln, "run", "secrets_app.py", env={"KILN_TEST_SECRET_VALUE": value}, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"fingerprint={hashlib.sha256(value.encode()).hexdigest()}" in result.stdout, output
+    secret_id = re.search(r"secret_id=(st-\w+)", result.stdout).group(1)  # type: ignore[union-attr]
+
+    deadline = time.monotonic() + 15
+    while _secret_rows(kiln, secret_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _secret_rows(kiln, secret_id) == 0, "the stopped app's anonymous secret is still stored"
+
+    assert value not in kiln.log()
+    for path in (kiln.home / "logs").rglob("*"):
+        if path.is_file():
+            assert value.encode() not in path.read_bytes(), path
+    assert value not in output
