@@ -14,6 +14,7 @@ connected before (it reconnects by itself). Side by side, in the same run:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, RESULTS, arg_parser, emit, median, ms, print_table, start_server, stop_server
+from common import BENCH, RESULTS, arg_parser, median, ms, print_table, start_server, stop_server
 
 APP = "kiln-bench-restart"
 
@@ -64,18 +65,18 @@ def main() -> None:
     print_table(
         "restart → first answered call of a deployed app (ms)", ["kind", "median", "min", "max"], rows
     )
-    emit(
-        {
-            "peer": "kiln",
-            "metrics": {"restart_to_first_call_ms": ms(median(figures["kill -9, restart"]))},
-            "details": {kind: [ms(v) for v in values] for kind, values in figures.items()},
-            "notes": [
-                "includes the server's start, the client's reconnection (its own backoff) and a "
-                "new container's cold start"
-            ],
-        },
-        args.json,
-    )
+    result = {
+        "peer": "kiln",
+        "metrics": {"restart_to_first_call_ms": ms(median(figures["kill -9, restart"]))},
+        "details": {kind: [ms(v) for v in values] for kind, values in figures.items()},
+        "notes": [
+            "includes the server's start, the client's reconnection (its own backoff) and a "
+            "new container's cold start"
+        ],
+    }
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 def _first_answer(function: object, timeout: float = 120) -> None:

@@ -13,6 +13,11 @@ KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the cl
 KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
 KILN_TLS_CERT, KILN_TLS_KEY  serve gRPC and HTTP over TLS with this certificate chain and key
 KILN_INSECURE          `1`: allow a non-loopback KILN_HOST without TLS (with a warning)
+KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict or Queue lives without a heartbeat (default 900:
+                       three missed beats of the Modal client's 300 s heartbeat)
+KILN_QUEUE_MAX_ITEMS   items a Queue partition holds (default 5000, as Modal)
+KILN_QUEUE_MAX_ITEM_BYTES  bytes per Queue item (default 1 MiB, as Modal)
+KILN_DICT_MAX_ENTRY_BYTES  bytes per Dict entry, key and value together (default 100 MiB)
 """
 
 from __future__ import annotations
@@ -57,6 +62,17 @@ class Config:
     tls_cert: str = field(default_factory=lambda: os.environ.get("KILN_TLS_CERT", ""))
     tls_key: str = field(default_factory=lambda: os.environ.get("KILN_TLS_KEY", ""))
     insecure: bool = field(default_factory=lambda: os.environ.get("KILN_INSECURE", "") == "1")
+
+    ephemeral_object_grace: float = field(
+        default_factory=lambda: float(os.environ.get("KILN_EPHEMERAL_OBJECT_GRACE", "900"))
+    )
+    queue_max_items: int = field(default_factory=lambda: int(os.environ.get("KILN_QUEUE_MAX_ITEMS", "5000")))
+    queue_max_item_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_QUEUE_MAX_ITEM_BYTES", str(1024 * 1024)))
+    )
+    dict_max_entry_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("KILN_DICT_MAX_ENTRY_BYTES", str(100 * 1024 * 1024)))
+    )
 
     @property
     def state_db(self) -> Path:

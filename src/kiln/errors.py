@@ -3,6 +3,7 @@
     KilnError
     ├── InvalidRequest       the request itself is wrong (bad argument, bad spec)
     ├── NotFound             a named or identified object does not exist
+    ├── LimitExceeded        a size or count limit is reached (a full queue partition)
     ├── Unsupported          a real feature kiln does not implement (yet)
     ├── ImageBuildError      a build step failed (command, exit code, log tail)
     ├── ContainerStartError  a container could not be started
@@ -23,6 +24,10 @@ class InvalidRequest(KilnError):
 
 class NotFound(KilnError):
     """A named or identified object does not exist."""
+
+
+class LimitExceeded(KilnError):
+    """A limit is reached for now (a full queue partition): retrying later may succeed."""
 
 
 class Unsupported(KilnError):

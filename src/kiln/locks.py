@@ -65,3 +65,15 @@ def exclusive(directory: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def hold_exclusive(path: Path) -> int | None:
+    """Take an exclusive lock on `path` (created if missing) for as long as this process lives,
+    or until the descriptor is closed; None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -20,17 +20,22 @@ from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Layer, check_
 from kiln.core.core import Core
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
+from kiln.gateway.endpoints import Endpoints as WebEndpoints
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.gc import Collector
 from kiln.images.layer_store import LayerStore
 from kiln.images.service import ImageService
+from kiln.locks import hold_exclusive
 from kiln.staging import process_dir
 from kiln.storage.blobs import BlobStore
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
 
 log = logging.getLogger("kiln")
+# grpclib reports every stream its client ends early at INFO; for kiln that is routine (a
+# container stops reading a web request's data_in once it has the body), not news.
+logging.getLogger("grpclib.server").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -52,6 +57,8 @@ class KilnServer:
         self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
         self._http_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
+        self._state_lock: int | None = None
+        self.web: WebEndpoints | None = None
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -67,7 +74,8 @@ class KilnServer:
         # This process's scratch (container upper dirs, build contexts): a killed server's is
         # removed here, at the next start.
         scratch = process_dir(config.run_dir)
-        state = StateStore(config.state_db)
+        state_db, logs_dir = self._state_paths(scratch)
+        state = StateStore(state_db)
         blobs = BlobStore(config.blobs_dir)
         layers = LayerStore(config.layers_dir)
         network_env = host_network_env()
@@ -91,7 +99,7 @@ class KilnServer:
             package_cache=config.package_cache_dir,
             collector=collector,
         )
-        core = Core(config, state, blobs, mounts, ImageService(builder, state))
+        core = Core(config, state, blobs, mounts, ImageService(builder, state), logs_dir=logs_dir)
         self.core = core
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
@@ -99,7 +107,8 @@ class KilnServer:
         scheme = "https" if grpc_tls else "http"
         core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
         core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
-        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env))]
+        self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
+        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web)]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
@@ -117,6 +126,23 @@ class KilnServer:
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
         return self.endpoints
+
+    def _state_paths(self, scratch: Path) -> tuple[Path, Path]:
+        """KILN_HOME's state belongs to one server at a time (two would both restore and run the
+        same calls). A second process on the same home (`kiln run` beside a `kiln server`)
+        shares the content-addressed stores (layers, blobs, mounts) but keeps its own state in
+        its scratch directory, which does not outlive it."""
+        config = self.config
+        self._state_lock = hold_exclusive(config.home / "state.lock")
+        if self._state_lock is not None:
+            return config.state_db, config.logs_dir
+        log.warning(
+            "another kiln process holds the state of %s: this one keeps its apps and calls in %s, "
+            "and forgets them when it stops",
+            config.home,
+            scratch,
+        )
+        return scratch / "state.sqlite3", scratch / "logs"
 
     async def _serve_http(self, core: Core, sock: socket.socket) -> None:
         import uvicorn
@@ -143,6 +169,8 @@ class KilnServer:
             await self.runtime.shutdown()
         for frontend in self.frontends:
             await frontend.shutdown()
+        if self.web is not None:
+            await self.web.shutdown()
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
@@ -154,6 +182,8 @@ class KilnServer:
                 self._http_task.cancel()
         if core is not None:
             core.close()
+        if self._state_lock is not None:
+            os.close(self._state_lock)
 
 
 def _url_host(host: str) -> str:

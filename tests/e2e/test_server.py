@@ -101,3 +101,23 @@ def test_readme_quickstart_runs_the_example_app() -> None:
     second = kiln_run_quickstart()
     assert second.returncode == 0, second.stdout + second.stderr
     assert "=> Step" not in second.stdout + second.stderr, "a second run must build nothing"
+
+
+def test_a_second_server_on_the_same_home_keeps_its_own_state_and_leaves_the_first_ones_alone(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    first = start_server(home, tmp_path / "first.log")
+    try:
+        second = start_server(home, tmp_path / "second.log")
+        try:
+            assert "another kiln process holds the state" in second.log()
+            assert "another kiln process" not in first.log()
+            # Each answers, and neither lists the other's apps.
+            assert run_modal(first, "run", "basics.py::echo", "--x", "1").returncode == 0
+            listed = run_modal(second, "app", "list", "--json")
+            assert listed.returncode == 0 and "kiln-test-basics" not in listed.stdout, listed.stdout
+        finally:
+            stop_server(second)
+    finally:
+        stop_server(first)

@@ -18,6 +18,7 @@ from kiln.core.calls import Invocation
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.core.results import Result, Status
+from kiln.core.schedules import Period, Schedule
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.layer_store import LayerStore
@@ -30,13 +31,17 @@ from kiln.testing import InMemoryRuntime, RuntimeLauncher, settle
 
 @dataclass
 class ToyFrontend:
-    """The smallest real frontend: its functions' definitions are their tags."""
+    """The smallest real frontend: its functions' definitions are their tags, and a meta of
+    `every:N` schedules them every N seconds."""
 
     launcher: RuntimeLauncher
     name: str = "toy"
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
-        return function(record.function_id, record.app_id, record.definition.decode())
+        restored = function(record.function_id, record.app_id, record.definition.decode())
+        if record.meta.startswith(b"every:"):
+            restored.schedule = Schedule(period=Period(seconds=float(record.meta[6:])))
+        return restored
 
     def restore_class(self, class_id: str, app_id: str, meta: bytes) -> None:
         pass
@@ -179,5 +184,76 @@ def test_a_rollback_serves_the_earlier_definition_and_survives_a_restart(tmp_pat
         again, _ = new_core(tmp_path)
         assert again.function("fu-e").tag == "v1"
         await again.shutdown()
+
+    run(main)
+
+
+def test_runtime_autoscaler_changes_survive_a_restart_and_a_new_deploy_clears_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        core, _ = new_core(tmp_path)
+        app = core.create_app("svc", AppState.DEPLOYED, frontend="toy")
+        core.register_function(function("fu-f", app.app_id, "v1"))
+        core.update_autoscaler("fu-f", {"max_containers": 3, "scaledown_window": 7.0})
+        await core.shutdown()
+
+        again, _ = new_core(tmp_path)
+        view = again.autoscaler("fu-f")
+        assert (view.settings.max_containers, view.settings.scaledown_window) == (3, 7.0)
+        again.register_function(function("fu-f", app.app_id, "v2"))  # redeployed
+        assert again.autoscaler("fu-f").overrides == {}
+        await again.shutdown()
+
+        third, _ = new_core(tmp_path)
+        assert third.autoscaler("fu-f").overrides == {}
+        await third.shutdown()
+
+    run(main)
+
+
+def test_a_deployed_schedule_fires_on_time_once_per_period_and_across_a_restart(tmp_path: Path) -> None:
+    def scheduled(app_id: str) -> FunctionDef:
+        return FunctionDef(
+            "fu-s",
+            app_id,
+            "tick",
+            frontend="toy",
+            definition=b"tick",
+            schedule=Schedule(period=Period(seconds=10)),
+        )
+
+    async def main() -> None:
+        core, _ = new_core(tmp_path)
+        app = core.create_app("cron", AppState.DEPLOYED, frontend="toy")
+        core.register_function(scheduled(app.app_id), meta=b"every:10")
+        published = core.publish_app(
+            app.app_id, name="cron", state=AppState.DEPLOYED, function_ids={"tick": "fu-s"}, class_ids={}
+        )
+        (deployment,) = core.app_history(published.app_id)
+        t0 = deployment.deployed_at
+        assert core.fire_due_schedules(t0 + 5) == []
+        (first,) = core.fire_due_schedules(t0 + 10)
+        assert first.invocation == Invocation.ASYNC and first.num_inputs == 1
+        assert core.fire_due_schedules(t0 + 12) == []
+        await core.shutdown()
+
+        again, _ = new_core(tmp_path)
+        assert again.fire_due_schedules(t0 + 15) == []  # its last run is remembered
+        assert len(again.fire_due_schedules(t0 + 20)) == 1
+        await again.shutdown()
+
+    run(main)
+
+
+def test_an_ephemeral_app_does_not_fire_its_schedules(tmp_path: Path) -> None:
+    async def main() -> None:
+        core, _ = new_core(tmp_path)
+        app = core.create_app("run", AppState.EPHEMERAL, frontend="toy")
+        function = FunctionDef(
+            "fu-t", app.app_id, "t", frontend="toy", schedule=Schedule(period=Period(seconds=1))
+        )
+        core.register_function(function)
+        core.publish_app(app.app_id, name="", state=None, function_ids={"t": "fu-t"}, class_ids={})
+        assert core.fire_due_schedules(10**10) == []
+        await core.shutdown()
 
     run(main)

@@ -65,3 +65,27 @@ def test_a_new_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     StateStore(path).close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_version_5_database_gains_dicts_and_queues_with_its_records_kept(tmp_path: Path) -> None:
+    from kiln.storage.dicts import Dicts
+    from kiln.storage.queues import Queues
+    from kiln.storage.state import MIGRATIONS
+
+    path = tmp_path / "state.sqlite3"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:5]:
+        step(db)
+    db.execute("INSERT INTO schedules VALUES ('fu-1', 1.0, 2.0)")
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    state = StateStore(path)
+    assert state.version_found == 5
+    assert state.query("SELECT * FROM schedules") == [("fu-1", 1.0, 2.0)]
+    d, _ = Dicts(state).create("d", "main")
+    q, _ = Queues(state).create("q", "main")
+    assert Dicts(state).put(d.object_id, [(b"k", b"v")])
+    Queues(state).put(q.object_id, [b"item"])
+    assert Queues(state).take(q.object_id) == [b"item"]
+    state.close()

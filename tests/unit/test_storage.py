@@ -183,3 +183,19 @@ def test_anonymous_secrets_go_away_with_their_owner(tmp_path: Path) -> None:
     assert secrets.get(mine.secret_id) is None
     assert secrets.get(other.secret_id) is not None and secrets.get(named.secret_id) is not None
     assert secrets.remove_owned_by(EPHEMERAL) == 1 and secrets.get(loose.secret_id) is None
+
+
+def test_an_app_log_file_past_its_limit_keeps_its_newest_entries(tmp_path: Path) -> None:
+    from kiln.storage.logs import LogFiles
+    from kiln.streams import LogEntry
+
+    logs = LogFiles(tmp_path / "logs", max_bytes=20_000)
+    for n in range(1, 1001):
+        logs.append("ap-1", LogEntry(n, f"line {n}\n", 1, float(n)))
+    logs.close()
+    path = tmp_path / "logs" / "ap-1.jsonl"
+    assert path.stat().st_size <= 20_000
+    entries = LogFiles(tmp_path / "logs").read("ap-1")
+    assert entries[-1].entry_id == 1000
+    ids = [e.entry_id for e in entries]
+    assert ids == list(range(ids[0], 1001))  # contiguous: no entry cut in half survives

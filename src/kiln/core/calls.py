@@ -92,6 +92,7 @@ class FunctionCall:
     num_inputs: int = 0
     cancelled: bool = False
     data_out: list[DataChunk] = field(default_factory=list)
+    data_in: list[DataChunk] = field(default_factory=list)  # a web request's messages, in order
     changed: Changed = field(default_factory=Changed)
     created_at: float = field(default_factory=time.time)
     by_idx: dict[int, str] = field(default_factory=dict)  # idx → input ID: a re-sent input is not doubled
@@ -415,6 +416,15 @@ class Calls:
             if data_out[at].index != chunk.index:  # a redelivered index is dropped
                 data_out.insert(at, chunk)
         call.changed.notify()
+
+    def put_data_in(self, call: FunctionCall, data_format: int, messages: list[bytes]) -> None:
+        """Append messages to the call's input stream (numbered from 1, as the client expects)."""
+        start = len(call.data_in) + 1
+        call.data_in.extend(DataChunk(start + n, data_format, data) for n, data in enumerate(messages))
+        call.changed.notify()
+
+    def data_in_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
+        return call.data_in[max(0, last_index) :]
 
     def data_out_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
         """The call's data chunks with an index past `last_index`."""

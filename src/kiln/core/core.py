@@ -1,9 +1,9 @@
 """The core's facade: what frontends, the gateway and the CLI may ask of apps, functions, calls
 and containers. They call these methods; the state behind them stays private.
 
-Storage rooms (`blobs`, `mounts`, `images`, `secrets`) are public: each is an API of its own.
-Everything a user creates is written to the journal before it is acknowledged, and `restore()`
-brings it back when a server starts on the same KILN_HOME.
+Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`) are public: each is an
+API of its own. Everything a user creates is written to the journal before it is acknowledged,
+and `restore()` brings it back when a server starts on the same KILN_HOME.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln.auth import SignedUrls
@@ -28,12 +29,16 @@ from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
 from kiln.core.results import Result, Status
-from kiln.errors import InvalidRequest, NotFound
+from kiln.core.schedules import next_run
+from kiln.errors import InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
+from kiln.storage.dicts import Dicts
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
+from kiln.storage.proxy_tokens import ProxyTokens
+from kiln.storage.queues import Queues
 from kiln.storage.secrets import EPHEMERAL, Secrets
 from kiln.storage.state import StateStore
 from kiln.streams import INFO, LogBuffer
@@ -43,6 +48,7 @@ log = logging.getLogger("kiln")
 _KEEP_RUNNING = {AppState.DEPLOYED, AppState.DETACHED}
 _RESTORED_LOG_ENTRIES = 10_000
 _EXPIRY_INTERVAL = 3600.0  # seconds between sweeps of expired results
+_DONE = FunctionCall("", "", "", Invocation.ASYNC, False)  # stands for a call already released
 
 
 @dataclass(frozen=True)
@@ -61,17 +67,28 @@ class Core:
         mounts: MountStore,
         images: ImageService,
         placer: Placer | None = None,
+        logs_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.blobs = blobs
         self.mounts = mounts
         self.images = images
         self.secrets = Secrets(state)
+        self.proxy_tokens = ProxyTokens(state)
+        self.dicts = Dicts(
+            state, ephemeral_grace=config.ephemeral_object_grace, max_entry_bytes=config.dict_max_entry_bytes
+        )
+        self.queues = Queues(
+            state,
+            ephemeral_grace=config.ephemeral_object_grace,
+            max_partition_items=config.queue_max_items,
+            max_item_bytes=config.queue_max_item_bytes,
+        )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
         self.signed_urls = SignedUrls(secrets.token_bytes(32), "")
         self._journal = Journal(state)
-        self._logs = LogFiles(config.logs_dir)
+        self._logs = LogFiles(logs_dir or config.logs_dir)
         self._placer = placer or Placer()
         self._apps = Apps()
         self._calls = Calls(log=self._journal)
@@ -81,6 +98,9 @@ class Core:
         self._functions: dict[str, FunctionDef] = {}
         self._frontends: dict[str, Frontend] = {}
         self._upkeep: asyncio.Task[None] | None = None
+        self._schedule_loop: asyncio.Task[None] | None = None
+        self._schedules: dict[str, tuple[float, float]] = {}  # function → (anchor, next run)
+        self._scheduled_calls: set[str] = set()  # fired, not yet finished
         self._last_expiry = 0.0
 
     # --- life of the server
@@ -98,6 +118,7 @@ class Core:
         apps, calls = self.restore()
         self._scheduler.start()
         self._upkeep = asyncio.ensure_future(self._maintain())
+        self._schedule_loop = asyncio.ensure_future(self._run_schedules())
         if apps or calls:
             log.info(
                 "restored %d running apps and %d unfinished calls in %.0f ms",
@@ -113,6 +134,9 @@ class Core:
         self._journal.end_unfinished_tasks("the kiln server stopped")
         for app in self._journal.load_apps():
             self._apps.add(app)
+            if app.state == AppState.STOPPING:  # the server died while stopping it
+                app.state, app.stopped_at = AppState.STOPPED, time.time()
+                self._journal.save_app(app)
             if not app.running:
                 continue
             frontend = self._frontends.get(app.frontend)
@@ -149,8 +173,53 @@ class Core:
             try:
                 await self.stop_orphaned_apps(time.monotonic())
                 self._expire_results(time.time())
+                self.dicts.expire()  # ephemeral dicts and queues whose client stopped beating,
+                self.queues.expire()  # queue partitions past their time to live
             except Exception:
                 log.exception("app upkeep failed")
+
+    async def _run_schedules(self, interval: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.fire_due_schedules(time.time())
+            except Exception:
+                log.exception("running schedules failed")
+
+    def fire_due_schedules(self, now: float) -> list[FunctionCall]:
+        """Start a call (no arguments) of every scheduled function of a deployed app whose time
+        has come; returns the calls started. Written ahead like any call."""
+        for call_id in [c for c in self._scheduled_calls if not self._calls.calls.get(c, _DONE).unfinished]:
+            self._scheduled_calls.discard(call_id)
+            self._calls.release(call_id)  # nobody waits for a scheduled call: the journal keeps it
+        started = []
+        for function in list(self._functions.values()):
+            schedule = function.schedule
+            app = self._apps.apps.get(function.app_id)
+            if schedule is None or app is None or app.state != AppState.DEPLOYED:
+                continue
+            if function.function_id not in app.function_ids.values():
+                continue  # a variant, or a function the current deployment dropped
+            anchor, due = self._schedules.get(function.function_id) or self._first_due(function, now)
+            if due <= now:
+                try:
+                    call = self.start_call(function.function_id, Invocation.ASYNC, is_map=False)
+                    self._calls.put_inputs(call, [(0, function.scheduled_input, "", False)])
+                    self._scheduled_calls.add(call.call_id)
+                    started.append(call)
+                except KilnError as exc:
+                    self.app_logs(app.app_id).append(
+                        f"kiln: the scheduled run of {function.tag} failed: {exc}\n", INFO
+                    )
+                self._journal.schedule_ran(function.function_id, due)
+                due = next_run(schedule, anchor, max(due, now))  # no catching up on missed runs
+            self._schedules[function.function_id] = (anchor, due)
+        return started
+
+    def _first_due(self, function: FunctionDef, now: float) -> tuple[float, float]:
+        assert function.schedule is not None
+        anchor, last_run = self._journal.schedule_times(function.function_id) or (now, 0.0)
+        return anchor, next_run(function.schedule, anchor, max(last_run, now))
 
     def _expire_results(self, now: float) -> None:
         if now - self._last_expiry < _EXPIRY_INTERVAL:
@@ -178,8 +247,9 @@ class Core:
     async def shutdown(self) -> None:
         """Stop scheduling and kill every container. Inputs they held stay unfinished in the
         journal: the next server on this KILN_HOME runs them again."""
-        if self._upkeep is not None:
-            self._upkeep.cancel()
+        for loop in (self._upkeep, self._schedule_loop):
+            if loop is not None:
+                loop.cancel()
         await self._scheduler.shutdown()
         self._logs.close()
 
@@ -279,6 +349,11 @@ class Core:
             commit_info=commit_info,
         )
         self._journal.add_deployment(deployment)
+        for function_id in wanted:  # a deploy restarts periods (cron schedules keep their times)
+            function = self._functions.get(function_id)
+            if function is not None and function.schedule is not None:
+                self._journal.schedule_deployed(function_id, deployment.deployed_at)
+                self._schedules.pop(function_id, None)
         return deployment
 
     def app_history(self, app_id: str) -> list[Deployment]:
@@ -339,6 +414,8 @@ class Core:
         app.stopped_at = time.time()
         self._journal.save_app(app)
         self.secrets.remove_owned_by(app.app_id)
+        self.dicts.forget_app(app.app_id)  # the objects it owned go with it
+        self.queues.forget_app(app.app_id)
         self.app_logs(app.app_id).close()
         self._logs.close(app.app_id)
 
@@ -379,13 +456,19 @@ class Core:
         self._journal.save_class(class_id, app_id, frontend, meta)
 
     def _register(self, function: FunctionDef, record: FunctionRecord, write: bool = True) -> None:
+        if function.schedule is not None:
+            function.schedule.check()
         if function.resources.gpu_type:
             gpus.validate(function.resources.gpu_type, function.resources.gpu_count or 1)
             self._fit_to_gpus(function)
         if write:
             self._journal.save_function(record)
         self._functions[function.function_id] = function
-        self._scheduler.register(function)
+        pool = self._scheduler.register(function)
+        if write:
+            self._journal.save_overrides(function.function_id, pool.overrides)  # a new deploy clears them
+        else:  # restored: as the user last left them
+            pool.override(self._journal.overrides(function.function_id))
 
     def _fit_to_gpus(self, function: FunctionDef) -> None:
         """Never more containers than there are GPUs for them; with the CPU fallback, a GPU
@@ -431,7 +514,10 @@ class Core:
         return AutoscalerView(pool.settings, pool.function.autoscaling, dict(pool.overrides))
 
     def update_autoscaler(self, function_id: str, changes: dict[str, Any]) -> Autoscaling:
-        return self._pool(function_id).override(changes)
+        pool = self._pool(function_id)
+        settings = pool.override(changes)
+        self._journal.save_overrides(function_id, pool.overrides)
+        return settings
 
     def _pool(self, function_id: str) -> Pool:
         pool = self._scheduler.pools.get(function_id)
@@ -473,9 +559,9 @@ class Core:
             stored = self._journal.load_call(call_id)
             if stored is None:
                 raise NotFound(f"Function call {call_id} not found (its results may have expired)")
+            # Every call with unfinished inputs was restored at start: this one is finished.
             call = stored.call
-            if not stored.pending:
-                self._calls.restore(call, [])
+            self._calls.restore(call, [])
         return call
 
     async def wait_outputs(
@@ -497,13 +583,18 @@ class Core:
     def data_out_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
         return self._calls.data_out_after(call, last_index)
 
+    def put_data_in(self, call: FunctionCall, data_format: int, messages: list[bytes]) -> None:
+        """Stream messages to the container running the call (a web request's body, say)."""
+        self._calls.put_data_in(call, data_format, messages)
+
+    def data_in_after(self, call: FunctionCall, last_index: int) -> list[DataChunk]:
+        return self._calls.data_in_after(call, last_index)
+
     # --- containers (what a container asks for, by its task ID)
 
     def task(self, task_id: str) -> Task:
-        task = self._scheduler.task(task_id) if task_id else None
-        if task is None:
-            raise InvalidRequest("this RPC is only for kiln's containers")
-        return task
+        """The running container `task_id` (only kiln's containers have one)."""
+        return self._found(task_id)[1]
 
     def tasks(self, app_id: str = "") -> list[Task]:
         """Running containers (of one app, or all)."""

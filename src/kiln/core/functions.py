@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kiln.core.schedules import Schedule
+
 
 @dataclass
 class Autoscaling:
@@ -67,6 +69,8 @@ class FunctionDef:
     resources: Resources = field(default_factory=Resources)
     definition: bytes = b""
     frontend: str = "modal"  # whose containers these are: that frontend's launcher boots them
+    schedule: Schedule | None = None  # runs by itself while its app is deployed
+    scheduled_input: bytes = b""  # the frontend's encoding of a call with no arguments
 
 
 @dataclass(frozen=True)

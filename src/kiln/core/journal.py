@@ -158,10 +158,22 @@ class Journal:
 
     def save_function(self, record: FunctionRecord) -> None:
         self.state.execute(
-            "INSERT OR REPLACE INTO functions (function_id, app_id, frontend, definition, meta, created_at) "
-            "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
+            "INSERT INTO functions (function_id, app_id, frontend, definition, meta, created_at) "
+            "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now')) ON CONFLICT(function_id) DO UPDATE SET "
+            "app_id=excluded.app_id, frontend=excluded.frontend, definition=excluded.definition, "
+            "meta=excluded.meta",
             (record.function_id, record.app_id, record.frontend, record.definition, record.meta),
         )
+
+    def save_overrides(self, function_id: str, overrides: dict[str, Any]) -> None:
+        """Runtime autoscaler changes (`Function.update_autoscaler`), kept until a new deploy."""
+        self.state.execute(
+            "UPDATE functions SET overrides = ? WHERE function_id = ?", (json.dumps(overrides), function_id)
+        )
+
+    def overrides(self, function_id: str) -> dict[str, Any]:
+        rows = self.state.query("SELECT overrides FROM functions WHERE function_id = ?", (function_id,))
+        return dict(json.loads(rows[0][0])) if rows else {}
 
     def functions_of(self, app_id: str) -> list[FunctionRecord]:
         rows = self.state.query(
@@ -276,6 +288,26 @@ class Journal:
     def unfinished_call_ids(self) -> list[str]:
         rows = self.state.query("SELECT call_id FROM inputs GROUP BY call_id ORDER BY min(rowid)")
         return [r[0] for r in rows]
+
+    # --- schedules
+
+    def schedule_deployed(self, function_id: str, anchor: float) -> None:
+        """A deploy restarts the function's period (its last run is kept)."""
+        self.state.execute(
+            "INSERT INTO schedules (function_id, anchor, last_run) VALUES (?, ?, 0) "
+            "ON CONFLICT(function_id) DO UPDATE SET anchor = excluded.anchor",
+            (function_id, anchor),
+        )
+
+    def schedule_ran(self, function_id: str, when: float) -> None:
+        self.state.execute("UPDATE schedules SET last_run = ? WHERE function_id = ?", (when, function_id))
+
+    def schedule_times(self, function_id: str) -> tuple[float, float] | None:
+        """(anchor, last run) of a scheduled function."""
+        rows = self.state.query(
+            "SELECT anchor, last_run FROM schedules WHERE function_id = ?", (function_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
 
     # --- containers (the TaskEvents the scheduler reports to)
 

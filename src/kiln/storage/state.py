@@ -93,7 +93,56 @@ def _v2_core_records(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-def _v3_secret_owners(db: sqlite3.Connection) -> None:
+def _v3_function_overrides(db: sqlite3.Connection) -> None:
+    """Runtime autoscaler changes become durable."""
+    db.execute("ALTER TABLE functions ADD COLUMN overrides TEXT NOT NULL DEFAULT '{}'")
+
+
+def _v4_schedules(db: sqlite3.Connection) -> None:
+    """When each scheduled function's period started (its deploy) and when it last ran."""
+    db.execute(
+        "CREATE TABLE schedules (function_id TEXT PRIMARY KEY, anchor REAL NOT NULL, last_run REAL NOT NULL)"
+    )
+
+
+def _v5_proxy_tokens(db: sqlite3.Connection) -> None:
+    """Proxy tokens for web endpoints that require proxy auth (secrets kept as hashes)."""
+    _object_table(db, "proxy_tokens")
+
+
+def _v6_dicts_and_queues(db: sqlite3.Connection) -> None:
+    """Named and ephemeral Dicts and Queues with their contents (`storage/dicts.py`, `queues.py`)."""
+    tables = """
+        CREATE TABLE dicts (
+            id TEXT PRIMARY KEY, name TEXT, environment TEXT NOT NULL, created_at REAL NOT NULL,
+            lifetime TEXT NOT NULL, owner_app TEXT NOT NULL, heartbeat_at REAL NOT NULL);
+        CREATE UNIQUE INDEX dicts_by_name ON dicts (environment, name) WHERE name IS NOT NULL;
+        CREATE INDEX dicts_by_age ON dicts (environment, created_at);
+        CREATE TABLE dict_entries (
+            seq INTEGER PRIMARY KEY, dict_id TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+            UNIQUE (dict_id, key));
+        CREATE TABLE queues (
+            id TEXT PRIMARY KEY, name TEXT, environment TEXT NOT NULL, created_at REAL NOT NULL,
+            lifetime TEXT NOT NULL, owner_app TEXT NOT NULL, heartbeat_at REAL NOT NULL);
+        CREATE UNIQUE INDEX queues_by_name ON queues (environment, name) WHERE name IS NOT NULL;
+        CREATE INDEX queues_by_age ON queues (environment, created_at);
+        CREATE TABLE queue_partitions (
+            queue_id TEXT NOT NULL, partition BLOB NOT NULL, expires_at REAL NOT NULL,
+            PRIMARY KEY (queue_id, partition));
+        CREATE INDEX queue_partitions_by_expiry ON queue_partitions (expires_at);
+        CREATE TABLE queue_items (
+            entry_id INTEGER PRIMARY KEY AUTOINCREMENT, queue_id TEXT NOT NULL, partition BLOB NOT NULL,
+            value BLOB NOT NULL);
+        CREATE INDEX queue_items_by_partition ON queue_items (queue_id, partition, entry_id);
+        CREATE TABLE queue_put_requests (request_id TEXT PRIMARY KEY, at REAL NOT NULL);
+        CREATE INDEX queue_put_requests_by_age ON queue_put_requests (at);
+        """
+    for statement in tables.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _v7_secret_owners(db: sqlite3.Connection) -> None:
     """Anonymous secrets record who owns them ('' lasting, an app ID, or '*' for a client's
     ephemeral one), so they are removed with their app instead of piling up."""
     db.execute("ALTER TABLE secrets ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
@@ -101,7 +150,15 @@ def _v3_secret_owners(db: sqlite3.Connection) -> None:
 
 
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_objects, _v2_core_records, _v3_secret_owners]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_objects,
+    _v2_core_records,
+    _v3_function_overrides,
+    _v4_schedules,
+    _v5_proxy_tokens,
+    _v6_dicts_and_queues,
+    _v7_secret_owners,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -5,6 +5,10 @@ Each container talks over its own unix socket, so `ctx.task_id` always names the
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
 from google.protobuf import empty_pb2
 from modal_proto import api_pb2
 
@@ -13,6 +17,7 @@ from kiln.core.core import Core
 from kiln.core.results import Result, Status
 from kiln.frontends.modal.dispatch import CallContext
 
+_DATA_IN_WAIT = 55.0  # seconds; the client asks again when a stream ends
 _GET_INPUTS_WAIT = 20.0  # the client has no deadline here; answer empty now and then so it re-asks
 _ASYNC = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC
 _SYNC = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
@@ -81,9 +86,35 @@ class ContainerHandlers:
         self.core.task(ctx.task_id)
         self.core.put_data_out(
             req.function_call_id,
-            [DataChunk(c.index, c.data_format, c.data) for c in req.data_chunks],
+            [
+                # Messages over the size limit for a message travel as blobs.
+                DataChunk(
+                    c.index,
+                    c.data_format,
+                    self.core.blobs.read_blob(c.data_blob_id) if c.data_blob_id else c.data,
+                )
+                for c in req.data_chunks
+            ],
         )
         return empty_pb2.Empty()
+
+    async def FunctionCallGetDataIn(
+        self, req: api_pb2.FunctionCallGetDataRequest, ctx: CallContext
+    ) -> AsyncIterator[api_pb2.DataChunk]:
+        """A web request's messages for the container serving it (the request body, a disconnect)."""
+        self.core.task(ctx.task_id)
+        call = self.core.call(req.function_call_id)
+        last = req.last_index
+        deadline = time.monotonic() + _DATA_IN_WAIT
+        while time.monotonic() < deadline:
+            for chunk in self.core.data_in_after(call, last):
+                last = chunk.index
+                yield api_pb2.DataChunk(
+                    index=chunk.index, data_format=cast(Any, chunk.data_format), data=chunk.data
+                )
+            if call.unfinished == 0:
+                return
+            await call.changed.wait(max(0.0, deadline - time.monotonic()))
 
     async def FunctionGetDynamicConcurrency(
         self, req: api_pb2.FunctionGetDynamicConcurrencyRequest, ctx: CallContext

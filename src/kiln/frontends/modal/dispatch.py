@@ -39,6 +39,7 @@ SERVICE = api_pb2.DESCRIPTOR.services_by_name["ModalClient"]
 _STATUS_OF = {
     errors.InvalidRequest: GrpcStatus.INVALID_ARGUMENT,
     errors.NotFound: GrpcStatus.NOT_FOUND,
+    errors.LimitExceeded: GrpcStatus.RESOURCE_EXHAUSTED,
     errors.Unsupported: GrpcStatus.UNIMPLEMENTED,
     errors.ImageBuildError: GrpcStatus.FAILED_PRECONDITION,
     errors.ContainerStartError: GrpcStatus.FAILED_PRECONDITION,

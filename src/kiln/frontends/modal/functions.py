@@ -7,18 +7,22 @@ from modal_proto import api_pb2
 from kiln.core.apps import App
 from kiln.core.core import Core
 from kiln.core.functions import Autoscaling, FunctionDef, Resources
+from kiln.core.schedules import Period, Schedule
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.frontends.modal.registry import ModalFunction, Registry, encode_meta
 from kiln.frontends.modal.variants import check_options, merge_options, variant_id
+from kiln.frontends.modal.web import expose_web_endpoints
+from kiln.gateway.endpoints import Endpoints
 from kiln.ids import new_id
 
 
 class FunctionHandlers:
-    def __init__(self, core: Core, registry: Registry) -> None:
+    def __init__(self, core: Core, registry: Registry, endpoints: Endpoints) -> None:
         self.core = core
         self.registry = registry
+        self.endpoints = endpoints
 
     async def FunctionPrecreate(
         self, req: api_pb2.FunctionPrecreateRequest, ctx: CallContext
@@ -57,9 +61,11 @@ class FunctionHandlers:
             function = api_pb2.Function()
             function.CopyFrom(req.function)
         function_id = req.existing_function_id or new_id("fu")
+        expose_web_endpoints(self.core, self.endpoints, req.app_id, function_id, function)
         known = self.registry.functions.get(function_id)
         handle = known.handle if known is not None else api_pb2.FunctionHandleMetadata()
         handle.function_name = function.function_name
+        handle.web_url = function.web_url
         handle.function_type = function.function_type
         handle.app_id = req.app_id
         handle.class_parameter_info.CopyFrom(function.class_parameter_info)
@@ -249,7 +255,21 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         ),
         resources=_resources(function.resources),
         definition=function.SerializeToString(),
+        schedule=_schedule(function.schedule) if function.HasField("schedule") else None,
+        # A FunctionInput without args is a call with no arguments (the client's `((), {})`).
+        scheduled_input=api_pb2.FunctionInput().SerializeToString(),
     )
+
+
+def _schedule(schedule: api_pb2.Schedule) -> Schedule | None:
+    if schedule.HasField("cron"):
+        return Schedule(cron=schedule.cron.cron_string, timezone=schedule.cron.timezone or "UTC")
+    if schedule.HasField("period"):
+        p = schedule.period
+        return Schedule(
+            period=Period(p.years, p.months, p.weeks, p.days, p.hours, p.minutes, float(p.seconds))
+        )
+    return None
 
 
 def _resources(resources: api_pb2.Resources) -> Resources:

@@ -17,22 +17,28 @@ from kiln.frontends.modal.apps import AppHandlers
 from kiln.frontends.modal.calls import CallHandlers
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.container import ContainerHandlers
+from kiln.frontends.modal.dicts import DictHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 from kiln.frontends.modal.functions import FunctionHandlers, to_core
 from kiln.frontends.modal.images import ImageHandlers
 from kiln.frontends.modal.launcher import ModalLauncher
 from kiln.frontends.modal.logs import LogHandlers
 from kiln.frontends.modal.objects import ObjectHandlers
+from kiln.frontends.modal.proxy_tokens import ProxyTokenHandlers
+from kiln.frontends.modal.queues import QueueHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
+from kiln.frontends.modal.web import expose_web_endpoints
+from kiln.gateway.endpoints import Endpoints
 
 
 class ModalFrontend:
     name = "modal"
 
-    def __init__(self, core: Core, runtime: Runtime, client_deps: ClientDeps) -> None:
+    def __init__(self, core: Core, runtime: Runtime, client_deps: ClientDeps, endpoints: Endpoints) -> None:
         self.core = core
+        self.endpoints = endpoints
         self.registry = Registry()
         # Containers' sockets serve these same handlers (the launcher holds the list).
         self.handlers: list[object] = []
@@ -42,11 +48,14 @@ class ModalFrontend:
             LogHandlers(core),
             ObjectHandlers(core),
             ImageHandlers(core, self._launcher),
-            FunctionHandlers(core, self.registry),
+            FunctionHandlers(core, self.registry, endpoints),
             CallHandlers(core),
             ContainerHandlers(core),
             SchedulingHandlers(core),
             TaskHandlers(core),
+            ProxyTokenHandlers(core),
+            DictHandlers(core),
+            QueueHandlers(core),
         ]
 
     @property
@@ -62,6 +71,7 @@ class ModalFrontend:
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
         function = api_pb2.Function.FromString(record.definition)
+        expose_web_endpoints(self.core, self.endpoints, record.app_id, record.function_id, function)
         self.registry.functions[record.function_id] = decode_meta(record, function)
         return to_core(record.function_id, record.app_id, function)
 

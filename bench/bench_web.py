@@ -1,0 +1,139 @@
+"""Web endpoints: a Starlette app's GET through kiln (deployed with `modal deploy`, one warm
+container) beside the same app served by plain uvicorn on the host, in the same run.
+
+Measures the p50/p99 latency of sequential requests over one keep-alive connection, and the
+throughput of 8 concurrent clients (threads with a connection each).
+
+    .venv/bin/python bench/bench_web.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+from common import BENCH, RESULTS, arg_parser, ms, percentile, print_table, start_server, stop_server
+
+
+def main() -> None:
+    parser = arg_parser(__doc__)
+    args = parser.parse_args()
+    requests = 100 if args.quick else 1000
+    seconds = 3.0 if args.quick else 10.0
+    server = start_server(RESULTS / "logs" / f"kiln-web-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    rows, details = [], {}
+    try:
+        env = {**os.environ, **server.client_env(), "PYTHONPATH": str(BENCH)}
+        deployed = subprocess.run(
+            [sys.executable, "-m", "modal", "deploy", str(BENCH / "web_app.py")],
+            env=env, capture_output=True, text=True, check=True, cwd=BENCH,
+        )  # fmt: skip
+        kiln_url = re.findall(r"http://127\.0\.0\.1:\d+", deployed.stdout)[
+            0
+        ]  # the endpoint, not the app page
+        wait_ok(kiln_url)
+        with plain_uvicorn() as plain_url:
+            for peer, url in (("kiln", kiln_url), ("plain uvicorn", plain_url)):
+                latencies = sequential(url, requests)
+                throughput = concurrent(url, seconds)
+                details[peer] = {"p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99)),
+                                 "requests_per_s": round(throughput, 1)}  # fmt: skip
+                rows.append([peer, *details[peer].values()])
+        subprocess.run(
+            [sys.executable, "-m", "modal", "app", "stop", "--yes", "kiln-bench-web"], env=env, check=False
+        )
+    finally:
+        stop_server(server)
+    print_table(
+        "GET / of a Starlette app", ["server", "p50 (ms)", "p99 (ms)", "requests/s (8 clients)"], rows
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"peer": "kiln", "metrics": {}, "details": details}, indent=2))
+
+
+def get(connection: http.client.HTTPConnection) -> None:
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200, response.status
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+
+
+def wait_ok(url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            get(connect(url))
+            return
+        except (OSError, AssertionError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def sequential(url: str, count: int) -> list[float]:
+    connection = connect(url)
+    for _ in range(10):
+        get(connection)  # warm-up
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        get(connection)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def concurrent(url: str, seconds: float, clients: int = 8) -> float:
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(n: int) -> None:
+        connection = connect(url)
+        while time.monotonic() < stop:
+            get(connection)
+            done[n] += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+class plain_uvicorn:
+    """The same app served by uvicorn in a subprocess on the host (fastapi from kiln's venv)."""
+
+    def __enter__(self) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        code = (
+            "import sys, uvicorn; sys.path.insert(0, sys.argv[1]); from web_app import make_app; "
+            "uvicorn.run(make_app(), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"
+        )
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(BENCH), str(port)])
+        url = f"http://127.0.0.1:{port}"
+        wait_ok(url, timeout=60)
+        return url
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Modal web endpoints: HTTP requests become calls of the web function, spoken in ASGI.
+
+Every web decorator of the client (`fastapi_endpoint`, `asgi_app`, `wsgi_app`, `web_server`) runs
+an ASGI app inside the container. Per request the bridge here starts a call whose one input is
+the ASGI scope (`((scope,), {})`, pickled), streams the request's messages to the container on the
+call's data_in channel, and streams the `http.response.*` messages it sends back on data_out to
+the HTTP client as they arrive; the call ends with a GENERATOR_DONE output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+from collections.abc import MutableMapping
+from typing import Any
+
+from modal_proto import api_pb2
+
+from kiln.core.apps import AppState
+from kiln.core.calls import FunctionCall, Invocation
+from kiln.core.core import Core
+from kiln.errors import KilnError, NotFound
+from kiln.gateway.endpoints import Endpoints, Receive, Scope, Send
+
+log = logging.getLogger("kiln.web")
+_ASGI = api_pb2.DATA_FORMAT_ASGI
+_WAIT = 30.0  # seconds between checks that a call still runs
+_UNAUTHORIZED = (
+    "This endpoint requires proxy auth: send the headers Modal-Key and Modal-Secret of a proxy "
+    "token (create one with modal.Workspace.from_context().proxy_tokens.create()).\n"
+)
+
+
+def is_web(function: api_pb2.Function | api_pb2.MethodDefinition) -> bool:
+    return function.HasField("webhook_config") and function.webhook_config.type != 0
+
+
+def expose_web_endpoints(
+    core: Core, endpoints: Endpoints, app_id: str, function_id: str, function: api_pb2.Function
+) -> None:
+    """Serve the function's web endpoints (a function, or a class's web methods) and write their
+    URLs into its definition, where the client reads them."""
+    app = core.app(app_id) if app_id else None
+    environment = (app.environment if app else "") or "main"
+    app_name = (app.name or app.description) if app else function.function_name
+    # `modal deploy` makes its app INITIALIZING (then DEPLOYED); `modal run`/`serve` get `-dev`
+    # URLs of their own, as on Modal, so a dev session never takes over the deployed URL.
+    deploying = app is not None and app.state in (AppState.INITIALIZING, AppState.DEPLOYED)
+    dev = "" if deploying else "-dev"
+    if is_web(function):
+        label = function.webhook_config.requested_suffix or function.function_name
+        bridge = WebBridge(core, endpoints, function_id, "", function.webhook_config.requires_proxy_auth)
+        function.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
+    for name, method in function.method_definitions.items():
+        if is_web(method):
+            label = (
+                method.webhook_config.requested_suffix
+                or f"{function.function_name.removesuffix('.*')}-{name}"
+            )
+            bridge = WebBridge(core, endpoints, function_id, name, method.webhook_config.requires_proxy_auth)
+            method.web_url = endpoints.expose(f"{environment}/{app_name}/{label}{dev}", bridge)
+
+
+class WebBridge:
+    """The ASGI app answering one web endpoint's port."""
+
+    def __init__(
+        self,
+        core: Core,
+        endpoints: Endpoints,
+        function_id: str,
+        method_name: str,
+        requires_proxy_auth: bool = False,
+    ) -> None:
+        self.core = core
+        self.endpoints = endpoints  # to name the others in a 404
+        self.function_id = function_id
+        self.method_name = method_name
+        self.requires_proxy_auth = requires_proxy_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return  # lifespan is the container's
+        if self.requires_proxy_auth and not self._authorized(scope):
+            if scope["type"] == "http":
+                await _plain(send, 401, _UNAUTHORIZED)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": "proxy auth required"})
+            return
+        try:
+            call = self._start(scope)
+        except KilnError as exc:
+            if scope["type"] == "http":
+                known = f"\nThe web endpoints of this kiln server:\n{self.endpoints.listing()}"
+                await _plain(send, 404 if isinstance(exc, NotFound) else 503, f"{exc}\n{known}")
+            else:
+                await send({"type": "websocket.close", "code": 1011, "reason": str(exc)[:120]})
+            return
+        pump = asyncio.ensure_future(self._pump_request(call, receive))
+        try:
+            if scope["type"] == "http":
+                await self._respond(call, send)
+            else:
+                await self._relay_websocket(call, send)
+        finally:
+            pump.cancel()
+            if call.unfinished:
+                self.core.cancel_call(call.call_id)
+            self.core.release_call(call.call_id)
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = {bytes(k).lower(): bytes(v) for k, v in scope.get("headers", [])}
+        key = headers.get(b"modal-key", b"").decode(errors="replace")
+        secret = headers.get(b"modal-secret", b"").decode(errors="replace")
+        return self.core.proxy_tokens.verify(key, secret)
+
+    def _start(self, scope: Scope) -> FunctionCall:
+        try:
+            function = self.core.function(self.function_id)
+            running = self.core.app(function.app_id).running
+        except NotFound:
+            running = False
+        if not running:
+            raise NotFound("This web endpoint's app is not running; deploy or serve it again.")
+        call = self.core.start_call(self.function_id, Invocation.SYNC, is_map=False)
+        payload = api_pb2.FunctionInput(
+            args=pickle.dumps(((_plain_scope(scope),), {}), protocol=4),
+            data_format=api_pb2.DATA_FORMAT_PICKLE,
+            method_name=self.method_name,
+        )
+        self.core.put_inputs(call, [(0, payload.SerializeToString(), self.method_name, False)])
+        return call
+
+    async def _pump_request(self, call: FunctionCall, receive: Receive) -> None:
+        """What the client sends (a request's body, a websocket's messages, a disconnect), to
+        the container."""
+        while True:
+            message = await receive()
+            asgi = _to_proto(message)
+            if asgi is not None:
+                self.core.put_data_in(call, _ASGI, [asgi.SerializeToString()])
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+                return
+
+    async def _relay_websocket(self, call: FunctionCall, send: Send) -> None:
+        last, accepted, closed = 0, False, False
+        while not closed:
+            for chunk in self.core.data_out_after(call, last):
+                last = chunk.index
+                message = api_pb2.Asgi.FromString(chunk.data)
+                kind = message.WhichOneof("type")
+                if kind == "websocket_accept" and not accepted:
+                    accept = message.websocket_accept
+                    await send(
+                        {
+                            "type": "websocket.accept",
+                            "subprotocol": accept.subprotocol or None,
+                            "headers": _pairs(accept.headers),
+                        }
+                    )
+                    accepted = True
+                elif kind == "websocket_send" and accepted:
+                    data = message.websocket_send
+                    content = (
+                        {"bytes": data.bytes}
+                        if data.WhichOneof("content") == "bytes"
+                        else {"text": data.text}
+                    )
+                    await send({"type": "websocket.send", **content})
+                elif kind == "websocket_close":
+                    close = message.websocket_close
+                    await send(
+                        {"type": "websocket.close", "code": close.code or 1000, "reason": close.reason}
+                    )
+                    closed = True
+                    break
+            if closed or (call.unfinished == 0 and not self.core.data_out_after(call, last)):
+                break
+            await call.changed.wait(_WAIT)
+        if not closed:
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1000 if accepted else 1011, "reason": ""})
+
+    async def _respond(self, call: FunctionCall, send: Send) -> None:
+        last, started, ended = 0, False, False
+        while True:
+            for chunk in self.core.data_out_after(call, last):
+                last = chunk.index
+                message = api_pb2.Asgi.FromString(chunk.data)
+                kind = message.WhichOneof("type")
+                if kind == "http_response_start" and not started:
+                    start = message.http_response_start
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": start.status,
+                            "headers": _pairs(start.headers),
+                        }
+                    )
+                    started = True
+                elif kind == "http_response_body" and started and not ended:
+                    body = message.http_response_body
+                    await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
+                    ended = not body.more_body
+            if call.unfinished == 0 and not self.core.data_out_after(call, last):
+                break
+            await call.changed.wait(_WAIT)
+        if not started:
+            outcome = call.outputs[0].result if call.outputs else None
+            why = (
+                outcome.message if outcome is not None else ""
+            ) or "the web function ended without a response"
+            await _plain(send, 500, f"Internal Server Error: {why.strip().splitlines()[-1]}\n")
+        elif not ended:
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _to_proto(message: MutableMapping[str, Any]) -> api_pb2.Asgi | None:
+    """A client's ASGI message as the container reads it from data_in."""
+    kind = message["type"]
+    if kind == "http.request":
+        body = api_pb2.Asgi.HttpRequest(
+            body=message.get("body", b""), more_body=message.get("more_body", False)
+        )
+        return api_pb2.Asgi(http_request=body)
+    if kind == "http.disconnect":
+        return api_pb2.Asgi(http_disconnect=api_pb2.Asgi.HttpDisconnect())
+    if kind == "websocket.connect":
+        return api_pb2.Asgi(websocket_connect=api_pb2.Asgi.WebsocketConnect())
+    if kind == "websocket.receive":
+        if message.get("bytes") is not None:
+            return api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(bytes=message["bytes"]))
+        return api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(text=message.get("text") or ""))
+    if kind == "websocket.disconnect":
+        return api_pb2.Asgi(
+            websocket_disconnect=api_pb2.Asgi.WebsocketDisconnect(code=message.get("code", 1000))
+        )
+    return None
+
+
+def _plain_scope(scope: Scope) -> dict[str, Any]:
+    """The parts of a server's scope that travel to the container (picklable, no server state)."""
+    keys = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path")
+    plain: dict[str, Any] = {k: scope[k] for k in keys if k in scope}
+    plain["asgi"] = {"version": "3.0", "spec_version": "2.3"}
+    plain["headers"] = [(bytes(k), bytes(v)) for k, v in scope.get("headers", [])]
+    if scope["type"] == "websocket":
+        plain["subprotocols"] = list(scope.get("subprotocols", []))
+    if scope.get("client"):
+        plain["client"] = tuple(scope["client"])
+    if scope.get("server"):
+        plain["server"] = tuple(scope["server"])
+    return plain
+
+
+def _pairs(flat: Any) -> list[tuple[bytes, bytes]]:
+    items = list(flat)
+    return list(zip(items[::2], items[1::2], strict=False))
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+    )
+    await send({"type": "http.response.body", "body": text.encode()})
