@@ -18,6 +18,8 @@ from grpclib.exceptions import GRPCError
 from kiln.core.core import Core
 from kiln.errors import KilnError
 from kiln.frontends.modal.dispatch import CallContext
+from kiln.frontends.modal.named_objects import DEFAULT_ENVIRONMENT
+from kiln.storage.named import NamedObjects
 
 Check = Callable[["ContainerScope", Any], None]
 
@@ -77,7 +79,7 @@ class ContainerScope:
         except KilnError:
             return
         if app_id != self.app_id:
-            raise _denied("a container may write data only to calls of its own app")
+            raise _denied("a container may exchange call data only with calls of its own app")
 
     def own_task(self, task_id: str) -> None:
         if not task_id or task_id == self.task_id:
@@ -88,6 +90,18 @@ class ContainerScope:
             return
         if app_id != self.app_id:
             raise _denied("a container may see and stop containers of its own app only")
+
+    def named_object_environment(self, environment: str) -> None:
+        """Dicts and Queues name "" as "main" (`named_objects.environment_of`)."""
+        if (environment or DEFAULT_ENVIRONMENT) != (self.environment or DEFAULT_ENVIRONMENT):
+            raise _denied(
+                f"a container may use Dicts and Queues of its own environment ({self.environment or 'main'!r}) only"
+            )
+
+    def object_in_environment(self, room: NamedObjects, object_id: str) -> None:
+        found = room.find(object_id)
+        if found is not None:  # else the handler answers NOT_FOUND
+            self.named_object_environment(found.environment)
 
     def _app_in_environment(self, app_id: str) -> None:
         try:
@@ -165,11 +179,32 @@ def _secret(scope: ContainerScope, request: Any) -> None:
         scope.own_app(request.app_id, "create objects for")
 
 
+def _named_object(scope: ContainerScope, request: Any) -> None:
+    scope.named_object_environment(request.environment_name)
+
+
+def _dict(scope: ContainerScope, request: Any) -> None:
+    scope.object_in_environment(scope.core.dicts, request.dict_id)
+
+
+def _queue(scope: ContainerScope, request: Any) -> None:
+    scope.object_in_environment(scope.core.queues, request.queue_id)
+
+
 def _image(scope: ContainerScope, request: Any) -> None:
     if request.app_id:
         scope.own_app(request.app_id, "build images for")
     scope.function_in_environment(request.build_function_id)
 
+
+_DICT_BY_ID = (
+    "DictGetById", "DictDelete", "DictHeartbeat", "DictGet", "DictUpdate", "DictPop", "DictContains",
+    "DictLen", "DictClear", "DictContents",
+)  # fmt: skip
+_QUEUE_BY_ID = (
+    "QueueGetById", "QueueDelete", "QueueHeartbeat", "QueuePut", "QueueGet", "QueueNextItems", "QueueLen",
+    "QueueClear",
+)  # fmt: skip
 
 RULES: dict[str, Check] = {
     # The container's own protocol (the handlers act on the socket's task only).
@@ -180,6 +215,7 @@ RULES: dict[str, Check] = {
     "FunctionPutOutputs": _any,
     "TaskResult": _any,
     "FunctionCallPutDataOut": _put_data,
+    "FunctionCallGetDataIn": _put_data,
     "FunctionGetDynamicConcurrency": _own_function,
     # Calling functions of its environment (its own app's, or a deployed app's by name).
     "FunctionMap": _function,
@@ -206,6 +242,11 @@ RULES: dict[str, Check] = {
     "SecretGetOrCreate": _secret,
     "ImageGetOrCreate": _image,
     "ImageJoinStreaming": _any,
+    # Dicts and Queues of its environment.
+    **dict.fromkeys(("DictGetOrCreate", "DictList", "QueueGetOrCreate", "QueueList"), _named_object),
+    **dict.fromkeys(_DICT_BY_ID, _dict),
+    **dict.fromkeys(_QUEUE_BY_ID, _queue),
+    "WorkspaceNameLookup": _any,
     # Its own app: layout, logs, containers, heartbeat, stop.
     "AppGetLayout": _own_app("read the layout of"),
     "AppHeartbeat": _own_app("send heartbeats for"),
