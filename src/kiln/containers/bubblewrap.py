@@ -175,6 +175,7 @@ class BubblewrapRuntime:
                 "pasta_pidfile": pasta_pidfile,
                 "pasta_runas": f"{ids.uid}:{ids.gid}",
                 "forwards": [f"127.0.0.1/{f.host_port}:{f.container_port}" for f in spec.forwards],
+                "host_ports": [str(port) for port in spec.host_ports],
             }
             memory = spec.memory_limit_mb or self.isolation.memory_mb
             cgroup = self.cgroups.create(scratch.name, spec.cpu_limit, memory, self.isolation.pids_max)

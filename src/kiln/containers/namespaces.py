@@ -156,12 +156,13 @@ def _write_maps(pid: int, uid: int, gid: int, count: int) -> None:
 def _start_pasta(plan: dict[str, Any], pid: int) -> str | None:
     """Start pasta on the child's namespaces; returns an error text, or None."""
     tcp = [arg for spec in plan["forwards"] for arg in ("-t", spec)] or ["-t", "none"]
+    to_host = [arg for port in plan.get("host_ports", []) for arg in ("-T", port)] or ["-T", "none"]
     argv = [
         plan["pasta"], "--runas", plan["pasta_runas"], "-q", "-P", plan["pasta_pidfile"],
         "--config-net", "-I", "eth0", *tcp, "-u", "none",
-        # No way from the container to the host's own services: no namespace → host port
-        # forwards, and the gateway address is not mapped to the host's loopback.
-        "-T", "none", "-U", "none", "--no-map-gw",
+        # No way from the container to the host's own services but the ports named (kiln's blob
+        # server), and the gateway address is not mapped to the host's loopback.
+        *to_host, "-U", "none", "--no-map-gw",
         str(pid),
     ]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -64,6 +64,9 @@ class ContainerSpec:
     upper: Path | None = None
     network: bool = True  # False: no network at all (only the container's own loopback)
     forwards: list[PortForward] = field(default_factory=list)  # host loopback → container ports
+    # Ports of the host's loopback the container may reach at its own 127.0.0.1 (kiln's blob
+    # server, whose URLs are signed); nothing else on the host's loopback is reachable.
+    host_ports: list[int] = field(default_factory=list)
     hostname: str = "kiln"
     # Limits enforced with cgroups where the kernel allows; 0 = unlimited.
     cpu_limit: float = 0.0  # cores

@@ -14,6 +14,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpclib.server
 from modal_proto import api_pb2
@@ -146,6 +147,9 @@ class ModalLauncher:
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
             gpus=list(task.placement.gpus),
             upper=upper,
+            # Payloads over 2 MiB travel as blobs: the container fetches and uploads them at the
+            # signed URLs of kiln's HTTP port, the one host port it may reach.
+            host_ports=_loopback_port(core.http_url),
         )
         return await self.runtime.start(spec, sink or to_app_log)
 
@@ -165,6 +169,12 @@ class ModalLauncher:
 def _context_for(task_id: str) -> Callable[[object], CallContext]:
     context = CallContext(task_id=task_id)
     return lambda stream: context
+
+
+def _loopback_port(url: str) -> list[int]:
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return [parts.port] if loopback and parts.port else []
 
 
 def _python_minor(version_info: str) -> str:
