@@ -43,3 +43,17 @@ def test_an_anonymous_secret_reaches_its_function_only_and_goes_away_with_its_ap
         if path.is_file():
             assert value.encode() not in path.read_bytes(), path
     assert value not in output
+
+
+def test_secret_create_list_and_delete_from_the_cli(kiln: KilnServer) -> None:
+    name = f"kiln-test-cli-{uuid.uuid4().hex[:8]}"
+    created = run_modal(kiln, "secret", "create", name, "API_KEY=not-shown", "REGION=eu")
+    assert created.returncode == 0, created.stdout + created.stderr
+    listed = run_modal(kiln, "secret", "list", "--json")
+    assert listed.returncode == 0 and name in listed.stdout, listed.stdout + listed.stderr
+    assert "not-shown" not in listed.stdout  # names and keys are listed, never values
+    deleted = run_modal(kiln, "secret", "delete", "--yes", name)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert name not in run_modal(kiln, "secret", "list", "--json").stdout
+    again = run_modal(kiln, "secret", "delete", "--yes", name)
+    assert again.returncode != 0 and "not found" in (again.stdout + again.stderr).lower()

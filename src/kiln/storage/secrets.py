@@ -68,6 +68,24 @@ class Secrets:
         data = self.state.get(_KIND, secret_id)
         return Secret(secret_id, data["env"], data["created_at"]) if data is not None else None
 
+    def named(self, environment: str, limit: int = 0, created_before: float = 0.0) -> list[Secret]:
+        """The secrets names refer to in `environment` (one per name), newest first; with
+        `created_before`, only strictly older ones (the client's pages)."""
+        seen: set[str] = set()
+        found = []
+        for secret_id, name, data, _ in self.state.named(_KIND, environment):
+            if name in seen:
+                continue  # an older secret under a name a newer one took over
+            seen.add(name)
+            if created_before and data["created_at"] >= created_before:
+                continue
+            found.append(Secret(secret_id, data["env"], data["created_at"], name, environment))
+        found.sort(key=lambda secret: secret.created_at, reverse=True)
+        return found[:limit] if limit else found
+
+    def delete(self, secret_id: str) -> None:
+        self.state.delete(_KIND, secret_id)
+
     def env_of(self, secret_ids: list[str]) -> dict[str, str]:
         """The variables of these secrets, in order (later secrets win)."""
         env: dict[str, str] = {}

@@ -11,7 +11,7 @@ from modal_proto import api_pb2
 
 from kiln.core.core import Core
 from kiln.errors import NotFound
-from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, TooLarge
+from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, TooLarge, empty
 from kiln.images.pythons import client_package_dir
 from kiln.storage.mounts import MountFile
 from kiln.storage.secrets import EPHEMERAL
@@ -162,6 +162,37 @@ class ObjectHandlers:
                 creation_info=api_pb2.CreationInfo(created_at=secret.created_at),
             ),
         )
+
+    async def SecretList(
+        self, req: api_pb2.SecretListRequest, ctx: CallContext
+    ) -> api_pb2.SecretListResponse:
+        """`modal secret list`: newest first, in pages (`created_before` is strictly older)."""
+        secrets = self.core.secrets.named(
+            req.environment_name, req.pagination.max_objects, req.pagination.created_before
+        )
+        return api_pb2.SecretListResponse(
+            environment_name=req.environment_name or "main",
+            items=[
+                api_pb2.SecretListItem(
+                    label=secret.name,
+                    created_at=secret.created_at,
+                    environment_name=req.environment_name,
+                    secret_id=secret.secret_id,
+                    metadata=api_pb2.SecretMetadata(
+                        name=secret.name,
+                        keys=sorted(secret.env),
+                        creation_info=api_pb2.CreationInfo(created_at=secret.created_at),
+                    ),
+                )
+                for secret in secrets
+            ],
+        )
+
+    async def SecretDelete(self, req: api_pb2.SecretDeleteRequest, ctx: CallContext) -> object:
+        if self.core.secrets.get(req.secret_id) is None:
+            raise NotFound(f"Secret {req.secret_id[:64]} not found")
+        self.core.secrets.delete(req.secret_id)
+        return empty()
 
 
 def _now() -> Timestamp:
