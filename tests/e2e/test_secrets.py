@@ -57,3 +57,18 @@ def test_secret_create_list_and_delete_from_the_cli(kiln: KilnServer) -> None:
     assert name not in run_modal(kiln, "secret", "list", "--json").stdout
     again = run_modal(kiln, "secret", "delete", "--yes", name)
     assert again.returncode != 0 and "not found" in (again.stdout + again.stderr).lower()
+
+
+def test_environments_are_created_listed_and_deleted_and_scope_named_secrets(kiln: KilnServer) -> None:
+    env = f"kt{uuid.uuid4().hex[:8]}"
+    assert run_modal(kiln, "environment", "create", env).returncode == 0
+    listed = run_modal(kiln, "environment", "list", "--json")
+    assert listed.returncode == 0 and env in listed.stdout and "main" in listed.stdout, listed.stdout
+    again = run_modal(kiln, "environment", "create", env)
+    assert again.returncode != 0 and "already exists" in (again.stdout + again.stderr)
+    # A secret made in one environment is not seen from another.
+    assert run_modal(kiln, "secret", "create", "-e", env, "scoped-secret", "K=v").returncode == 0
+    assert "scoped-secret" in run_modal(kiln, "secret", "list", "-e", env, "--json").stdout
+    assert "scoped-secret" not in run_modal(kiln, "secret", "list", "--json").stdout
+    assert run_modal(kiln, "environment", "delete", "--yes", env).returncode == 0
+    assert env not in run_modal(kiln, "environment", "list", "--json").stdout

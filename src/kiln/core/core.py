@@ -35,6 +35,7 @@ from kiln.ids import new_id
 from kiln.images.service import ImageService
 from kiln.storage.blobs import BlobStore
 from kiln.storage.dicts import Dicts
+from kiln.storage.environments import Environments
 from kiln.storage.logs import LogFiles
 from kiln.storage.mounts import MountStore
 from kiln.storage.proxy_tokens import ProxyTokens
@@ -75,6 +76,7 @@ class Core:
         self.images = images
         self.secrets = Secrets(state)
         self.proxy_tokens = ProxyTokens(state)
+        self.environments = Environments(state)
         self.dicts = Dicts(
             state, ephemeral_grace=config.ephemeral_object_grace, max_entry_bytes=config.dict_max_entry_bytes
         )

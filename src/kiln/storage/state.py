@@ -149,6 +149,11 @@ def _v7_secret_owners(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX secrets_by_owner ON secrets (owner)")
 
 
+def _v8_environments(db: sqlite3.Connection) -> None:
+    """Environments a user created (`modal environment create`); "main" always exists."""
+    _object_table(db, "environments")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -158,6 +163,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v5_proxy_tokens,
     _v6_dicts_and_queues,
     _v7_secret_owners,
+    _v8_environments,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -9,8 +9,9 @@ from modal_proto import api_pb2
 
 from kiln.core.apps import App, AppState
 from kiln.core.core import Core
+from kiln.errors import InvalidRequest
 from kiln.frontends.modal.client_deps import IMAGE_BUILDER_VERSION
-from kiln.frontends.modal.dispatch import CallContext, empty
+from kiln.frontends.modal.dispatch import AlreadyExists, CallContext, empty
 from kiln.frontends.modal.registry import Registry
 from kiln.ids import stable_id
 
@@ -36,6 +37,31 @@ class AppHandlers:
                 ),
             ),
         )
+
+    async def EnvironmentList(self, req: object, ctx: CallContext) -> api_pb2.EnvironmentListResponse:
+        return api_pb2.EnvironmentListResponse(
+            items=[
+                api_pb2.EnvironmentListItem(
+                    name=e.name,
+                    created_at=e.created_at,
+                    default=e.default,
+                    environment_id=stable_id("en", e.name),
+                    webhook_suffix="",
+                )
+                for e in self.core.environments.list()
+            ]
+        )
+
+    async def EnvironmentCreate(self, req: api_pb2.EnvironmentCreateRequest, ctx: CallContext) -> object:
+        try:
+            self.core.environments.create(req.name)
+        except InvalidRequest as exc:
+            raise AlreadyExists(str(exc)) from None
+        return empty()
+
+    async def EnvironmentDelete(self, req: api_pb2.EnvironmentDeleteRequest, ctx: CallContext) -> object:
+        self.core.environments.delete(req.name)
+        return empty()
 
     def _url(self, app: App) -> str:
         return self.core.signed_urls.app_page(app.app_id)
