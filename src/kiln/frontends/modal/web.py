@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from modal_proto import api_pb2
@@ -144,69 +144,61 @@ class WebBridge:
             if message["type"] in ("http.disconnect", "websocket.disconnect"):
                 return
 
-    async def _relay_websocket(self, call: FunctionCall, send: Send) -> None:
-        last, accepted, closed = 0, False, False
-        while not closed:
+    async def _messages_out(self, call: FunctionCall) -> AsyncIterator[api_pb2.Asgi]:
+        """The ASGI messages the container puts on the call's data_out, as they arrive, until
+        the call has ended and all of them are read."""
+        last = 0
+        while True:
             for chunk in self.core.data_out_after(call, last):
                 last = chunk.index
-                message = api_pb2.Asgi.FromString(chunk.data)
-                kind = message.WhichOneof("type")
-                if kind == "websocket_accept" and not accepted:
-                    accept = message.websocket_accept
-                    await send(
-                        {
-                            "type": "websocket.accept",
-                            "subprotocol": accept.subprotocol or None,
-                            "headers": _pairs(accept.headers),
-                        }
-                    )
-                    accepted = True
-                elif kind == "websocket_send" and accepted:
-                    data = message.websocket_send
-                    content = (
-                        {"bytes": data.bytes}
-                        if data.WhichOneof("content") == "bytes"
-                        else {"text": data.text}
-                    )
-                    await send({"type": "websocket.send", **content})
-                elif kind == "websocket_close":
-                    close = message.websocket_close
-                    await send(
-                        {"type": "websocket.close", "code": close.code or 1000, "reason": close.reason}
-                    )
-                    closed = True
-                    break
-            if closed or (call.unfinished == 0 and not self.core.data_out_after(call, last)):
-                break
+                yield api_pb2.Asgi.FromString(chunk.data)
+            if call.unfinished == 0 and not self.core.data_out_after(call, last):
+                return
             await call.changed.wait(_WAIT)
+
+    async def _relay_websocket(self, call: FunctionCall, send: Send) -> None:
+        accepted, closed = False, False
+        async for message in self._messages_out(call):
+            kind = message.WhichOneof("type")
+            if kind == "websocket_accept" and not accepted:
+                accept = message.websocket_accept
+                await send(
+                    {
+                        "type": "websocket.accept",
+                        "subprotocol": accept.subprotocol or None,
+                        "headers": _pairs(accept.headers),
+                    }
+                )
+                accepted = True
+            elif kind == "websocket_send" and accepted:
+                data = message.websocket_send
+                content = (
+                    {"bytes": data.bytes} if data.WhichOneof("content") == "bytes" else {"text": data.text}
+                )
+                await send({"type": "websocket.send", **content})
+            elif kind == "websocket_close":
+                close = message.websocket_close
+                await send({"type": "websocket.close", "code": close.code or 1000, "reason": close.reason})
+                closed = True
+                break
         if not closed:
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1000 if accepted else 1011, "reason": ""})
 
     async def _respond(self, call: FunctionCall, send: Send) -> None:
-        last, started, ended = 0, False, False
-        while True:
-            for chunk in self.core.data_out_after(call, last):
-                last = chunk.index
-                message = api_pb2.Asgi.FromString(chunk.data)
-                kind = message.WhichOneof("type")
-                if kind == "http_response_start" and not started:
-                    start = message.http_response_start
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": start.status,
-                            "headers": _pairs(start.headers),
-                        }
-                    )
-                    started = True
-                elif kind == "http_response_body" and started and not ended:
-                    body = message.http_response_body
-                    await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
-                    ended = not body.more_body
-            if call.unfinished == 0 and not self.core.data_out_after(call, last):
-                break
-            await call.changed.wait(_WAIT)
+        started, ended = False, False
+        async for message in self._messages_out(call):
+            kind = message.WhichOneof("type")
+            if kind == "http_response_start" and not started:
+                start = message.http_response_start
+                await send(
+                    {"type": "http.response.start", "status": start.status, "headers": _pairs(start.headers)}
+                )
+                started = True
+            elif kind == "http_response_body" and started and not ended:
+                body = message.http_response_body
+                await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
+                ended = not body.more_body
         if not started:
             outcome = call.outputs[0].result if call.outputs else None
             why = (
