@@ -8,6 +8,7 @@ from kiln.errors import (
     LimitExceeded,
     NotFound,
     SandboxUnavailable,
+    ServerUnavailable,
     Unsupported,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "LimitExceeded",
     "NotFound",
     "SandboxUnavailable",
+    "ServerUnavailable",
     "Unsupported",
     "__version__",
 ]

@@ -134,6 +134,32 @@ class SignedUrls:
             raise InvalidRequest("this blob URL has expired; ask the server for a new one")
         return int(size)
 
+    def bearer(self, subject: str, ttl: float = 3600.0) -> str:
+        """A bearer token for `subject`, shaped as a JWT (HS256) because the client reads its
+        `exp` to know when to fetch a new one."""
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        payload = _b64(json.dumps({"sub": subject, "exp": int(self._clock() + ttl)}).encode())
+        signature = _b64(hmac.new(self._key, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        return f"{header}.{payload}.{signature}"
+
+    def check_bearer(self, token: str, subject: str) -> bool:
+        """Whether `token` is a live bearer token this server made for `subject`."""
+        parts = token.split(".")
+        if len(parts) != 3 or len(token) > 2048:
+            return False
+        expected = _b64(hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected.encode(), parts[2].encode()):
+            return False
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except ValueError:
+            return False
+        return bool(claims.get("sub") == subject and float(claims.get("exp", 0)) > self._clock())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

@@ -7,6 +7,7 @@
     ├── Unsupported          a real feature kiln does not implement (yet)
     ├── ImageBuildError      a build step failed (command, exit code, log tail)
     ├── ContainerStartError  a container could not be started
+    ├── ServerUnavailable    no container of a server became ready to take a request
     └── SandboxUnavailable   this machine cannot run sandboxes (bubblewrap, overlayfs, root)
 
 Frontends translate these into their protocol's status codes; errors of other libraries are
@@ -40,6 +41,10 @@ class ImageBuildError(KilnError):
 
 class ContainerStartError(KilnError):
     """A container could not be started."""
+
+
+class ServerUnavailable(KilnError):
+    """No container of a server (`@app.server`) became ready to take a request in time."""
 
 
 class SandboxUnavailable(KilnError):

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.e2e
 APP = "kiln-test-web"
 
 
-def deploy(kiln: KilnServer) -> dict[str, str]:
-    """Deploy tests/apps/web_app.py; the URL the client printed under each function."""
-    result = run_modal(kiln, "deploy", "web_app.py")
+def deploy(kiln: KilnServer, app_file: str = "web_app.py") -> dict[str, str]:
+    """Deploy an app of tests/apps; the URL the client printed under each function (or server)."""
+    result = run_modal(kiln, "deploy", app_file)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     urls, name = {}, ""
     for line in output.splitlines():
-        if created := re.search(r"Created (?:web )?[Ff]unction (\w+)", line):
+        if created := re.search(r"Created (?:web )?(?:[Ff]unction|Server) (\w+)", line):
             name = created.group(1)
         elif url := re.search(r"(http://127\.0\.0\.1:\d+)", line):
             if name:

@@ -30,6 +30,7 @@ from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
 from kiln.core.results import Result, Status
 from kiln.core.schedules import next_run
+from kiln.core.servers import ServerPool
 from kiln.errors import InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.images.service import ImageService
@@ -637,6 +638,21 @@ class Core:
     def init_failed(self, task_id: str, result: Result) -> None:
         """The container's import or setup failed: no container of its function can work."""
         self.task(task_id).failure = result
+
+    def server_ready(self, task_id: str) -> None:
+        """A server container's HTTP server accepts connections: requests may go to it."""
+        pool, task = self._found(task_id)
+        if not isinstance(pool, ServerPool):
+            raise InvalidRequest(f"{pool.function.tag} is not a server (`@app.server`)")
+        pool.server_ready(task)
+
+    def server(self, function_id: str) -> ServerPool:
+        """The containers of a running server, for its requests and sessions
+        (`async with core.server(fid).request() as task: … task.http_address`)."""
+        pool = self._scheduler.pools.get(function_id)
+        if not isinstance(pool, ServerPool) or not self.app(pool.function.app_id).running:
+            raise NotFound("This server's app is not running; deploy or serve it again.")
+        return pool
 
     def stop_container(self, task_id: str, graceful: bool = True) -> bool:
         """Ask a container to finish (graceful) or kill it now; False if there is no such container."""

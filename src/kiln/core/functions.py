@@ -71,6 +71,9 @@ class FunctionDef:
     frontend: str = "modal"  # whose containers these are: that frontend's launcher boots them
     schedule: Schedule | None = None  # runs by itself while its app is deployed
     scheduled_input: bytes = b""  # the frontend's encoding of a call with no arguments
+    # A server (Modal's `@app.server`): its containers run the user's own HTTP server on this port,
+    # and requests are proxied to it instead of arriving as inputs. 0: an ordinary function.
+    http_port: int = 0
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Task:
     failure: Result | None = None  # set when the container reported an init failure
     killed_for: Result | None = None  # why kiln killed it (a timeout), reported instead of how it died
     runner: asyncio.Future[None] | None = None  # owns the container: starts, waits, reports
+    http_address: tuple[str, int] | None = None  # a server's port, forwarded to the host's loopback
 
 
 class TaskEvents(Protocol):
@@ -128,9 +129,13 @@ class Pool:
         settings, load, target = self.settings, self.load(), self.function.target_inputs
         for _ in range(containers_to_start(settings, target, load, self.capacity)):
             self._start()
-        idle = {t.task_id: t.idle_since for t in self.tasks.values() if not t.draining and not t.inflight}
+        idle = {t.task_id: t.idle_since for t in self.tasks.values() if not t.draining and not self._busy(t)}
         for task_id in containers_to_stop(settings, target, load, idle, self.clock(), self.capacity):
             self.drain(self.tasks[task_id])
+
+    def _busy(self, task: Task) -> bool:
+        """Whether a container has work that keeps it from scaling down."""
+        return bool(task.inflight)
 
     def tick(self) -> None:
         """Periodic upkeep: enforce timeouts, then reconcile."""
@@ -375,7 +380,10 @@ class Scheduler:
         pool = self.pools.get(function.function_id)
         if pool is None:
             launcher = self.launchers[function.frontend]
-            pool = Pool(
+            from kiln.core.servers import ServerPool  # a Pool subclass: imported late, no cycle
+
+            kind = ServerPool if function.http_port else Pool
+            pool = kind(
                 function,
                 self.calls,
                 launcher,

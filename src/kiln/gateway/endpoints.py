@@ -17,16 +17,14 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("kiln.gateway")
+from kiln.gateway.proxy import Upstream
+from kiln.gateway.types import ASGIApp, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+__all__ = ["ASGIApp", "Endpoints", "Receive", "Scope", "Send"]
+log = logging.getLogger("kiln.gateway")
 
 PORTS = range(20000, 30000)  # where endpoints' ports are chosen
 
@@ -39,6 +37,7 @@ class Endpoints:
         self._apps: dict[int, ASGIApp] = {}
         self._servers: dict[int, Any] = {}  # port → uvicorn.Server
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.upstream = Upstream()  # the connections to servers in containers that endpoints proxy to
 
     def _load(self) -> dict[str, int]:
         try:
@@ -113,3 +112,4 @@ class Endpoints:
         for task in self._tasks.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+        await self.upstream.close()

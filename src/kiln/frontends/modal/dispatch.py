@@ -44,6 +44,7 @@ _STATUS_OF = {
     errors.ImageBuildError: GrpcStatus.FAILED_PRECONDITION,
     errors.ContainerStartError: GrpcStatus.FAILED_PRECONDITION,
     errors.SandboxUnavailable: GrpcStatus.FAILED_PRECONDITION,
+    errors.ServerUnavailable: GrpcStatus.FAILED_PRECONDITION,
 }
 
 

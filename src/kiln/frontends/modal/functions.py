@@ -17,6 +17,8 @@ from kiln.frontends.modal.web import expose_web_endpoints
 from kiln.gateway.endpoints import Endpoints
 from kiln.ids import new_id
 
+UNBOUNDED_REQUESTS = 2**31  # a server's requests per container when nothing limits them
+
 
 class FunctionHandlers:
     def __init__(self, core: Core, registry: Registry, endpoints: Endpoints) -> None:
@@ -66,6 +68,8 @@ class FunctionHandlers:
         handle = known.handle if known is not None else api_pb2.FunctionHandleMetadata()
         handle.function_name = function.function_name
         handle.web_url = function.web_url
+        del handle._experimental_flash_urls[:]
+        handle._experimental_flash_urls.extend(function.flash_service_urls)
         handle.function_type = function.function_type
         handle.app_id = req.app_id
         handle.class_parameter_info.CopyFrom(function.class_parameter_info)
@@ -226,6 +230,12 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
     settings = function.autoscaler_settings
     max_inputs = function.max_concurrent_inputs or 1
     target_inputs = function.target_concurrent_inputs or max_inputs
+    if function.is_server:
+        # A server takes any number of requests unless max_concurrency caps them. Without a
+        # target_concurrency (or with 0, "no autoscaling") one container serves all the load,
+        # as a server that handles its own concurrency expects; more start only past the cap.
+        max_inputs = function.max_concurrent_inputs
+        target_inputs = function.target_concurrent_inputs or max_inputs or UNBOUNDED_REQUESTS
     max_containers = settings.max_containers if settings.HasField("max_containers") else None
     if max_containers is None and function.concurrency_limit:
         max_containers = function.concurrency_limit
@@ -258,6 +268,7 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
         schedule=_schedule(function.schedule) if function.HasField("schedule") else None,
         # A FunctionInput without args is a call with no arguments (the client's `((), {})`).
         scheduled_input=api_pb2.FunctionInput().SerializeToString(),
+        http_port=function.http_config.port if function.is_server else 0,
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +21,16 @@ import grpclib.server
 from modal_proto import api_pb2
 
 from kiln.config import host_network_env
-from kiln.containers import MOUNT, Bind, ContainerHandle, ContainerSpec, Layer, OutputSink, Runtime
+from kiln.containers import (
+    MOUNT,
+    Bind,
+    ContainerHandle,
+    ContainerSpec,
+    Layer,
+    OutputSink,
+    PortForward,
+    Runtime,
+)
 from kiln.core.core import Core
 from kiln.core.pool import Task
 from kiln.errors import ContainerStartError
@@ -136,6 +146,11 @@ class ModalLauncher:
 
         task.output_tail = tail
         resources = task.function.resources
+        forwards = []
+        if task.function.http_port:  # a server: its port, reached from the host's loopback
+            host_port = free_loopback_port()
+            forwards.append(PortForward(host_port, task.function.http_port))
+            task.http_address = ("127.0.0.1", host_port)
         spec = ContainerSpec(
             image=image_layers,
             mounts=list(reversed(mount_layers)),
@@ -150,6 +165,7 @@ class ModalLauncher:
             # Payloads over 2 MiB travel as blobs: the container fetches and uploads them at the
             # signed URLs of kiln's HTTP port, the one host port it may reach.
             host_ports=_loopback_port(core.http_url),
+            forwards=forwards,
         )
         return await self.runtime.start(spec, sink or to_app_log)
 
@@ -169,6 +185,14 @@ class ModalLauncher:
 def _context_for(task_id: str) -> Callable[[object], CallContext]:
     context = CallContext(task_id=task_id)
     return lambda stream: context
+
+
+def free_loopback_port() -> int:
+    """A port of the host's loopback nobody listens on now (the runtime binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _loopback_port(url: str) -> list[int]:

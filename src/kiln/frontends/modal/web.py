@@ -22,6 +22,7 @@ from kiln.core.apps import AppState
 from kiln.core.calls import FunctionCall, Invocation
 from kiln.core.core import Core
 from kiln.errors import KilnError, NotFound
+from kiln.frontends.modal.servers import ServerBridge, check_server, is_server
 from kiln.gateway.endpoints import Endpoints, Receive, Scope, Send
 
 log = logging.getLogger("kiln.web")
@@ -49,6 +50,19 @@ def expose_web_endpoints(
     # URLs of their own, as on Modal, so a dev session never takes over the deployed URL.
     deploying = app is not None and app.state in (AppState.INITIALIZING, AppState.DEPLOYED)
     dev = "" if deploying else "-dev"
+    if is_server(function):
+        check_server(function)
+        bridge: WebBridge | ServerBridge = ServerBridge(
+            core,
+            endpoints,
+            endpoints.upstream,
+            function_id,
+            function.http_config.unauthenticated,
+            function.is_sessioned,
+        )
+        url = endpoints.expose(f"{environment}/{app_name}/{function.function_name}{dev}", bridge)
+        del function.flash_service_urls[:]
+        function.flash_service_urls.append(url)
     if is_web(function):
         label = function.webhook_config.requested_suffix or function.function_name
         bridge = WebBridge(core, endpoints, function_id, "", function.webhook_config.requires_proxy_auth)
