@@ -1,5 +1,7 @@
 """Web endpoints: a Starlette app's GET through kiln (deployed with `modal deploy`, one warm
-container) beside the same app served by plain uvicorn on the host, in the same run.
+container) as a web endpoint and as a Modal Server (`@app.server`: uvicorn in the container,
+proxied by kiln's gateway), beside the same server's container port reached directly (the
+gateway's cost alone) and the same app served by plain uvicorn on the host, in the same run.
 
 Measures the p50/p99 latency of sequential requests over one keep-alive connection, and the
 throughput of 8 concurrent clients (threads with a connection each).
@@ -36,12 +38,19 @@ def main() -> None:
             [sys.executable, "-m", "modal", "deploy", str(BENCH / "web_app.py")],
             env=env, capture_output=True, text=True, check=True, cwd=BENCH,
         )  # fmt: skip
-        kiln_url = re.findall(r"http://127\.0\.0\.1:\d+", deployed.stdout)[
-            0
-        ]  # the endpoint, not the app page
+        # The endpoint's and the server's URLs, in the order the client printed them (not the app page).
+        kiln_url, server_url = re.findall(r"http://127\.0\.0\.1:\d+", deployed.stdout)[:2]
         wait_ok(kiln_url)
+        wait_ok(server_url)
+        container_url = direct_url(env)
         with plain_uvicorn() as plain_url:
-            for peer, url in (("kiln", kiln_url), ("plain uvicorn", plain_url)):
+            peers = (
+                ("kiln web endpoint (asgi_app)", kiln_url),
+                ("kiln @app.server (proxied)", server_url),
+                ("same container port, no gateway", container_url),
+                ("plain uvicorn on the host", plain_url),
+            )
+            for peer, url in peers:
                 latencies = sequential(url, requests)
                 throughput = concurrent(url, seconds)
                 details[peer] = {"p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99)),
@@ -57,6 +66,16 @@ def main() -> None:
     )
     if args.json is not None:
         args.json.write_text(json.dumps({"peer": "kiln", "metrics": {}, "details": details}, indent=2))
+
+
+def direct_url(env: dict[str, str]) -> str:
+    """The server container's own forwarded port (what kiln's gateway proxies to)."""
+    code = (
+        "import modal; s = modal.Server.from_name('kiln-bench-web', 'Server'); "
+        "c = s._experimental_list_containers()[0]; print(f'http://{c.host}:{c.port}')"
+    )
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return found.stdout.strip()
 
 
 def get(connection: http.client.HTTPConnection) -> None:

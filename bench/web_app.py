@@ -1,10 +1,15 @@
-"""The app bench_web.py serves twice: through kiln as a web endpoint, and with plain uvicorn
-(a Starlette app: kiln's own environment has Starlette, so the peer needs nothing installed)."""
+"""The app bench_web.py serves four ways: through kiln as a web endpoint (`asgi_app`), through
+kiln as a Modal Server (uvicorn in the container, proxied), that same container's port without
+kiln's gateway, and plain uvicorn on the host (a Starlette app: kiln's own environment has
+Starlette and uvicorn, so the host peer needs nothing installed)."""
+
+import subprocess
+import sys
 
 import modal
 
 app = modal.App("kiln-bench-web")
-image = modal.Image.debian_slim().pip_install("starlette")
+image = modal.Image.debian_slim().pip_install("starlette", "uvicorn")
 
 
 def make_app():
@@ -23,3 +28,11 @@ def make_app():
 @modal.asgi_app()
 def hello():
     return make_app()
+
+
+@app.server(image=image, port=8000, min_containers=1, unauthenticated=True)
+class Server:
+    @modal.enter()
+    def start(self):
+        command = "import uvicorn, web_app; uvicorn.run(web_app.make_app(), host='0.0.0.0', port=8000, log_level='warning')"
+        self.process = subprocess.Popen([sys.executable, "-c", command], cwd="/root")
