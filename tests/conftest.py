@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -41,6 +41,21 @@ class KilnServer:
     log_file: IO[str]
     token_id: str
     token_secret: str
+    fal_exports: dict[str, str] = field(default_factory=dict)  # what `kiln server` prints for fal
+
+    @property
+    def fal_env(self) -> dict[str, str]:
+        """Environment for the official fal client: this server's hosts and key."""
+        run_host = self.fal_exports["FAL_RUN_HOST"]
+        return {
+            **os.environ,
+            **self.fal_exports,
+            # fal derives these from the gRPC host unless set; kiln answers them on the run host.
+            "FAL_REST_HOST": run_host,
+            "FAL_QUEUE_RUN_HOST": run_host,
+            "FAL_WS_RUN_HOST": run_host,
+            "FAL_CONFIG_PATH": str(self.home / "fal.toml"),
+        }
 
     @property
     def env(self) -> dict[str, str]:
@@ -107,10 +122,10 @@ def start_server(
         line = process.stdout.readline()
         if not line:
             break
-        match = re.search(r"export (MODAL_\w+)=(\S+)", line)
+        match = re.search(r"export ((?:MODAL|FAL|ISOLATE)_\w+)=(\S+)", line)
         if match:
             exports[match.group(1)] = match.group(2)
-        if "MODAL_TOKEN_SECRET" in exports:
+        if "FAL_RUN_HOST" in exports:  # the last line of the exports
             break
     url = exports.get("MODAL_SERVER_URL")
     if url is None or "MODAL_TOKEN_SECRET" not in exports:
@@ -119,8 +134,9 @@ def start_server(
         process.stdout.close()
         log_file.close()
         raise RuntimeError(f"kiln server did not start:\n{log_path.read_text()}")
+    fal = {k: v for k, v in exports.items() if not k.startswith("MODAL_")}
     return KilnServer(
-        url, home, process, log_path, log_file, exports["MODAL_TOKEN_ID"], exports["MODAL_TOKEN_SECRET"]
+        url, home, process, log_path, log_file, exports["MODAL_TOKEN_ID"], exports["MODAL_TOKEN_SECRET"], fal
     )
 
 

@@ -3,6 +3,7 @@
 KILN_HOME      where state, blobs, layers and containers live (default ~/.kiln)
 KILN_HOST      address the servers listen on (default 127.0.0.1)
 KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 50051 for `kiln server`)
+KILN_FAL_PORT, KILN_FAL_RUN_PORT  fal's control plane (gRPC) and run host (HTTP) (default 0 = any free)
 KILN_LOG       log level of the server (default INFO)
 KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (default: CPU cores)
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
@@ -41,6 +42,8 @@ class Config:
     host: str = field(default_factory=lambda: os.environ.get("KILN_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("KILN_PORT", "0")))
     http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
+    fal_port: int = field(default_factory=lambda: int(os.environ.get("KILN_FAL_PORT", "0")))
+    fal_run_port: int = field(default_factory=lambda: int(os.environ.get("KILN_FAL_RUN_PORT", "0")))
     # Containers one function may run at once unless it sets max_containers: this machine's cores.
     max_containers: int = field(
         default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1

@@ -19,6 +19,8 @@ from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
+from kiln.frontends.fal.routes import FalGateway, FalRoutes
+from kiln.frontends.fal.service import FalFrontend
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
 from kiln.gateway.endpoints import Endpoints as WebEndpoints
@@ -46,13 +48,15 @@ class Endpoints:
     grpc_url: str
     http_url: str
     credentials: Credentials
+    fal_grpc_host: str = ""  # fal's control plane (host:port, plain gRPC on loopback)
+    fal_run_host: str = ""  # fal's HTTP data plane (host:port)
 
 
 class KilnServer:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.core: Core | None = None
-        self.frontends: list[ModalFrontend] = []
+        self.frontends: list[Any] = []
         self.runtime: BubblewrapRuntime | None = None
         self._grpc: grpclib.server.Server | None = None
         self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
@@ -60,6 +64,10 @@ class KilnServer:
         self.endpoints: Endpoints | None = None
         self._state_lock: int | None = None
         self.web: WebEndpoints | None = None
+        self.fal: FalFrontend | None = None
+        self._fal_grpc: grpclib.server.Server | None = None
+        self._fal_run: Any = None  # uvicorn.Server of fal's run host
+        self._fal_run_task: asyncio.Task[None] | None = None
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -112,12 +120,25 @@ class KilnServer:
         core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
         core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
-        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web)]
+        fal_sock = _bind(config.host, config.fal_port)
+        fal_run_sock = _bind(config.host, config.fal_run_port)
+        fal_run_host = _host_port(fal_run_sock)
+        self.fal_routes = FalRoutes(f"http://{fal_run_host}")
+        self.fal = FalFrontend(core, runtime, self.fal_routes)
+        self.frontends = [
+            ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web),
+            self.fal,
+        ]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
+        self._fal_grpc = grpclib.server.Server([self.fal.service(credentials)])
+        await self._fal_grpc.start(sock=fal_sock)
+        gateway = FalGateway(core, self.fal_routes, self.web.upstream, credentials)
+        self._fal_run = uvicorn_server(gateway)
+        self._fal_run_task = asyncio.ensure_future(self._fal_run.serve(sockets=[fal_run_sock]))
 
-        self._grpc = grpclib.server.Server([f.service(credentials) for f in self.frontends])
+        self._grpc = grpclib.server.Server([self.frontends[0].service(credentials)])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock, ssl=grpc_tls)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
@@ -125,7 +146,11 @@ class KilnServer:
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
         self.endpoints = Endpoints(
-            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}", core.http_url, credentials
+            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}",
+            core.http_url,
+            credentials,
+            fal_grpc_host=_host_port(fal_sock),
+            fal_run_host=fal_run_host,
         )
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
@@ -178,6 +203,12 @@ class KilnServer:
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
+        if self._fal_grpc is not None:
+            self._fal_grpc.close()
+            await self._fal_grpc.wait_closed()
+        if self._fal_run is not None and self._fal_run_task is not None:
+            self._fal_run.should_exit = True
+            await self._fal_run_task
         if self._http_task is not None:
             if self._http is not None:
                 self._http.should_exit = True
@@ -192,6 +223,17 @@ class KilnServer:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def uvicorn_server(app: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+
+def _host_port(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{_url_host(host)}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:

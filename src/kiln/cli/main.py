@@ -49,6 +49,17 @@ def client_env(grpc_url: str, home: Path, credentials: Credentials) -> dict[str,
     }
 
 
+def fal_env(grpc_host: str, run_host: str, credentials: Credentials) -> dict[str, str]:
+    """What the official fal client needs to talk to kiln: its hosts (plain gRPC and HTTP on
+    loopback, which fal's test mode allows) and a key (kiln's token pair)."""
+    return {
+        "FAL_GRPC_HOST": grpc_host,
+        "ISOLATE_TEST_MODE": "1",
+        "FAL_KEY": f"{credentials.token_id}:{credentials.token_secret}",
+        "FAL_RUN_HOST": run_host,
+    }
+
+
 @click.group()
 @click.version_option(package_name="kiln")
 def main() -> None:
@@ -147,7 +158,10 @@ async def _serve(config: Config) -> None:
     click.echo(f"kiln server ready in {server.ready_seconds * 1000:.0f} ms. Point the modal client at it:\n")
     for key, value in client_env(endpoints.grpc_url, config.home, endpoints.credentials).items():
         click.echo(f"  export {key}={value}")
-    click.echo("\nthen `modal run app.py`. Ctrl-C stops the server.", err=False)
+    click.echo("\nthen `modal run app.py`. For the fal client:\n")
+    for key, value in fal_env(endpoints.fal_grpc_host, endpoints.fal_run_host, endpoints.credentials).items():
+        click.echo(f"  export {key}={value}")
+    click.echo("\nthen `fal run app.py::MyApp`. Ctrl-C stops the server.", err=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,98 @@
+"""Starting fal runners: the environment's image, the shipped function, the app's port forwarded
+to the host's loopback, and readiness once the app's health check answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import aiohttp
+
+from kiln.containers import Bind, ContainerHandle, ContainerSpec, PortForward, Runtime
+from kiln.core.core import Core
+from kiln.core.pool import Task
+from kiln.errors import KilnError
+from kiln.frontends.fal.runner import RUNNER, RunnerDefinition, runner_env
+from kiln.frontends.modal.launcher import free_loopback_port
+from kiln.staging import process_dir
+
+_INSIDE = "/.kiln-fal"
+_PROBE_INTERVAL = 0.2
+
+
+class FalLauncher:
+    def __init__(self, core: Core, runtime: Runtime) -> None:
+        self.core = core
+        self.runtime = runtime
+        self.root = process_dir(Path("/tmp"), "kiln-fal-")
+        if runtime.ids is not None:
+            os.chown(self.root, -1, runtime.ids.gid)
+            os.chmod(self.root, 0o710)
+        self._probes: dict[str, asyncio.Task[None]] = {}
+
+    async def launch(self, task: Task) -> ContainerHandle:
+        definition = RunnerDefinition.from_bytes(task.function.definition)
+        layers, config = self.core.images.layers(definition.image_id)
+        task_dir = self.root / task.task_id
+        task_dir.mkdir()
+        (task_dir / "function.pkl").write_bytes(definition.function)
+        if self.runtime.ids is not None:
+            self.runtime.ids.own(task_dir, task_dir / "function.pkl")
+        host_port = free_loopback_port()
+        task.http_address = ("127.0.0.1", host_port)
+        logs = self.core.app_logs(task.function.app_id)
+        tail: list[str] = []
+
+        def to_app_log(fd: int, data: bytes) -> None:
+            text = data.decode(errors="replace")
+            logs.append(text, fd, task_id=task.task_id, function_id=task.function.function_id)
+            tail.extend(text.splitlines())
+            del tail[:-20]
+
+        task.output_tail = tail
+        secrets = self.core.secrets.env_of(self._secret_ids(task, definition))
+        spec = ContainerSpec(
+            image=layers,
+            argv=["python", "-c", RUNNER, f"{_INSIDE}/function.pkl"],
+            env={**config.env, **runner_env(secrets)},
+            cwd=config.workdir or "/",
+            binds=[Bind(task_dir, _INSIDE, read_only=True)],
+            forwards=[PortForward(host_port, definition.port)],
+        )
+        container = await self.runtime.start(spec, to_app_log)
+        probe = asyncio.ensure_future(self._ready_when_healthy(task, definition.health_path))
+        self._probes[task.task_id] = probe
+        return container
+
+    def _secret_ids(self, task: Task, definition: RunnerDefinition) -> list[str]:
+        return list(task.function.secret_ids)
+
+    async def _ready_when_healthy(self, task: Task, path: str) -> None:
+        """A fal App's uvicorn answers only after its lifespan (the user's `setup()`) is done:
+        route requests to the runner once its health check says 200."""
+        assert task.http_address is not None
+        host, port = task.http_address
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while task.killed_for is None:
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.get(f"http://{host}:{port}{path}") as response:
+                        if response.status < 500:
+                            with contextlib.suppress(KilnError):
+                                self.core.server_ready(task.task_id)
+                            return
+                await asyncio.sleep(_PROBE_INTERVAL)
+
+    async def cleanup(self, task: Task) -> None:
+        probe = self._probes.pop(task.task_id, None)
+        if probe is not None:
+            probe.cancel()
+        shutil.rmtree(self.root / task.task_id, ignore_errors=True)
+
+    async def shutdown(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""fal's HTTP data plane: `<run host>/<owner>/<app>/<path>` reaches the app's runners.
+
+A request's app prefix is stripped (the runner serves `/<path>`), it waits for a runner with
+room (fal queues rather than refuses), and goes through the same streaming proxy as Modal
+Servers. Private apps want `Authorization: Key <id>:<secret>` (kiln's token pair); public ones
+take anyone, as on fal. Unknown apps get a 404 naming the apps this server runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import isolate_proto as fal_pb
+
+from kiln.auth import Credentials
+from kiln.core.core import Core
+from kiln.errors import LimitExceeded, NotFound, ServerUnavailable
+from kiln.gateway.proxy import Upstream, UpstreamError
+from kiln.gateway.types import Receive, Scope, Send
+
+OWNER = "kiln"  # the account namespace in fal's URLs (kiln serves one user)
+
+
+@dataclass
+class Route:
+    function_id: str
+    public: bool
+
+
+class FalRoutes:
+    """The apps the run host answers for, by `<owner>/<app>`, and their URLs."""
+
+    def __init__(self, run_url: str) -> None:
+        self.run_url = run_url
+        self._routes: dict[str, Route] = {}
+
+    def add(self, name: str, function_id: str, public: bool) -> fal_pb.ServiceURLs:
+        self._routes[f"{OWNER}/{name}"] = Route(function_id, public)
+        base = f"{self.run_url}/{OWNER}/{name}"
+        return fal_pb.ServiceURLs(
+            playground=base, run=base, queue=base, ws=base.replace("http", "ws", 1), log=base
+        )
+
+    def remove(self, name: str, function_id: str) -> None:
+        route = self._routes.get(f"{OWNER}/{name}")
+        if route is not None and route.function_id == function_id:
+            del self._routes[f"{OWNER}/{name}"]
+
+    def find(self, path: str) -> tuple[Route, str] | None:
+        """The route a path names and the path the runner sees."""
+        parts = path.lstrip("/").split("/", 2)
+        if len(parts) < 2:
+            return None
+        route = self._routes.get(f"{parts[0]}/{parts[1]}")
+        return (route, "/" + (parts[2] if len(parts) > 2 else "")) if route else None
+
+    def listing(self) -> str:
+        return "".join(f"  {self.run_url}/{key}\n" for key in sorted(self._routes)) or "  (none)\n"
+
+
+class FalGateway:
+    """The ASGI app of the run host."""
+
+    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, credentials: Credentials) -> None:
+        self.core = core
+        self.routes = routes
+        self.upstream = upstream
+        self.credentials = credentials
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return
+        found = self.routes.find(scope["path"])
+        if found is None:
+            await _text(
+                send,
+                404,
+                f"No fal app at {scope['path']}. The apps of this kiln server:\n{self.routes.listing()}",
+            )
+            return
+        route, path = found
+        if not route.public and not self._authorized(scope):
+            await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
+            return
+        inner: MutableMapping[str, Any] = dict(scope)
+        inner["path"], inner["raw_path"] = path, path.encode()
+        try:
+            server = self.core.server(route.function_id)
+            async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
+                assert task.http_address is not None
+                if scope["type"] == "http":
+                    await self.upstream.http(inner, receive, send, task.http_address)
+                else:
+                    await self.upstream.websocket(inner, receive, send, task.http_address)
+        except NotFound as exc:
+            await _text(send, 404, f"{exc}\n")
+        except (LimitExceeded, ServerUnavailable) as exc:
+            await _text(send, 503, f"{exc}\n")
+        except UpstreamError as exc:
+            await _text(send, 502, f"Bad gateway: {exc}\n")
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in scope.get("headers", [])}
+        value = headers.get(b"authorization", "")
+        if not value.lower().startswith("key "):
+            return False
+        key_id, _, secret = value[4:].strip().partition(":")
+        return self.credentials.accepts(key_id, secret)
+
+
+async def _text(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # a websocket scope, or the client left
+        return

@@ -1,0 +1,102 @@
+"""fal apps on kiln, driven by the official `fal` CLI (in an environment of its own, as a fal
+user has it) and plain HTTP: `fal run` builds the app's requirements into a cached image, serves
+the App from a runner, and answers on the run host until the client exits."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import APPS, KilnServer
+
+pytestmark = pytest.mark.e2e
+FAL = Path(__file__).parents[2] / ".venv-fal" / "bin" / "fal"
+
+
+def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class FalRun:
+    """`fal run <target>` in the background, its output collected as it comes."""
+
+    def __init__(self, kiln: KilnServer, target: str, log: Path) -> None:
+        self.log = log
+        self.out = open(log, "w")
+        self.process = subprocess.Popen(
+            [str(FAL), "run", target], cwd=APPS, env=kiln.fal_env, stdout=self.out, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.3)
+        return self.output()
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(60)
+        finally:
+            self.out.close()
+
+
+@pytest.fixture(scope="module")
+def hello(kiln: KilnServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FalRun, str]]:
+    if not FAL.exists():
+        pytest.fail("the fal client is missing: run ./scripts/install --test")
+    run = FalRun(kiln, "fal_hello_app.py::Hello", tmp_path_factory.mktemp("fal") / "run.log")
+    output = run.wait_for("Application startup complete")
+    url = next(word for word in output.split() if word.startswith("http://") and "/kiln/hello" in word)
+    yield run, url.rstrip("/")
+    if run.process.poll() is None:
+        run.interrupt()
+
+
+def test_fal_run_builds_the_requirements_and_serves_the_app(hello: tuple[FalRun, str]) -> None:
+    run, url = hello
+    assert "Build complete" in run.output()
+    assert post(url + "/", {"name": "kiln"}) == (200, '{"greeting":"hello kiln","setups":1}')
+
+
+def test_setup_runs_once_per_runner_across_requests(hello: tuple[FalRun, str]) -> None:
+    run, url = hello
+    for _ in range(5):
+        status, body = post(url + "/", {})
+        assert status == 200 and json.loads(body)["setups"] == 1
+    assert run.output().count("setup done") == 1  # the runner's output reached `fal run`, line by line
+    assert "setup done 1.16.0" in run.output()
+
+
+def test_an_unknown_app_gets_a_404_naming_the_apps(hello: tuple[FalRun, str]) -> None:
+    _, url = hello
+    status, body = post(url.rsplit("/", 1)[0] + "/no-such-app/", {})
+    assert status == 404 and "/kiln/hello" in body, body
+
+
+def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
+    run, url = hello
+    run.interrupt()
+    deadline = time.monotonic() + 30
+    while post(url + "/", {})[0] != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
