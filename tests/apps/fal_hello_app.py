@@ -12,10 +12,11 @@ class Output(BaseModel):
 
 
 class Hello(fal.App, keep_alive=60):
-    requirements = ["six==1.16.0"]
+    requirements = ["six==1.16.0"]  # noqa: RUF012 (as fal users write it)
 
     def setup(self):
         import six  # from the app's requirements
+
         self.setups = getattr(self, "setups", 0) + 1
         print("setup done", six.__version__)
 
