@@ -4,6 +4,8 @@ them on one asyncio loop. Used by `kiln server` and embedded by `kiln run`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -120,8 +122,9 @@ class KilnServer:
         core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
         core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
-        fal_sock = _bind(config.host, config.fal_port)
-        fal_run_sock = _bind(config.host, config.fal_run_port)
+        ports = home / "ports.json"  # fal's hosts keep their ports across restarts (its URLs)
+        fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port)
+        fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port)
         fal_run_host = _host_port(fal_run_sock)
         self.fal_routes = FalRoutes(f"http://{fal_run_host}")
         self.fal = FalFrontend(core, runtime, self.fal_routes)
@@ -234,6 +237,26 @@ def uvicorn_server(app: Any) -> Any:
 def _host_port(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"{_url_host(host)}:{port}"
+
+
+def _bind_remembered(state: Path, name: str, host: str, port: int) -> socket.socket:
+    """Bind `port`, or (0) the port this home used last time if it is free, else any; the port
+    is remembered, so URLs made with it stay valid across restarts."""
+    try:
+        known: dict[str, int] = json.loads(state.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    sock = None
+    if not port and known.get(name):
+        with contextlib.suppress(OSError):
+            sock = _bind(host, int(known[name]))
+    sock = sock or _bind(host, port)
+    if known.get(name) != sock.getsockname()[1]:
+        known[name] = sock.getsockname()[1]
+        staging = state.with_suffix(".tmp")
+        staging.write_text(json.dumps(known))
+        os.replace(staging, state)
+    return sock
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, KilnServer
+from tests.conftest import APPS, KilnServer, RestartableServer
 
 pytestmark = pytest.mark.e2e
 FAL = Path(__file__).parents[2] / ".venv-fal" / "bin" / "fal"
@@ -100,3 +100,31 @@ def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
     while post(url + "/", {})[0] != 404:
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(FAL), *args], cwd=APPS, env=kiln.fal_env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_deleted(
+    restartable_server: RestartableServer,
+) -> None:
+    kiln = restartable_server.server
+    deployed = fal(kiln, "deploy", "fal_hello_app.py::Hello", "--auth", "private")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    url = f"http://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/hello"
+    assert url in deployed.stdout
+    listed = fal(kiln, "apps", "list")
+    assert listed.returncode == 0 and "hello" in listed.stdout, listed.stdout + listed.stderr
+    key = {"authorization": f"Key {kiln.fal_exports['FAL_KEY']}"}
+    assert post(url + "/", {"name": "x"})[0] == 401
+    assert post(url + "/", {"name": "x"}, key) == (200, '{"greeting":"hello x","setups":1}')
+    restartable_server.kill_9()
+    kiln = restartable_server.restart()
+    assert kiln.fal_exports["FAL_RUN_HOST"] in url  # the same port, so the same URL
+    assert post(url + "/", {"name": "again"}, key) == (200, '{"greeting":"hello again","setups":1}')
+    deleted = fal(kiln, "apps", "delete", "hello")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert post(url + "/", {}, key)[0] == 404

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from kiln.core.functions import Autoscaling, FunctionDef
 from kiln.frontends.fal.environments import AGENT_DIR
 
 APP_PORT = 8080  # where a fal App's uvicorn listens (MachineRequirements.exposed_port)
@@ -38,8 +40,65 @@ class RunnerDefinition:
     port: int = APP_PORT
     health_path: str = "/health"
     secret_names: list[str] = field(default_factory=list)
-    owner: str = ""
     public: bool = True
+    revision: str = ""  # fal's application_id of a deployed app
+    environment: str = "main"
+    # Scheduling, from fal's MachineRequirements.
+    machine_types: list[str] = field(default_factory=list)
+    max_multiplexing: int = 1
+    min_concurrency: int = 0
+    max_concurrency: int = 0  # 0: the machine's capacity
+    concurrency_buffer: int = 0
+    keep_alive: float = 60.0
+    request_timeout: float = 3600.0
+    startup_timeout: float = 600.0
+
+    @classmethod
+    def from_request(cls, name: str, image_id: str, req: Any, **extra: Any) -> RunnerDefinition:
+        """From a HostedRun or RegisterApplicationRequest."""
+        machine = req.machine_requirements
+        return cls(
+            name=name,
+            image_id=image_id,
+            function=req.function.definition,
+            port=machine.exposed_port or APP_PORT,
+            health_path=req.health_check_config.path or "/health",
+            public=req.auth_mode != 0,  # PRIVATE = 0
+            environment=req.environment_name or "main",
+            machine_types=list(machine.machine_types)
+            or ([machine.machine_type] if machine.machine_type else []),
+            max_multiplexing=machine.max_multiplexing or 1,
+            min_concurrency=machine.min_concurrency,
+            max_concurrency=machine.max_concurrency or getattr(req, "max_concurrency", 0),
+            concurrency_buffer=machine.concurrency_buffer,
+            keep_alive=float(machine.keep_alive or 60),
+            request_timeout=float(machine.request_timeout or 3600),
+            startup_timeout=float(machine.startup_timeout or 600),
+            **extra,
+        )
+
+    def function_def(self, function_id: str, app_id: str) -> FunctionDef:
+        """The core's view: a server function (requests proxied to its port) whose containers
+        scale between min and max concurrency, `max_multiplexing` requests each."""
+        return FunctionDef(
+            function_id=function_id,
+            app_id=app_id,
+            tag=self.name,
+            image_id=self.image_id,
+            timeout=self.request_timeout,
+            startup_timeout=self.startup_timeout,
+            max_inputs=self.max_multiplexing,
+            target_inputs=self.max_multiplexing,
+            autoscaling=Autoscaling(
+                min_containers=self.min_concurrency,
+                max_containers=self.max_concurrency or None,
+                buffer_containers=self.concurrency_buffer,
+                scaledown_window=self.keep_alive,
+            ),
+            definition=self.to_bytes(),
+            frontend="fal",
+            http_port=self.port,
+        )
 
     def to_bytes(self) -> bytes:
         data = asdict(self)

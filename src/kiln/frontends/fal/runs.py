@@ -19,7 +19,6 @@ from google.protobuf import json_format
 
 from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.core.functions import Autoscaling, FunctionDef
 from kiln.errors import ImageBuildError, InvalidRequest, NotFound
 from kiln.frontends.fal.environments import FalEnvironment
 from kiln.frontends.fal.routes import FalRoutes
@@ -43,15 +42,22 @@ class RunHandlers:
     async def BuildEnvironment(
         self, req: fal_pb.BuildEnvironmentRequest, ctx: CallContext
     ) -> AsyncIterator[fal_pb.BuildEnvironmentResult]:
-        environment = _environment(req.environments)
+        environment = environment_of(req.environments)
         env_id = environment.env_id
-        async for lines in self._build(environment):
-            yield fal_pb.BuildEnvironmentResult(
-                env_id=env_id, logs=[_log(line, fal_pb.LogSource.BUILDER) for line in lines]
-            )
+        async for lines in self.build(environment):
+            yield fal_pb.BuildEnvironmentResult(env_id=env_id, logs=build_logs(lines))
         yield fal_pb.BuildEnvironmentResult(env_id=env_id, status=_SUCCESS)
 
-    async def _build(self, environment: FalEnvironment) -> AsyncIterator[list[str]]:
+    def image_of(self, env_id: str) -> str:
+        """The image built for an environment (fal builds first, then runs or deploys)."""
+        image_id = self.images.get(env_id)
+        if image_id is None:
+            raise NotFound(
+                f"Pre-built environment not found ({env_id}); build it again (fal run and fal deploy do)"
+            )
+        return image_id
+
+    async def build(self, environment: FalEnvironment) -> AsyncIterator[list[str]]:
         """Build (or find) the environment's image, yielding its build output as it comes."""
         recipe = Recipe(dockerfile=environment.dockerfile(), force_build=environment.force)
         build = self.core.images.request(recipe)
@@ -72,21 +78,16 @@ class RunHandlers:
             raise InvalidRequest(
                 "kiln runs fal Apps and functions shipped by the client (no entrypoint= runs yet)"
             )
-        environment = _environment(req.environments)
+        environment = environment_of(req.environments)
         env_id = environment.env_id
         if req.build_environment:
-            async for lines in self._build(environment):
-                yield fal_pb.HostedRunResult(
-                    env_id=env_id, logs=[_log(line, fal_pb.LogSource.BUILDER) for line in lines]
-                )
-        image_id = self.images.get(env_id)
-        if image_id is None:
-            raise NotFound(
-                f"Pre-built environment not found ({env_id}); run the build again (fal run builds it)"
-            )
+            async for lines in self.build(environment):
+                yield fal_pb.HostedRunResult(env_id=env_id, logs=build_logs(lines))
+        image_id = self.image_of(env_id)
         name = req.application_name or "fal-app"
         app = self.core.create_app(name, AppState.EPHEMERAL, req.environment_name or "main", frontend="fal")
-        function = _function(app.app_id, name, image_id, req)
+        definition = RunnerDefinition.from_request(name, image_id, req)
+        function = definition.function_def(new_id("fu"), app.app_id)
         self.core.register_function(function)
         self.core.publish_app(
             app.app_id, name=name, state=None, function_ids={name: function.function_id}, class_ids={}
@@ -135,44 +136,16 @@ class RunHandlers:
                 yield lines
 
 
-def _environment(definitions: Any) -> FalEnvironment:
+def build_logs(lines: list[str]) -> list[fal_pb.Log]:
+    return [_log(line, fal_pb.LogSource.BUILDER) for line in lines]
+
+
+def environment_of(definitions: Any) -> FalEnvironment:
     if len(definitions) != 1:
         raise InvalidRequest(f"kiln builds one environment per app; this request has {len(definitions)}")
     definition = definitions[0]
     config = json_format.MessageToDict(definition.configuration)
     return FalEnvironment.from_definition(definition.kind, config, definition.force)
-
-
-def _function(app_id: str, name: str, image_id: str, req: fal_pb.HostedRun) -> FunctionDef:
-    machine = req.machine_requirements
-    multiplexing = machine.max_multiplexing or 1
-    definition = RunnerDefinition(
-        name=name,
-        image_id=image_id,
-        function=req.function.definition,
-        port=machine.exposed_port or 8080,
-        health_path=req.health_check_config.path or "/health",
-        public=req.auth_mode != fal_pb.ApplicationAuthMode.PRIVATE,
-    )
-    return FunctionDef(
-        function_id=new_id("fu"),
-        app_id=app_id,
-        tag=name,
-        image_id=image_id,
-        timeout=float(machine.request_timeout or 3600),
-        startup_timeout=float(machine.startup_timeout or 600),
-        max_inputs=multiplexing,
-        target_inputs=multiplexing,
-        autoscaling=Autoscaling(
-            min_containers=machine.min_concurrency,
-            max_containers=machine.max_concurrency or None,
-            buffer_containers=machine.concurrency_buffer,
-            scaledown_window=float(machine.keep_alive or 60),
-        ),
-        definition=definition.to_bytes(),
-        frontend="fal",
-        http_port=definition.port,
-    )
 
 
 def _log(message: str, source: int, level: int = fal_pb.LogLevel.INFO) -> fal_pb.Log:

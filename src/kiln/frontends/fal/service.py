@@ -18,8 +18,10 @@ from kiln.auth import Credentials
 from kiln.containers import Runtime
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
+from kiln.frontends.fal.apps import AppHandlers
 from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
+from kiln.frontends.fal.runner import RunnerDefinition
 from kiln.frontends.fal.runs import RunHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 
@@ -33,7 +35,8 @@ class FalFrontend:
         self.core = core
         self.routes = routes
         self._launcher = FalLauncher(core, runtime)
-        self.handlers: list[object] = [RunHandlers(core, routes)]
+        runs = RunHandlers(core, routes)
+        self.handlers: list[object] = [runs, AppHandlers(core, routes, runs)]
 
     @property
     def launcher(self) -> FalLauncher:
@@ -50,7 +53,11 @@ class FalFrontend:
         )
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
-        raise NotImplementedError("fal apps are not kept across restarts yet")
+        """A deployed fal app after a restart (or a rollback): its runners' definition, and its
+        URL on the run host again."""
+        definition = RunnerDefinition.from_bytes(record.definition)
+        self.routes.add(definition.name, record.function_id, public=definition.public)
+        return definition.function_def(record.function_id, record.app_id)
 
     def restore_class(self, class_id: str, app_id: str, meta: bytes) -> None:
         return None
