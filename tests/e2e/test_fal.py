@@ -128,3 +128,18 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404
+
+
+def test_a_fal_function_called_from_a_script_returns_its_value_and_raises_its_error(kiln: KilnServer) -> None:
+    result = subprocess.run(
+        [str(FAL.parent / "python"), "fal_function_script.py"],
+        cwd=APPS,
+        env=kiln.fal_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "adding with six 1.16.0" in result.stdout  # the function's output, streamed back
+    assert "result {'sum': 42}" in result.stdout
+    assert "raised UserFunctionException Uncaught user function exception: no such thing" in result.stdout

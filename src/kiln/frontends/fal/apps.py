@@ -40,7 +40,7 @@ class AppHandlers:
             raise InvalidRequest("a fal deploy needs an app name")
         environment = environment_of(req.environments)
         env_id = environment.env_id
-        if req.build_environment:
+        if req.build_environment or not req.HasField("build_environment"):
             async for lines in self.runs.build(environment):
                 yield fal_pb.RegisterApplicationResult(env_id=env_id, logs=build_logs(lines))
         image_id = self.runs.image_of(env_id)

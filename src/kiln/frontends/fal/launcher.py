@@ -4,19 +4,24 @@ to the host's loopback, and readiness once the app's health check answers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from kiln.containers import Bind, ContainerHandle, ContainerSpec, PortForward, Runtime
 from kiln.core.core import Core
 from kiln.core.pool import Task
-from kiln.errors import KilnError
-from kiln.frontends.fal.runner import RUNNER, RunnerDefinition, runner_env
+from kiln.errors import ContainerStartError, KilnError
+from kiln.frontends.fal.runner import JOB, RUNNER, RunnerDefinition, runner_env
 from kiln.frontends.modal.launcher import free_loopback_port
+from kiln.ids import new_id
 from kiln.staging import process_dir
 
 _INSIDE = "/.kiln-fal"
@@ -67,6 +72,35 @@ class FalLauncher:
         self._probes[task.task_id] = probe
         return container
 
+    async def run_once(
+        self, image_id: str, function: bytes, sink: Callable[[int, bytes], None], timeout: float
+    ) -> dict[str, Any]:
+        """Run a `@fal.function` call in a container of its environment; what it returned or
+        raised, as the job wrote it (JSON, checked here: the container's output is hostile)."""
+        layers, config = self.core.images.layers(image_id)
+        job_dir = self.root / new_id("jb")
+        job_dir.mkdir()
+        try:
+            (job_dir / "function.pkl").write_bytes(function)
+            if self.runtime.ids is not None:
+                self.runtime.ids.own(job_dir, job_dir / "function.pkl")
+            spec = ContainerSpec(
+                image=layers,
+                argv=["python", "-c", JOB, f"{_INSIDE}/function.pkl", f"{_INSIDE}/result.json"],
+                env={**config.env, **runner_env({})},
+                cwd=config.workdir or "/",
+                binds=[Bind(job_dir, _INSIDE, read_only=False)],
+            )
+            container = await self.runtime.start(spec, sink)
+            try:
+                status = await asyncio.wait_for(container.wait(), timeout)
+            except asyncio.TimeoutError:
+                await container.kill()
+                raise ContainerStartError(f"the function ran past its timeout of {timeout:g} s") from None
+            return _outcome(job_dir / "result.json", status.describe())
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
     def _secret_ids(self, task: Task, definition: RunnerDefinition) -> list[str]:
         return list(task.function.secret_ids)
 
@@ -96,3 +130,30 @@ class FalLauncher:
         for probe in self._probes.values():
             probe.cancel()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_MAX_RESULT = 64 * 2**20  # bytes of a function's pickled result the server relays
+
+
+def _outcome(path: Path, how_it_ended: str) -> dict[str, Any]:
+    """The job's result file, validated: a dict of the expected fields, or a clear failure."""
+    try:
+        # The container wrote this file: never follow a link it planted, never read past the cap.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(_MAX_RESULT * 2 + 1)
+        if len(raw) > _MAX_RESULT * 2:
+            raise ValueError("the result is over the size limit")
+        data = json.loads(raw)
+        outcome = {
+            "definition": base64.b64decode(str(data["definition"]), validate=True),
+            "raised": bool(data["raised"]),
+            "traceback": str(data.get("traceback", ""))[:100_000],
+            "type": str(data.get("type", ""))[:200],
+            "message": str(data.get("message", ""))[:10_000],
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ContainerStartError(
+            f"the function's container ended ({how_it_ended}) without a result ({exc}); see its output above"
+        ) from None
+    return outcome

@@ -30,6 +30,30 @@ if asyncio.iscoroutine(result):
 """
 
 
+# Runs a `@fal.function` call once (its arguments are baked into the pickle) and writes what it
+# returned or raised as JSON: the server never unpickles what a container made; fal's client does.
+JOB = """
+import base64, json, sys, traceback
+import cloudpickle
+with open(sys.argv[1], "rb") as f:
+    function = cloudpickle.loads(f.read())
+outcome = {"raised": False, "traceback": "", "type": "", "message": ""}
+try:
+    value = function()
+except BaseException as exc:
+    value = exc
+    outcome.update(raised=True, traceback=traceback.format_exc(), type=type(exc).__name__, message=str(exc))
+try:
+    data = cloudpickle.dumps(value)
+except Exception as exc:
+    data = cloudpickle.dumps(RuntimeError(f"the function's result could not be pickled: {exc!r}"))
+    outcome.update(raised=True, type="RuntimeError", message=f"the result could not be pickled: {exc!r}")
+outcome["definition"] = base64.b64encode(data).decode()
+with open(sys.argv[2], "w") as f:
+    json.dump(outcome, f)
+"""
+
+
 @dataclass
 class RunnerDefinition:
     """A fal function as kiln keeps it."""

@@ -21,6 +21,7 @@ from kiln.core.apps import AppState
 from kiln.core.core import Core
 from kiln.errors import ImageBuildError, InvalidRequest, NotFound
 from kiln.frontends.fal.environments import FalEnvironment
+from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
 from kiln.frontends.modal.dispatch import CallContext
@@ -34,9 +35,10 @@ _SUCCESS = fal_pb.HostedRunStatus(state=fal_pb.HostedRunStatus.State.SUCCESS)
 
 
 class RunHandlers:
-    def __init__(self, core: Core, routes: FalRoutes) -> None:
+    def __init__(self, core: Core, routes: FalRoutes, launcher: FalLauncher) -> None:
         self.core = core
         self.routes = routes
+        self.launcher = launcher
         self.images: dict[str, str] = {}  # env_id → image_id, for runs with build_environment=false
 
     async def BuildEnvironment(
@@ -80,10 +82,14 @@ class RunHandlers:
             )
         environment = environment_of(req.environments)
         env_id = environment.env_id
-        if req.build_environment:
+        if req.build_environment or not req.HasField("build_environment"):
             async for lines in self.build(environment):
                 yield fal_pb.HostedRunResult(env_id=env_id, logs=build_logs(lines))
         image_id = self.image_of(env_id)
+        if not req.machine_requirements.exposed_port:  # a @fal.function call, not an App
+            async for result in self._call(req, image_id, env_id):
+                yield result
+            return
         name = req.application_name or "fal-app"
         app = self.core.create_app(name, AppState.EPHEMERAL, req.environment_name or "main", frontend="fal")
         definition = RunnerDefinition.from_request(name, image_id, req)
@@ -105,6 +111,47 @@ class RunHandlers:
             self.routes.remove(name, function.function_id)
             with contextlib.suppress(NotFound):
                 await self.core.stop_app(app.app_id, "The fal run ended.")
+
+    async def _call(
+        self, req: fal_pb.HostedRun, image_id: str, env_id: str
+    ) -> AsyncIterator[fal_pb.HostedRunResult]:
+        """Run a `@fal.function` once; its output streams to the caller, then its value."""
+        run_id = new_id("fc")
+        lines: asyncio.Queue[fal_pb.Log | None] = asyncio.Queue()
+        partial = {1: "", 2: ""}
+
+        def sink(fd: int, data: bytes) -> None:
+            *done, partial[fd] = (partial.get(fd, "") + data.decode(errors="replace")).split("\n")
+            level = fal_pb.LogLevel.STDERR if fd == STDERR else fal_pb.LogLevel.STDOUT
+            for line in done:
+                lines.put_nowait(_log(line, fal_pb.LogSource.USER, level))
+
+        timeout = float(req.machine_requirements.request_timeout or 3600)
+        job = asyncio.ensure_future(self.launcher.run_once(image_id, req.function.definition, sink, timeout))
+        job.add_done_callback(lambda _: lines.put_nowait(None))
+        finished = False
+        while not finished:
+            item, batch = await lines.get(), []
+            while True:
+                if item is None:
+                    finished = True
+                    break
+                batch.append(item)
+                if lines.empty():
+                    break
+                item = lines.get_nowait()
+            if batch:
+                yield fal_pb.HostedRunResult(run_id=run_id, status=_RUNNING, logs=batch, env_id=env_id)
+        outcome = await job
+        value = fal_pb.SerializedObject(
+            method="cloudpickle",
+            definition=outcome["definition"],
+            was_it_raised=outcome["raised"],
+            stringized_traceback=outcome["traceback"],
+            exception_type_name=outcome["type"],
+            exception_message=outcome["message"],
+        )
+        yield fal_pb.HostedRunResult(run_id=run_id, status=_SUCCESS, return_value=value, env_id=env_id)
 
     async def _warm(self, function_id: str) -> None:
         """`fal run` shows the runner starting (its setup) before any request: start one."""

@@ -35,7 +35,7 @@ class FalFrontend:
         self.core = core
         self.routes = routes
         self._launcher = FalLauncher(core, runtime)
-        runs = RunHandlers(core, routes)
+        runs = RunHandlers(core, routes, self._launcher)
         self.handlers: list[object] = [runs, AppHandlers(core, routes, runs)]
 
     @property
