@@ -46,16 +46,7 @@ class KilnServer:
     @property
     def fal_env(self) -> dict[str, str]:
         """Environment for the official fal client: this server's hosts and key."""
-        run_host = self.fal_exports["FAL_RUN_HOST"]
-        return {
-            **os.environ,
-            **self.fal_exports,
-            # fal derives these from the gRPC host unless set; kiln answers them on the run host.
-            "FAL_REST_HOST": run_host,
-            "FAL_QUEUE_RUN_HOST": run_host,
-            "FAL_WS_RUN_HOST": run_host,
-            "FAL_CONFIG_PATH": str(self.home / "fal.toml"),
-        }
+        return {**os.environ, **self.fal_exports, "FAL_CONFIG_PATH": str(self.home / "fal.toml")}
 
     @property
     def env(self) -> dict[str, str]:
@@ -122,7 +113,7 @@ def start_server(
         line = process.stdout.readline()
         if not line:
             break
-        match = re.search(r"export ((?:MODAL|FAL|ISOLATE)_\w+)=(\S+)", line)
+        match = re.search(r"export ((?:MODAL|FAL|ISOLATE|SSL)_\w+)=(\S+)", line)
         if match:
             exports[match.group(1)] = match.group(2)
         if "FAL_RUN_HOST" in exports:  # the last line of the exports

@@ -21,11 +21,13 @@ from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
+from kiln.frontends.fal.queue import FalQueue
 from kiln.frontends.fal.routes import FalGateway, FalRoutes
 from kiln.frontends.fal.service import FalFrontend
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
 from kiln.gateway.endpoints import Endpoints as WebEndpoints
+from kiln.gateway.tls import LoopbackTLS
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.gc import Collector
@@ -51,7 +53,9 @@ class Endpoints:
     http_url: str
     credentials: Credentials
     fal_grpc_host: str = ""  # fal's control plane (host:port, plain gRPC on loopback)
-    fal_run_host: str = ""  # fal's HTTP data plane (host:port)
+    fal_run_host: str = ""  # fal's HTTP data plane (host:port, https)
+    fal_queue_host: str = ""  # fal's queue API (host:port, https)
+    ca_bundle: str = ""  # the roots clients trust kiln's https with (SSL_CERT_FILE)
 
 
 class KilnServer:
@@ -68,8 +72,9 @@ class KilnServer:
         self.web: WebEndpoints | None = None
         self.fal: FalFrontend | None = None
         self._fal_grpc: grpclib.server.Server | None = None
-        self._fal_run: Any = None  # uvicorn.Server of fal's run host
-        self._fal_run_task: asyncio.Task[None] | None = None
+        self.fal_queue: FalQueue | None = None
+        self._fal_http: list[Any] = []  # uvicorn.Servers of fal's run and queue hosts
+        self._fal_http_tasks: list[asyncio.Task[None]] = []
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -125,8 +130,11 @@ class KilnServer:
         ports = home / "ports.json"  # fal's hosts keep their ports across restarts (its URLs)
         fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port)
         fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port)
-        fal_run_host = _host_port(fal_run_sock)
-        self.fal_routes = FalRoutes(f"http://{fal_run_host}")
+        fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0)
+        fal_run_host, fal_queue_host = _host_port(fal_run_sock), _host_port(fal_queue_sock)
+        # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
+        self.tls = LoopbackTLS.load_or_create(home / "tls")
+        self.fal_routes = FalRoutes(f"https://{fal_run_host}", f"https://{fal_queue_host}")
         self.fal = FalFrontend(core, runtime, self.fal_routes)
         self.frontends = [
             ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web),
@@ -138,8 +146,12 @@ class KilnServer:
         self._fal_grpc = grpclib.server.Server([self.fal.service(credentials)])
         await self._fal_grpc.start(sock=fal_sock)
         gateway = FalGateway(core, self.fal_routes, self.web.upstream, credentials)
-        self._fal_run = uvicorn_server(gateway)
-        self._fal_run_task = asyncio.ensure_future(self._fal_run.serve(sockets=[fal_run_sock]))
+        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, credentials)
+        self._fal_http = [uvicorn_server(gateway, self.tls), uvicorn_server(self.fal_queue, self.tls)]
+        self._fal_http_tasks = [
+            asyncio.ensure_future(server.serve(sockets=[sock]))
+            for server, sock in zip(self._fal_http, (fal_run_sock, fal_queue_sock), strict=True)
+        ]
 
         self._grpc = grpclib.server.Server([self.frontends[0].service(credentials)])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
@@ -154,6 +166,8 @@ class KilnServer:
             credentials,
             fal_grpc_host=_host_port(fal_sock),
             fal_run_host=fal_run_host,
+            fal_queue_host=fal_queue_host,
+            ca_bundle=str(self.tls.bundle),
         )
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
@@ -209,9 +223,12 @@ class KilnServer:
         if self._fal_grpc is not None:
             self._fal_grpc.close()
             await self._fal_grpc.wait_closed()
-        if self._fal_run is not None and self._fal_run_task is not None:
-            self._fal_run.should_exit = True
-            await self._fal_run_task
+        if self.fal_queue is not None:
+            await self.fal_queue.shutdown()
+        for fal_http in self._fal_http:
+            fal_http.should_exit = True
+        for task in self._fal_http_tasks:
+            await task
         if self._http_task is not None:
             if self._http is not None:
                 self._http.should_exit = True
@@ -228,10 +245,11 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def uvicorn_server(app: Any) -> Any:
+def uvicorn_server(app: Any, tls: LoopbackTLS | None = None) -> Any:
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
 
 
 def _host_port(sock: socket.socket) -> str:

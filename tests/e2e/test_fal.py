@@ -5,7 +5,9 @@ the App from a runner, and answers on the run host until the client exits."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -21,11 +23,17 @@ pytestmark = pytest.mark.e2e
 FAL = Path(__file__).parents[2] / ".venv-fal" / "bin" / "fal"
 
 
-def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"content-type": "application/json", **(headers or {})})
+def post(
+    url: str, body: object, headers: dict[str, str] | None = None, method: str = "POST"
+) -> tuple[int, str]:
+    """An https request that trusts kiln's local CA (the bundle `kiln server` exports)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data, {"content-type": "application/json", **(headers or {})}, method=method
+    )
+    context = ssl.create_default_context(cafile=os.environ["KILN_TEST_CA_BUNDLE"])
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=120, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -60,13 +68,20 @@ class FalRun:
             self.out.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def trust_kiln(kiln: KilnServer) -> Iterator[None]:
+    os.environ["KILN_TEST_CA_BUNDLE"] = kiln.fal_exports["SSL_CERT_FILE"]
+    yield
+    os.environ.pop("KILN_TEST_CA_BUNDLE", None)
+
+
 @pytest.fixture(scope="module")
 def hello(kiln: KilnServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FalRun, str]]:
     if not FAL.exists():
         pytest.fail("the fal client is missing: run ./scripts/install --test")
     run = FalRun(kiln, "fal_hello_app.py::Hello", tmp_path_factory.mktemp("fal") / "run.log")
     output = run.wait_for("Application startup complete")
-    url = next(word for word in output.split() if word.startswith("http://") and "/kiln/hello" in word)
+    url = next(word for word in output.split() if word.startswith("https://") and "/kiln/hello" in word)
     yield run, url.rstrip("/")
     if run.process.poll() is None:
         run.interrupt()
@@ -93,15 +108,6 @@ def test_an_unknown_app_gets_a_404_naming_the_apps(hello: tuple[FalRun, str]) ->
     assert status == 404 and "/kiln/hello" in body, body
 
 
-def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
-    run, url = hello
-    run.interrupt()
-    deadline = time.monotonic() + 30
-    while post(url + "/", {})[0] != 404:
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-
-
 def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(FAL), *args], cwd=APPS, env=kiln.fal_env, capture_output=True, text=True, timeout=600
@@ -109,12 +115,13 @@ def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_deleted(
-    restartable_server: RestartableServer,
+    restartable_server: RestartableServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kiln = restartable_server.server
+    monkeypatch.setenv("KILN_TEST_CA_BUNDLE", kiln.fal_exports["SSL_CERT_FILE"])
     deployed = fal(kiln, "deploy", "fal_hello_app.py::Hello", "--auth", "private")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    url = f"http://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/hello"
+    url = f"https://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/hello"
     assert url in deployed.stdout
     listed = fal(kiln, "apps", "list")
     assert listed.returncode == 0 and "hello" in listed.stdout, listed.stdout + listed.stderr
@@ -143,3 +150,50 @@ def test_a_fal_function_called_from_a_script_returns_its_value_and_raises_its_er
     assert "adding with six 1.16.0" in result.stdout  # the function's output, streamed back
     assert "result {'sum': 42}" in result.stdout
     assert "raised UserFunctionException Uncaught user function exception: no such thing" in result.stdout
+
+
+def test_fal_client_runs_submits_and_subscribes_over_https(
+    kiln: KilnServer, hello: tuple[FalRun, str]
+) -> None:
+    result = subprocess.run(
+        [str(FAL.parent / "python"), "fal_client_script.py", "kiln/hello"],
+        cwd=APPS,
+        env=kiln.fal_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run {'greeting': 'hello sync', 'setups': 1}" in result.stdout
+    assert "get {'greeting': 'hello queued', 'setups': 1}" in result.stdout
+    assert "subscribe {'greeting': 'hello subscribed', 'setups': 1}" in result.stdout
+
+
+def test_the_queue_api_over_plain_http_clients(kiln: KilnServer, hello: tuple[FalRun, str]) -> None:
+    queue = f"https://{kiln.fal_exports['FAL_QUEUE_RUN_HOST']}/kiln/hello"
+    status, body = post(queue + "/", {"name": "q"})
+    assert status == 200, body
+    submitted = json.loads(body)
+    assert submitted["status_url"] == f"{queue}/requests/{submitted['request_id']}/status"
+    deadline = time.monotonic() + 120
+    while True:
+        status, body = post(submitted["status_url"], None, method="GET")
+        state = json.loads(body)
+        assert "logs" in state
+        if state["status"] == "COMPLETED":
+            assert status == 200
+            break
+        assert status == 202 and time.monotonic() < deadline
+        time.sleep(0.2)
+    assert post(submitted["response_url"], None, method="GET") == (200, '{"greeting":"hello q","setups":1}')
+    assert post(submitted["cancel_url"], None, method="PUT")[0] == 400  # already completed
+    assert post(f"{queue}/requests/rq-unknown/status", None, method="GET")[0] == 404
+
+
+def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
+    run, url = hello
+    run.interrupt()
+    deadline = time.monotonic() + 30
+    while post(url + "/", {})[0] != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)

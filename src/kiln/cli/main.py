@@ -49,14 +49,19 @@ def client_env(grpc_url: str, home: Path, credentials: Credentials) -> dict[str,
     }
 
 
-def fal_env(grpc_host: str, run_host: str, credentials: Credentials) -> dict[str, str]:
-    """What the official fal client needs to talk to kiln: its hosts (plain gRPC and HTTP on
-    loopback, which fal's test mode allows) and a key (kiln's token pair)."""
+def fal_env(endpoints: Any) -> dict[str, str]:
+    """What the official fal CLI and fal_client need to talk to kiln: the control plane (plain
+    gRPC on loopback, which fal's test mode allows), a key (kiln's token pair), the https hosts of
+    the data plane, and roots that trust kiln's local CA."""
+    credentials = endpoints.credentials
     return {
-        "FAL_GRPC_HOST": grpc_host,
+        "FAL_GRPC_HOST": endpoints.fal_grpc_host,
         "ISOLATE_TEST_MODE": "1",
         "FAL_KEY": f"{credentials.token_id}:{credentials.token_secret}",
-        "FAL_RUN_HOST": run_host,
+        "FAL_QUEUE_RUN_HOST": endpoints.fal_queue_host,
+        "FAL_WS_RUN_HOST": endpoints.fal_run_host,
+        "SSL_CERT_FILE": endpoints.ca_bundle,
+        "FAL_RUN_HOST": endpoints.fal_run_host,
     }
 
 
@@ -159,7 +164,7 @@ async def _serve(config: Config) -> None:
     for key, value in client_env(endpoints.grpc_url, config.home, endpoints.credentials).items():
         click.echo(f"  export {key}={value}")
     click.echo("\nthen `modal run app.py`. For the fal client:\n")
-    for key, value in fal_env(endpoints.fal_grpc_host, endpoints.fal_run_host, endpoints.credentials).items():
+    for key, value in fal_env(endpoints).items():
         click.echo(f"  export {key}={value}")
     click.echo("\nthen `fal run app.py::MyApp`. Ctrl-C stops the server.", err=False)
     stop = asyncio.Event()

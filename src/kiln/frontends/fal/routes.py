@@ -30,17 +30,22 @@ class Route:
 
 
 class FalRoutes:
-    """The apps the run host answers for, by `<owner>/<app>`, and their URLs."""
+    """The apps the run and queue hosts answer for, by `<owner>/<app>`, and their URLs."""
 
-    def __init__(self, run_url: str) -> None:
+    def __init__(self, run_url: str, queue_url: str = "") -> None:
         self.run_url = run_url
+        self.queue_url = queue_url or run_url
         self._routes: dict[str, Route] = {}
 
     def add(self, name: str, function_id: str, public: bool) -> fal_pb.ServiceURLs:
         self._routes[f"{OWNER}/{name}"] = Route(function_id, public)
-        base = f"{self.run_url}/{OWNER}/{name}"
+        run = f"{self.run_url}/{OWNER}/{name}"
         return fal_pb.ServiceURLs(
-            playground=base, run=base, queue=base, ws=base.replace("http", "ws", 1), log=base
+            playground=run,
+            run=run,
+            queue=f"{self.queue_url}/{OWNER}/{name}",
+            ws=run.replace("http", "ws", 1),
+            log=run,
         )
 
     def remove(self, name: str, function_id: str) -> None:
@@ -81,7 +86,7 @@ class FalGateway:
             )
             return
         route, path = found
-        if not route.public and not self._authorized(scope):
+        if not route.public and not authorized(scope, self.credentials):
             await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
             return
         inner: MutableMapping[str, Any] = dict(scope)
@@ -101,13 +106,15 @@ class FalGateway:
         except UpstreamError as exc:
             await _text(send, 502, f"Bad gateway: {exc}\n")
 
-    def _authorized(self, scope: Scope) -> bool:
-        headers = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in scope.get("headers", [])}
-        value = headers.get(b"authorization", "")
-        if not value.lower().startswith("key "):
-            return False
-        key_id, _, secret = value[4:].strip().partition(":")
-        return self.credentials.accepts(key_id, secret)
+
+def authorized(scope: Scope, credentials: Credentials) -> bool:
+    """Whether a request carries `Authorization: Key <id>:<secret>` with kiln's token pair."""
+    headers = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in scope.get("headers", [])}
+    value = headers.get(b"authorization", "")
+    if not value.lower().startswith("key "):
+        return False
+    key_id, _, secret = value[4:].strip().partition(":")
+    return credentials.accepts(key_id, secret)
 
 
 async def _text(send: Send, status: int, text: str) -> None:
