@@ -19,7 +19,7 @@ from kiln.core.core import Core
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
-from kiln.frontends.fal.runs import RunHandlers, build_logs, environment_of
+from kiln.frontends.fal.runs import RunHandlers, allowed_secrets, build_logs, environment_of
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.ids import new_id
 
@@ -41,7 +41,7 @@ class AppHandlers:
         environment = environment_of(req.environments)
         env_id = environment.env_id
         if req.build_environment or not req.HasField("build_environment"):
-            async for lines in self.runs.build(environment):
+            async for lines in self.runs.build(environment, req.environment_name, allowed_secrets(req)):
                 yield fal_pb.RegisterApplicationResult(env_id=env_id, logs=build_logs(lines))
         image_id = self.runs.image_of(env_id)
         env_name = req.environment_name or "main"

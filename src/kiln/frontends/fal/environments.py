@@ -19,6 +19,7 @@ of its RUN step only (never on a command line, in a layer, or in the log).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ AGENT_DIR = "/opt/kiln-fal-agent"
 AGENT_PACKAGES = ("cloudpickle==3.1.1", "grpcio>=1.64,<2")
 _SECRET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PYTHON = re.compile(r"^3\.\d+$")
+_FIND_LINKS = re.compile(r"^(--find-links|-f)=(.+)$")
+_LOOPBACK = re.compile(r"://(?:[^@/\s]*@)?(?:127\.0\.0\.1|localhost|\[::1\]):(\d+)")
 
 
 @dataclass
@@ -74,6 +77,27 @@ class FalEnvironment:
         config = {k: v for k, v in self.config.items() if k != "force"}
         return str(VirtualPythonEnvironment.from_config(config).key)
 
+    def local_find_links(self) -> dict[str, str]:
+        """Directories of this machine that `--find-links=DIR` names → where the build sees them
+        (read-only). fal's client sends the option as the user wrote it, with a path on the user's
+        machine, which is this one when kiln serves on loopback."""
+        found: dict[str, str] = {}
+        for layer in self.layers:
+            for item in layer:
+                match = _FIND_LINKS.match(item)
+                if match and os.path.isabs(match.group(2)) and os.path.isdir(match.group(2)):
+                    found.setdefault(match.group(2), f"/.kiln-find-links/{len(found)}")
+        return found
+
+    def loopback_ports(self) -> list[int]:
+        """Ports of this machine's loopback that the requirements name (a local index, wheel or
+        git server): the build may reach those, and nothing else on the host."""
+        ports = {int(m.group(1)) for layer in self.layers for item in layer for m in _LOOPBACK.finditer(item)}
+        return sorted(p for p in ports if 0 < p < 65536)
+
+    def needs_git(self) -> bool:
+        return any("git+" in item for layer in self.layers for item in layer)
+
     def secret_names(self) -> set[str]:
         """The secrets the requirements name (`${NAME}`)."""
         return {m.group(1) for layer in self.layers for item in layer for m in _SECRET.finditer(item)}
@@ -86,23 +110,60 @@ class FalEnvironment:
             f"FROM python:{self.python_version}-slim-bookworm",
             f"COPY --from=ghcr.io/astral-sh/uv:{importlib.metadata.version('uv')} /uv /.uv/uv",
         ]
-        for layer in self.layers:
-            if layer:
-                lines.append(f"RUN {uv} {' '.join(_argument(item) for item in layer)}")
+        if self.needs_git():  # uv clones `git+…` requirements with git, which the base lacks
+            lines.append(
+                "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends git ca-certificates"
+                " >/dev/null && rm -rf /var/lib/apt/lists/*"
+            )
+        local = self.local_find_links()
+        for raw in self.layers:
+            layer = [_relink(item, local) for item in raw]
+            if layer and any(_SECRET.search(item) for item in layer):
+                lines.append(f"RUN {_with_secrets(uv, layer)}")
+            elif layer:
+                lines.append(f"RUN {uv} {' '.join(shlex.quote(item) for item in layer)}")
         agent = " ".join(shlex.quote(p) for p in AGENT_PACKAGES)
         lines.append(f"RUN {uv} --target {AGENT_DIR} {agent}")
         return lines
 
 
-def _argument(item: str) -> str:
-    """One requirement as one shell word; `${NAME}` is left for the shell to expand from the
-    step's environment (the secret), everything else is quoted."""
-    parts = _SECRET.split(item)
-    # split() alternates text and secret names: quote the text, keep "${NAME}" inside double quotes
-    out = []
-    for index, part in enumerate(parts):
-        if index % 2:
-            out.append(f'"${{{part}}}"')
-        elif part:
-            out.append(shlex.quote(part))
-    return "".join(out) or "''"
+def _relink(item: str, local: dict[str, str]) -> str:
+    match = _FIND_LINKS.match(item)
+    if match and match.group(2) in local:
+        return f"{match.group(1)}={local[match.group(2)]}"
+    return item
+
+
+# Options of `uv pip install` that take a value (as the next item when not joined with `=`).
+_VALUED = {
+    "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
+    "-r", "--requirement", "--index-strategy", "--no-binary", "--only-binary", "--prerelease",
+    "--resolution", "--keyring-provider", "--python-platform", "-p", "--python",
+}  # fmt: skip
+
+
+def _with_secrets(uv: str, layer: list[str]) -> str:
+    """A layer whose items name secrets installs from a requirements file written by the step
+    itself (with the shell's builtin printf) and removed before the step ends: the secrets' values
+    are never on a command line (where the host's `ps` would show them) nor in the layer."""
+    lines, pending = [], ""
+    for item in layer:
+        if pending:
+            lines.append(f"{pending} {item}")
+            pending = ""
+        elif item in _VALUED:
+            pending = item
+        else:
+            lines.append(item)
+    if pending:
+        lines.append(pending)
+    words = " ".join(_double_quoted(line) for line in lines)
+    return f'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && printf \'%s\\n\' {words} > "$f" && {uv} -r "$f"'
+
+
+def _double_quoted(text: str) -> str:
+    """`text` in double quotes, with `${NAME}` (a secret in the step's environment) expanded
+    by the shell and every other special character escaped."""
+    escaped = re.sub(r'([\\"`])', r"\\\1", text)
+    escaped = re.sub(r"\$(?!\{[A-Za-z_][A-Za-z0-9_]*\})", r"\\$", escaped)
+    return f'"{escaped}"'

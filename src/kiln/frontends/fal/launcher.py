@@ -20,6 +20,7 @@ from kiln.core.core import Core
 from kiln.core.pool import Task
 from kiln.errors import ContainerStartError, KilnError
 from kiln.frontends.fal.runner import JOB, RUNNER, RunnerDefinition, runner_env
+from kiln.frontends.fal.secrets import secret_values
 from kiln.frontends.modal.launcher import free_loopback_port
 from kiln.ids import new_id
 from kiln.staging import process_dir
@@ -58,7 +59,7 @@ class FalLauncher:
             del tail[:-20]
 
         task.output_tail = tail
-        secrets = self.core.secrets.env_of(self._secret_ids(task, definition))
+        secrets = secret_values(self.core, definition.environment, definition.secret_names)
         spec = ContainerSpec(
             image=layers,
             argv=["python", "-c", RUNNER, f"{_INSIDE}/function.pkl"],
@@ -73,7 +74,12 @@ class FalLauncher:
         return container
 
     async def run_once(
-        self, image_id: str, function: bytes, sink: Callable[[int, bytes], None], timeout: float
+        self,
+        image_id: str,
+        function: bytes,
+        sink: Callable[[int, bytes], None],
+        timeout: float,
+        secrets: dict[str, str],
     ) -> dict[str, Any]:
         """Run a `@fal.function` call in a container of its environment; what it returned or
         raised, as the job wrote it (JSON, checked here: the container's output is hostile)."""
@@ -87,7 +93,7 @@ class FalLauncher:
             spec = ContainerSpec(
                 image=layers,
                 argv=["python", "-c", JOB, f"{_INSIDE}/function.pkl", f"{_INSIDE}/result.json"],
-                env={**config.env, **runner_env({})},
+                env={**config.env, **runner_env(secrets)},
                 cwd=config.workdir or "/",
                 binds=[Bind(job_dir, _INSIDE, read_only=False)],
             )
@@ -100,9 +106,6 @@ class FalLauncher:
             return _outcome(job_dir / "result.json", status.describe())
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
-
-    def _secret_ids(self, task: Task, definition: RunnerDefinition) -> list[str]:
-        return list(task.function.secret_ids)
 
     async def _ready_when_healthy(self, task: Task, path: str) -> None:
         """A fal App's uvicorn answers only after its lifespan (the user's `setup()`) is done:

@@ -63,7 +63,7 @@ class RunnerDefinition:
     function: bytes  # the SerializedObject's `definition` (cloudpickle)
     port: int = APP_PORT
     health_path: str = "/health"
-    secret_names: list[str] = field(default_factory=list)
+    secret_names: list[str] | None = None  # the fal secrets it gets (None: all of its environment's)
     public: bool = True
     revision: str = ""  # fal's application_id of a deployed app
     environment: str = "main"
@@ -98,6 +98,7 @@ class RunnerDefinition:
             keep_alive=float(machine.keep_alive or 60),
             request_timeout=float(machine.request_timeout or 3600),
             startup_timeout=float(machine.startup_timeout or 600),
+            secret_names=list(req.secrets.names) if req.HasField("secrets") else None,
             **extra,
         )
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import isolate_proto as fal_pb
 from google.protobuf import json_format
 
+from kiln.auth import is_loopback
 from kiln.core.apps import AppState
 from kiln.core.core import Core
 from kiln.errors import ImageBuildError, InvalidRequest, NotFound
@@ -24,11 +29,13 @@ from kiln.frontends.fal.environments import FalEnvironment
 from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
+from kiln.frontends.fal.secrets import secret_values
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.ids import new_id
 from kiln.images.planner import Recipe
 from kiln.streams import STDERR
 
+_ARCHIVES = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz")  # what `--find-links` folders offer
 _HEARTBEAT = 5.0  # seconds between the Run stream's heartbeats of its app
 _RUNNING = fal_pb.HostedRunStatus(state=fal_pb.HostedRunStatus.State.IN_PROGRESS)
 _SUCCESS = fal_pb.HostedRunStatus(state=fal_pb.HostedRunStatus.State.SUCCESS)
@@ -46,7 +53,7 @@ class RunHandlers:
     ) -> AsyncIterator[fal_pb.BuildEnvironmentResult]:
         environment = environment_of(req.environments)
         env_id = environment.env_id
-        async for lines in self.build(environment):
+        async for lines in self.build(environment, req.environment_name, allowed_secrets(req)):
             yield fal_pb.BuildEnvironmentResult(env_id=env_id, logs=build_logs(lines))
         yield fal_pb.BuildEnvironmentResult(env_id=env_id, status=_SUCCESS)
 
@@ -59,9 +66,24 @@ class RunHandlers:
             )
         return image_id
 
-    async def build(self, environment: FalEnvironment) -> AsyncIterator[list[str]]:
-        """Build (or find) the environment's image, yielding its build output as it comes."""
-        recipe = Recipe(dockerfile=environment.dockerfile(), force_build=environment.force)
+    async def build(
+        self, environment: FalEnvironment, fal_environment: str, allowed: list[str] | None = None
+    ) -> AsyncIterator[list[str]]:
+        """Build (or find) the environment's image, yielding its build output as it comes. The
+        secrets its requirements name are in the build steps' environment only: not in the keys
+        (a requirement set keys the same whatever the token), masked in the log."""
+        names = sorted(environment.secret_names())
+        if allowed is not None and (refused := sorted(set(names) - set(allowed))):
+            raise InvalidRequest(f"the requirements use secrets this build may not see: {', '.join(refused)}")
+        secrets = secret_values(self.core, fal_environment, names) if names else {}
+        run_binds, copies = self._find_links(environment)
+        recipe = Recipe(
+            dockerfile=environment.dockerfile(),
+            force_build=environment.force,
+            secret_env=secrets,
+            host_ports=environment.loopback_ports(),
+            run_binds=run_binds,
+        )
         build = self.core.images.request(recipe)
         cursor = 0
         while True:
@@ -71,9 +93,35 @@ class RunHandlers:
                 yield [line for e in entries for line in e.data.splitlines() if line.strip()]
             if build.done.is_set() and not build.logs.after(cursor):
                 break
+        for copy in copies:
+            shutil.rmtree(copy, ignore_errors=True)
         if build.error:
             raise ImageBuildError(f"The environment could not be built: {build.error}")
         self.images[environment.env_id] = build.image_id
+
+    def _find_links(self, environment: FalEnvironment) -> tuple[list[tuple[Path, str]], list[Path]]:
+        """Local `--find-links=DIR` folders, for a server on loopback only (a remote client's
+        paths name nothing of its own here, and this server reads them as root): the
+        distribution archives directly in each folder (regular files, no links followed) are
+        copied where the build's unprivileged ids can read them. Returns the binds and the copies
+        to remove after the build."""
+        local = environment.local_find_links()
+        if local and not is_loopback(self.core.config.host):
+            raise InvalidRequest(
+                "`--find-links=DIR` names a folder on this kiln server, which serves beyond loopback; "
+                "serve the wheels over HTTP (--find-links=https://…) instead"
+            )
+        binds, copies = [], []
+        for directory, inside in local.items():
+            copy = Path(tempfile.mkdtemp(dir=self.core.images.builder.scratch, prefix="find-links-"))
+            os.chmod(copy, 0o755)
+            for entry in os.scandir(directory):
+                if entry.is_file(follow_symlinks=False) and entry.name.endswith(_ARCHIVES):
+                    shutil.copyfile(entry.path, copy / entry.name, follow_symlinks=False)
+                    os.chmod(copy / entry.name, 0o644)
+            binds.append((copy, inside))
+            copies.append(copy)
+        return binds, copies
 
     async def Run(self, req: fal_pb.HostedRun, ctx: CallContext) -> AsyncIterator[fal_pb.HostedRunResult]:
         if req.entrypoint or not req.HasField("function"):
@@ -83,7 +131,7 @@ class RunHandlers:
         environment = environment_of(req.environments)
         env_id = environment.env_id
         if req.build_environment or not req.HasField("build_environment"):
-            async for lines in self.build(environment):
+            async for lines in self.build(environment, req.environment_name, allowed_secrets(req)):
                 yield fal_pb.HostedRunResult(env_id=env_id, logs=build_logs(lines))
         image_id = self.image_of(env_id)
         if not req.machine_requirements.exposed_port:  # a @fal.function call, not an App
@@ -127,7 +175,11 @@ class RunHandlers:
                 lines.put_nowait(_log(line, fal_pb.LogSource.USER, level))
 
         timeout = float(req.machine_requirements.request_timeout or 3600)
-        job = asyncio.ensure_future(self.launcher.run_once(image_id, req.function.definition, sink, timeout))
+        names = list(req.secrets.names) if req.HasField("secrets") else None
+        secrets = secret_values(self.core, req.environment_name, names)
+        job = asyncio.ensure_future(
+            self.launcher.run_once(image_id, req.function.definition, sink, timeout, secrets)
+        )
         job.add_done_callback(lambda _: lines.put_nowait(None))
         finished = False
         while not finished:
@@ -181,6 +233,11 @@ class RunHandlers:
                 lines += [_log(line, fal_pb.LogSource.USER, level) for line in done]
             if lines:
                 yield lines
+
+
+def allowed_secrets(req: Any) -> list[str] | None:
+    """The secrets a request lets its build see (None: any of its environment's)."""
+    return list(req.secrets.names) if req.HasField("secrets") else None
 
 
 def build_logs(lines: list[str]) -> list[fal_pb.Log]:

@@ -23,6 +23,7 @@ from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
 from kiln.frontends.fal.runs import RunHandlers
+from kiln.frontends.fal.secrets import SecretHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 
 CONTROLLER = controller_pb2.DESCRIPTOR.services_by_name["IsolateController"]
@@ -36,7 +37,7 @@ class FalFrontend:
         self.routes = routes
         self._launcher = FalLauncher(core, runtime)
         runs = RunHandlers(core, routes, self._launcher)
-        self.handlers: list[object] = [runs, AppHandlers(core, routes, runs)]
+        self.handlers: list[object] = [runs, AppHandlers(core, routes, runs), SecretHandlers(core)]
 
     @property
     def launcher(self) -> FalLauncher:
