@@ -18,7 +18,21 @@ def fails():
     raise ValueError("no such thing")
 
 
+@fal.function(requirements=["six==1.16.0"])
+def remember(text):
+    with open("/data/kiln-note.txt", "w") as f:
+        f.write(text)
+
+
+@fal.function(requirements=["six==1.16.0"])
+def recall():
+    with open("/data/kiln-note.txt") as f:
+        return f.read()
+
+
 if __name__ == "__main__":
+    remember("kept in /data")
+    print("recalled", recall())
     print("result", add(2, 40))
     try:
         fails()

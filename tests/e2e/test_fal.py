@@ -137,7 +137,9 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     assert post(url + "/", {}, key)[0] == 404
 
 
-def test_a_fal_function_called_from_a_script_returns_its_value_and_raises_its_error(kiln: KilnServer) -> None:
+def test_a_fal_function_called_from_a_script_returns_its_value_raises_its_error_and_keeps_data(
+    kiln: KilnServer,
+) -> None:
     result = subprocess.run(
         [str(FAL.parent / "python"), "fal_function_script.py"],
         cwd=APPS,
@@ -150,6 +152,7 @@ def test_a_fal_function_called_from_a_script_returns_its_value_and_raises_its_er
     assert "adding with six 1.16.0" in result.stdout  # the function's output, streamed back
     assert "result {'sum': 42}" in result.stdout
     assert "raised UserFunctionException Uncaught user function exception: no such thing" in result.stdout
+    assert "recalled kept in /data" in result.stdout  # /data outlives the container that wrote it
 
 
 def test_fal_client_runs_submits_and_subscribes_over_https(

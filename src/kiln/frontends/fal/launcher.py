@@ -65,8 +65,11 @@ class FalLauncher:
             argv=["python", "-c", RUNNER, f"{_INSIDE}/function.pkl"],
             env={**config.env, **runner_env(secrets)},
             cwd=config.workdir or "/",
-            binds=[Bind(task_dir, _INSIDE, read_only=True)],
+            binds=[Bind(task_dir, _INSIDE, read_only=True), self._data(definition.environment)],
             forwards=[PortForward(host_port, definition.port)],
+            cpu_limit=task.function.resources.milli_cpu / 1000,
+            memory_limit_mb=task.function.resources.memory_mb,
+            gpus=list(task.placement.gpus),
         )
         container = await self.runtime.start(spec, to_app_log)
         probe = asyncio.ensure_future(self._ready_when_healthy(task, definition.health_path))
@@ -80,6 +83,7 @@ class FalLauncher:
         sink: Callable[[int, bytes], None],
         timeout: float,
         secrets: dict[str, str],
+        environment: str = "main",
     ) -> dict[str, Any]:
         """Run a `@fal.function` call in a container of its environment; what it returned or
         raised, as the job wrote it (JSON, checked here: the container's output is hostile)."""
@@ -95,7 +99,7 @@ class FalLauncher:
                 argv=["python", "-c", JOB, f"{_INSIDE}/function.pkl", f"{_INSIDE}/result.json"],
                 env={**config.env, **runner_env(secrets)},
                 cwd=config.workdir or "/",
-                binds=[Bind(job_dir, _INSIDE, read_only=False)],
+                binds=[Bind(job_dir, _INSIDE, read_only=False), self._data(environment)],
             )
             container = await self.runtime.start(spec, sink)
             try:
@@ -106,6 +110,16 @@ class FalLauncher:
             return _outcome(job_dir / "result.json", status.describe())
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _data(self, environment: str) -> Bind:
+        """`/data`: storage that outlives runners, shared by the apps of one fal environment (as
+        fal's persistent `/data`), owned by the containers' root."""
+        data = self.core.config.home / "fal-data" / (environment or "main")
+        if not data.exists():
+            data.mkdir(parents=True, mode=0o700)
+            if self.runtime.ids is not None:
+                self.runtime.ids.own(data)
+        return Bind(data, "/data", read_only=False)
 
     async def _ready_when_healthy(self, task: Task, path: str) -> None:
         """A fal App's uvicorn answers only after its lifespan (the user's `setup()`) is done:

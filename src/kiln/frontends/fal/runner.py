@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kiln.core.functions import Autoscaling, FunctionDef
+from kiln.frontends.fal import machines
 from kiln.frontends.fal.environments import AGENT_DIR
 
 APP_PORT = 8080  # where a fal App's uvicorn listens (MachineRequirements.exposed_port)
@@ -69,6 +70,7 @@ class RunnerDefinition:
     environment: str = "main"
     # Scheduling, from fal's MachineRequirements.
     machine_types: list[str] = field(default_factory=list)
+    num_gpus: int = 0
     max_multiplexing: int = 1
     min_concurrency: int = 0
     max_concurrency: int = 0  # 0: the machine's capacity
@@ -120,6 +122,7 @@ class RunnerDefinition:
                 buffer_containers=self.concurrency_buffer,
                 scaledown_window=self.keep_alive,
             ),
+            resources=machines.resources(self.machine_types, self.num_gpus),
             definition=self.to_bytes(),
             frontend="fal",
             http_port=self.port,

@@ -178,7 +178,9 @@ class RunHandlers:
         names = list(req.secrets.names) if req.HasField("secrets") else None
         secrets = secret_values(self.core, req.environment_name, names)
         job = asyncio.ensure_future(
-            self.launcher.run_once(image_id, req.function.definition, sink, timeout, secrets)
+            self.launcher.run_once(
+                image_id, req.function.definition, sink, timeout, secrets, req.environment_name or "main"
+            )
         )
         job.add_done_callback(lambda _: lines.put_nowait(None))
         finished = False
