@@ -128,9 +128,10 @@ class KilnServer:
         core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
         ports = home / "ports.json"  # fal's hosts keep their ports across restarts (its URLs)
-        fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port)
-        fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port)
-        fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0)
+        owner = self._state_lock is not None  # a second process on this home borrows no ports
+        fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port, owner)
+        fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port, owner)
+        fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0, owner)
         fal_run_host, fal_queue_host = _host_port(fal_run_sock), _host_port(fal_queue_sock)
         # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
         self.tls = LoopbackTLS.load_or_create(home / "tls")
@@ -257,19 +258,20 @@ def _host_port(sock: socket.socket) -> str:
     return f"{_url_host(host)}:{port}"
 
 
-def _bind_remembered(state: Path, name: str, host: str, port: int) -> socket.socket:
+def _bind_remembered(state: Path, name: str, host: str, port: int, remember: bool) -> socket.socket:
     """Bind `port`, or (0) the port this home used last time if it is free, else any; the port
-    is remembered, so URLs made with it stay valid across restarts."""
+    is remembered (by the process that owns the home's state), so URLs made with it stay valid
+    across restarts."""
     try:
         known: dict[str, int] = json.loads(state.read_text())
     except (FileNotFoundError, ValueError):
         known = {}
     sock = None
-    if not port and known.get(name):
+    if not port and known.get(name) and remember:
         with contextlib.suppress(OSError):
             sock = _bind(host, int(known[name]))
     sock = sock or _bind(host, port)
-    if known.get(name) != sock.getsockname()[1]:
+    if remember and known.get(name) != sock.getsockname()[1]:
         known[name] = sock.getsockname()[1]
         staging = state.with_suffix(".tmp")
         staging.write_text(json.dumps(known))

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import ssl
+import sys
 import subprocess
 import time
 import urllib.error
@@ -200,3 +201,43 @@ def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
     while post(url + "/", {})[0] != 404:
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_kiln_fal_runs_the_fal_cli_on_an_embedded_server(tmp_path: Path) -> None:
+    from tests.conftest import TEST_HOME
+
+    kiln_bin = Path(sys.executable).parent / "kiln"
+    env = {**os.environ, "KILN_HOME": str(TEST_HOME), "PATH": f"{FAL.parent}:{os.environ['PATH']}"}
+    log = tmp_path / "kiln-fal.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(kiln_bin), "fal", "run", "fal_hello_app.py::Hello"],
+            cwd=APPS,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to a terminal's whole process group
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while "Application startup complete" not in log.read_text():
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+            output = log.read_text()
+            url = next(w for w in output.split() if w.startswith("https://") and "/kiln/hello" in w).rstrip(
+                "/"
+            )
+            os.environ["KILN_TEST_CA_BUNDLE"], previous = (
+                str(TEST_HOME / "tls" / "bundle.pem"),
+                os.environ.get("KILN_TEST_CA_BUNDLE", ""),
+            )
+            try:
+                status, body = post(url + "/", {"name": "embedded"})
+                assert status == 200, (body, log.read_text())
+            finally:
+                os.environ["KILN_TEST_CA_BUNDLE"] = previous
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+            process.wait(60)  # fal exits 1 on Ctrl-C ("Aborted"); kiln passes its status on
+    assert "Aborted" in log.read_text()

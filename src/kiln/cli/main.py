@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Coroutine
@@ -79,7 +80,22 @@ def run(modal_args: tuple[str, ...]) -> None:
     sys.exit(run_loop(_run(list(modal_args))))
 
 
-async def _run(modal_args: list[str]) -> int:
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("fal_args", nargs=-1, type=click.UNPROCESSED, required=True)
+def fal(fal_args: tuple[str, ...]) -> None:
+    """Run the fal CLI on an embedded kiln server: `kiln fal run app.py::MyApp`.
+
+    Uses the `fal` on PATH (the user's own install of the official CLI), pointed at kiln."""
+    logging.basicConfig(level=os.environ.get("KILN_LOG", "WARNING"), format="kiln: %(message)s")
+    program = shutil.which("fal")
+    if program is None:
+        click.echo("kiln: the fal CLI is not on PATH; install it (`pip install fal`) and try again", err=True)
+        sys.exit(2)
+    sys.exit(run_loop(_run([program, *fal_args], fal=True)))
+
+
+async def _run(argv: list[str], fal: bool = False) -> int:
+    """Run a client command (`modal run …` by default) against an embedded server."""
     server = KilnServer(Config())
     try:
         endpoints = await server.start()
@@ -87,10 +103,14 @@ async def _run(modal_args: list[str]) -> int:
         click.echo(f"kiln: {exc}", err=True)
         return 2
     try:
-        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)}
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modal", "run", *modal_args, env=env
+        exports = (
+            fal_env(endpoints)
+            if fal
+            else client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)
         )
+        env = {**os.environ, **exports}
+        command = argv if fal else [sys.executable, "-m", "modal", "run", *argv]
+        child = await asyncio.create_subprocess_exec(*command, env=env)
         # Ctrl-C reaches the client too (same process group); it stops its app, then exits.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, lambda: None)
