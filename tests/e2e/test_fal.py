@@ -8,8 +8,8 @@ import json
 import os
 import signal
 import ssl
-import sys
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
