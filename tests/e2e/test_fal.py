@@ -133,6 +133,11 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     kiln = restartable_server.restart()
     assert kiln.fal_exports["FAL_RUN_HOST"] in url  # the same port, so the same URL
     assert post(url + "/", {"name": "again"}, key) == (200, '{"greeting":"hello again","setups":1}')
+    scaled = fal(kiln, "apps", "scale", "hello", "--keep-alive", "7", "--max-concurrency", "2")
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert post(url + "/", {"name": "scaled"}, key)[0] == 200
+    runners = fal(kiln, "runners", "list")
+    assert runners.returncode == 0 and "hello" in runners.stdout, runners.stdout + runners.stderr
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404

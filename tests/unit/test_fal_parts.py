@@ -77,3 +77,14 @@ def test_routes_strip_the_app_prefix_and_give_urls_without_a_trailing_slash() ->
     assert routes.find("/kiln/other") is None
     routes.remove("hello", "fu-other")  # another function's route is not this one's to remove
     assert routes.find("/kiln/hello") is not None
+
+
+def test_a_fal_run_covers_a_deployed_apps_url_while_it_runs() -> None:
+    routes = FalRoutes("https://127.0.0.1:1")
+    routes.add("hello", "fu-deployed", public=False)
+    routes.add("hello", "fu-run", public=True)
+    found = routes.find("/kiln/hello")
+    assert found is not None and found[0].function_id == "fu-run"
+    routes.remove("hello", "fu-run")
+    found = routes.find("/kiln/hello")
+    assert found is not None and found[0].function_id == "fu-deployed"

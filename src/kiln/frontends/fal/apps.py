@@ -10,7 +10,10 @@ function's definition holds everything its runners need, so a restart brings the
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import isolate_proto as fal_pb
 
@@ -22,6 +25,12 @@ from kiln.frontends.fal.runner import RunnerDefinition
 from kiln.frontends.fal.runs import RunHandlers, allowed_secrets, build_logs, environment_of
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.ids import new_id
+
+# What `fal apps scale` changes and `fal deploy` keeps unless --reset-scale.
+SCALING = (
+    "keep_alive", "max_multiplexing", "max_concurrency", "min_concurrency", "concurrency_buffer",
+    "request_timeout", "startup_timeout", "machine_types",
+)  # fmt: skip
 
 
 class AppHandlers:
@@ -51,6 +60,10 @@ class AppHandlers:
         function_id = app.function_ids.get(alias) or new_id("fu")
         revision = new_id("fr")
         definition = RunnerDefinition.from_request(alias, image_id, req, revision=revision)
+        if not req.scale and function_id in app.function_ids.values():
+            # `fal deploy` without --reset-scale keeps the scaling the alias has now.
+            current = RunnerDefinition.from_bytes(self.core.function(function_id).definition)
+            definition = dataclasses.replace(definition, **{k: getattr(current, k) for k in SCALING})
         self.core.register_function(definition.function_def(function_id, app.app_id), b"")
         self.core.publish_app(
             app.app_id,
@@ -66,6 +79,74 @@ class AppHandlers:
             service_urls=urls,
             env_id=env_id,
         )
+
+    async def UpdateApplication(
+        self, req: fal_pb.UpdateApplicationRequest, ctx: CallContext
+    ) -> fal_pb.UpdateApplicationResult:
+        """`fal apps scale`: change the set fields, keep the others; runners restart with them."""
+        app = self._deployed(req.application_name, req.environment_name or "main")
+        if app is None:
+            raise NotFound(f"No fal app named {req.application_name!r} is deployed on this kiln server")
+        function = self.core.function(app.function_ids[app.name])
+        definition = RunnerDefinition.from_bytes(function.definition)
+        changes: dict[str, Any] = {
+            name: getattr(req, name)
+            for name in SCALING
+            if name != "machine_types" and req.HasField(name)  # type: ignore[arg-type]
+        }
+        if req.machine_types:
+            changes["machine_types"] = list(req.machine_types)
+        definition = dataclasses.replace(definition, **changes)
+        self.core.register_function(definition.function_def(function.function_id, app.app_id), b"")
+        return fal_pb.UpdateApplicationResult(alias_info=self._alias_info(app, definition))
+
+    async def ListAliasRunners(
+        self, req: fal_pb.ListAliasRunnersRequest, ctx: CallContext
+    ) -> fal_pb.ListAliasRunnersResponse:
+        app = self._deployed(req.alias, req.environment_name or "main")
+        if app is None:
+            raise NotFound(f"No fal app named {req.alias!r} is deployed on this kiln server")
+        return fal_pb.ListAliasRunnersResponse(runners=self._runner_infos([app]))
+
+    async def ListRunners(
+        self, req: fal_pb.ListRunnersRequest, ctx: CallContext
+    ) -> fal_pb.ListRunnersResponse:
+        apps = [a for a in self.core.apps() if a.frontend == "fal" and a.running]
+        return fal_pb.ListRunnersResponse(runners=self._runner_infos(apps))
+
+    async def StopRunner(self, req: fal_pb.StopRunnerRequest, ctx: CallContext) -> fal_pb.StopRunnerResponse:
+        self._runner(req.runner_id)
+        self.core.stop_container(req.runner_id, graceful=True)
+        return fal_pb.StopRunnerResponse()
+
+    async def KillRunner(self, req: fal_pb.KillRunnerRequest, ctx: CallContext) -> fal_pb.KillRunnerResponse:
+        self._runner(req.runner_id)
+        self.core.stop_container(req.runner_id, graceful=False)
+        return fal_pb.KillRunnerResponse()
+
+    def _runner(self, runner_id: str) -> None:
+        task = next((t for t in self.core.tasks() if t.task_id == runner_id), None)
+        if task is None or task.function.frontend != "fal":
+            raise NotFound(f"No fal runner {runner_id!r} on this kiln server")
+
+    def _runner_infos(self, apps: list[App]) -> list[fal_pb.RunnerInfo]:
+        infos = []
+        now = time.time()
+        for app in apps:
+            for task in self.core.tasks(app.app_id):
+                definition = RunnerDefinition.from_bytes(task.function.definition)
+                state = fal_pb.RunnerInfo.State
+                info = fal_pb.RunnerInfo(
+                    runner_id=task.task_id,
+                    in_flight_requests=len(task.inflight),
+                    uptime=int(now - task.started_at) if task.started_at else 0,
+                    revision=definition.revision,
+                    alias=app.name,
+                    machine_type=(definition.machine_types or ["XS"])[0],
+                    state=state.DRAINING if task.draining else state.RUNNING if task.ready else state.SETUP,
+                )
+                infos.append(info)
+        return infos
 
     async def ListAliases(self, req: fal_pb.ListAliasesRequest, ctx: CallContext) -> fal_pb.ListAliasesResult:
         result = fal_pb.ListAliasesResult()

@@ -36,9 +36,16 @@ class FalRoutes:
         self.run_url = run_url
         self.queue_url = queue_url or run_url
         self._routes: dict[str, Route] = {}
+        self._shadowed: dict[str, list[Route]] = {}  # routes a `fal run` of the same name covers
 
     def add(self, name: str, function_id: str, public: bool) -> fal_pb.ServiceURLs:
-        self._routes[f"{OWNER}/{name}"] = Route(function_id, public)
+        """Serve the app at `/<owner>/<name>`. A `fal run` of a deployed app's name takes the
+        URL while it runs; the deployed app has it back when the run ends."""
+        key = f"{OWNER}/{name}"
+        current = self._routes.get(key)
+        if current is not None and current.function_id != function_id:
+            self._shadowed.setdefault(key, []).append(current)
+        self._routes[key] = Route(function_id, public)
         run = f"{self.run_url}/{OWNER}/{name}"
         return fal_pb.ServiceURLs(
             playground=run,
@@ -49,9 +56,15 @@ class FalRoutes:
         )
 
     def remove(self, name: str, function_id: str) -> None:
-        route = self._routes.get(f"{OWNER}/{name}")
+        key = f"{OWNER}/{name}"
+        shadowed = [r for r in self._shadowed.get(key, []) if r.function_id != function_id]
+        self._shadowed[key] = shadowed
+        route = self._routes.get(key)
         if route is not None and route.function_id == function_id:
-            del self._routes[f"{OWNER}/{name}"]
+            if shadowed:
+                self._routes[key] = shadowed.pop()
+            else:
+                del self._routes[key]
 
     def find(self, path: str) -> tuple[Route, str] | None:
         """The route a path names and the path the runner sees."""
