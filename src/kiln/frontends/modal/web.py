@@ -112,8 +112,10 @@ class WebBridge:
                 await send({"type": "websocket.close", "code": 1008, "reason": "proxy auth required"})
             return
         limit = self.core.config.max_web_body_bytes
-        if scope["type"] == "http" and _declared_length(scope) > limit:
-            await _drain(receive)
+        if scope["type"] == "http" and int(_header(scope, b"content-length") or 0) > limit:
+            # A client that waits for `100 Continue` before its body never sends it: answer now.
+            if _header(scope, b"expect").lower() != b"100-continue":
+                await _drain(receive)
             await _too_large(send, limit)
             return
         try:
@@ -125,10 +127,11 @@ class WebBridge:
             else:
                 await send({"type": "websocket.close", "code": 1011, "reason": str(exc)[:120]})
             return
-        pump = asyncio.ensure_future(self._pump_request(call, receive))
+        response = _Response()
+        pump = asyncio.ensure_future(self._pump_request(call, receive, response))
         try:
             if scope["type"] == "http":
-                await self._serve_http(call, pump, send)
+                await self._serve_http(call, pump, send, response)
             else:
                 await self._relay_websocket(call, send)
         finally:
@@ -137,20 +140,24 @@ class WebBridge:
                 self.core.cancel_call(call.call_id)
             self.core.release_call(call.call_id)
 
-    async def _serve_http(self, call: FunctionCall, pump: asyncio.Future[None], send: Send) -> None:
-        response = _Response()
+    async def _serve_http(
+        self, call: FunctionCall, pump: asyncio.Future[None], send: Send, response: _Response
+    ) -> None:
         relay = asyncio.ensure_future(self._respond(call, send, response))
         try:
             await asyncio.wait({pump, relay}, return_when=asyncio.FIRST_COMPLETED)
-            if not relay.done() and pump.done() and isinstance(pump.exception(), BodyTooLarge):
-                # The body outgrew the limit: the container was told the client left.
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
-                if not response.started:
-                    await _too_large(send, self.core.config.max_web_body_bytes)
+            if not response.too_large:
+                await relay
                 return
-            await relay
+            # The body outgrew the limit (the container was told the client left): once the rest
+            # of it is read and dropped, 413, unless the app had already begun its answer.
+            with contextlib.suppress(BodyTooLarge):
+                await pump
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            if not response.started:
+                await _too_large(send, self.core.config.max_web_body_bytes)
         finally:
             relay.cancel()
 
@@ -177,7 +184,7 @@ class WebBridge:
         self.core.put_inputs(call, [(0, payload.SerializeToString(), self.method_name, False)])
         return call
 
-    async def _pump_request(self, call: FunctionCall, receive: Receive) -> None:
+    async def _pump_request(self, call: FunctionCall, receive: Receive, response: _Response) -> None:
         """What the client sends (a request's body, a websocket's messages, a disconnect), to
         the container. A body past the limit (sent without a Content-Length) is cut off: the
         container sees the client leave, the rest of the body is read and dropped, and this raises
@@ -188,6 +195,7 @@ class WebBridge:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    response.too_large = True
                     gone = api_pb2.Asgi(http_disconnect=api_pb2.Asgi.HttpDisconnect())
                     self.core.put_data_in(call, _ASGI, [gone.SerializeToString()])
                     self.core.cancel_call(call.call_id)
@@ -255,7 +263,7 @@ class WebBridge:
                 body = message.http_response_body
                 await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
                 ended = not body.more_body
-        if not response.started:
+        if not response.started and not response.too_large:  # a 413 is _serve_http's to send
             status, text = failure_page(call.outputs[0] if call.outputs else None, self._app_name())
             await _plain(send, status, text)
         elif not ended:
@@ -277,6 +285,7 @@ class BodyTooLarge(KilnError):
 @dataclasses.dataclass
 class _Response:
     started: bool = False  # http.response.start went to the client
+    too_large: bool = False  # the request's body went past the limit
 
 
 def failure_page(outcome: Output | None, app_name: str) -> tuple[int, str]:
@@ -300,12 +309,12 @@ def failure_page(outcome: Output | None, app_name: str) -> tuple[int, str]:
     return 500, f"Internal Server Error: the web function failed before it responded.\n{logs}"
 
 
-def _declared_length(scope: Scope) -> int:
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The request's header `name` (lowercase), or b"" (uvicorn has checked Content-Length)."""
     for key, value in scope.get("headers", []):
-        if bytes(key).lower() == b"content-length":
-            with contextlib.suppress(ValueError):
-                return int(bytes(value))
-    return 0
+        if bytes(key).lower() == name:
+            return bytes(value).strip()
+    return b""
 
 
 async def _drain(receive: Receive) -> None:
