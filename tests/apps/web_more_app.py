@@ -34,6 +34,16 @@ def fails():
     raise ValueError("the secret reason this endpoint failed")
 
 
+@app.function()
+@modal.asgi_app()
+def fails_raw():
+    async def web(scope, receive, send):  # a bare ASGI app: nothing answers for it
+        if scope["type"] == "http":
+            raise RuntimeError("the secret reason the bare app failed")
+
+    return web
+
+
 # One container that takes many requests at once: /release (a second request) lets the streams of
 # the first go on, which shows that their first parts arrived before the rest was made.
 @app.function(max_containers=1)

@@ -85,7 +85,7 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 120) -> No
 @pytest.fixture(scope="module")
 def urls(kiln: KilnServer) -> Iterator[dict[str, str]]:
     urls = deploy(kiln, "web_more_app.py")
-    expected = {"documented", "Greeter.hi", "fails", "files", "file_server", "never_listens"}
+    expected = {"documented", "Greeter.hi", "fails", "fails_raw", "files", "file_server", "never_listens"}
     assert set(urls) == expected, urls
     yield urls
     run_modal(kiln, "app", "stop", "--yes", APP)
@@ -314,9 +314,11 @@ def test_a_web_server_that_never_opens_its_port_fails_with_502_and_says_why_in_t
     response = http.get(urls["never_listens"] + "/")
     assert response.status_code == 502, response.text
     assert "could not start" in response.text
-    logs = app_logs(kiln)
-    assert "this web server never opens its port" in logs
-    assert "Waited too long for port 8001 to start accepting connections" in logs
+    eventually(
+        lambda: "Waited too long for port 8001 to start accepting connections" in app_logs(kiln),
+        "the client's reason is in the app's logs",
+    )
+    assert "this web server never opens its port" in app_logs(kiln)
 
 
 # --- failures and limits
@@ -333,6 +335,14 @@ def test_an_endpoint_that_raises_answers_500_with_its_traceback_in_the_logs_only
         "the traceback is in the app's logs",
     )
     assert "Traceback (most recent call last)" in app_logs(kiln)
+    # A bare ASGI app that raises answers nothing itself: kiln's 500 does not quote it either.
+    response = http.get(urls["fails_raw"] + "/")
+    assert response.status_code == 500
+    assert "secret reason" not in response.text and f"modal app logs {APP}" in response.text
+    eventually(
+        lambda: "RuntimeError: the secret reason the bare app failed" in app_logs(kiln),
+        "the bare app's traceback is in the app's logs",
+    )
 
 
 def test_a_request_body_over_the_limit_gets_413(tmp_path: Path) -> None:
