@@ -421,10 +421,10 @@ class Serving:
             if match := re.search(pattern, line):
                 return match
 
-    def stop(self) -> int:
-        """Ctrl-C, as a user stops it."""
+    def stop(self, how: signal.Signals = signal.SIGINT) -> int:
+        """Ctrl-C (by default), as a user stops it."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(how)
             try:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
@@ -461,3 +461,25 @@ def test_modal_serve_prints_a_dev_url_and_reloads_an_edited_app_on_the_same_url(
     assert code in (0, 130, -signal.SIGINT), "".join(serving.output)
     eventually(lambda: http.get(url + "/").status_code == 404, "the stopped app's URL says so")
     assert "not running" in http.get(url + "/").text
+
+
+def test_a_terminated_modal_serve_leaves_its_app_to_stop_when_its_heartbeats_do(tmp_path: Path) -> None:
+    # SIGTERM ends the client at once, without telling kiln: the app stops after the heartbeat
+    # grace (3 s here, on a server of this test's own).
+    server = RestartableServer(tmp_path / "home", tmp_path / "logs")
+    server.start(extra_env={"KILN_HEARTBEAT_GRACE": "3"})
+    app = tmp_path / "serve_app.py"
+    app.write_text(SERVE_APP.replace("VERSION", "1"))
+    try:
+        serving = Serving(server.server, app)
+        try:
+            url = serving.wait_for(r"(http://127\.0\.0\.1:\d+)(?:\s|$)").group(1)
+            with httpx.Client(timeout=TIMEOUT) as http:
+                assert http.get(url + "/").json() == {"version": 1}
+        finally:
+            assert serving.stop(signal.SIGTERM) == -signal.SIGTERM, "".join(serving.output)
+        with httpx.Client(timeout=TIMEOUT) as http:
+            eventually(lambda: http.get(url + "/").status_code == 404, "the app stops")
+            assert "not running" in http.get(url + "/").text
+    finally:
+        server.close()
