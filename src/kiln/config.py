@@ -21,6 +21,8 @@ KILN_DEBIAN_MIRROR     where Debian bases come from (default: this machine's apt
 KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the client sends larger
                        payloads as blobs)
 KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
+KILN_MAX_WEB_BODY_MB   largest request body a web endpoint accepts, else 413 (default 1024; Modal allows
+                       4 GiB, but kiln holds a request's body in memory until its call ends)
 KILN_TLS_CERT, KILN_TLS_KEY  serve gRPC and HTTP over TLS with this certificate chain and key
 KILN_INSECURE          `1`: allow a non-loopback KILN_HOST without TLS (with a warning)
 """
@@ -64,6 +66,9 @@ class Config:
     )
     max_blob_bytes: int = field(
         default_factory=lambda: int(float(os.environ.get("KILN_MAX_BLOB_GB", "5")) * 2**30)
+    )
+    max_web_body_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_WEB_BODY_MB", "1024")) * 2**20)
     )
 
     tls_cert: str = field(default_factory=lambda: os.environ.get("KILN_TLS_CERT", ""))
