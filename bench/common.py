@@ -125,6 +125,7 @@ class Server:
     reported_ms: float | None  # what kiln printed: "kiln server ready in N ms"
     token_id: str
     token_secret: str
+    fal_exports: dict[str, str] | None = None  # what `kiln server` prints for the fal client
 
     def client_env(self) -> dict[str, str]:
         """What the official client needs to talk to this server instead of Modal."""
@@ -184,9 +185,9 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
         if m := re.search(r"export MODAL_SERVER_URL=(\S+)", line):
             url = m.group(1)
             elapsed = time.perf_counter() - started  # the URL line: when a client could connect
-        elif m := re.search(r"export (MODAL_TOKEN_\w+)=(\S+)", line):
+        elif m := re.search(r"export ((?:MODAL_TOKEN|FAL|ISOLATE|SSL)_\w+)=(\S+)", line):
             exports[m.group(1)] = m.group(2)
-        if url is not None and len(exports) == 2:
+        if url is not None and "FAL_RUN_HOST" in exports:  # the last export line
             return Server(
                 url,
                 process,
@@ -196,6 +197,7 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
                 reported,
                 exports["MODAL_TOKEN_ID"],
                 exports["MODAL_TOKEN_SECRET"],
+                {k: v for k, v in exports.items() if not k.startswith("MODAL_")},
             )
 
 
