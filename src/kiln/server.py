@@ -21,6 +21,7 @@ from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
+from kiln.frontends.fal.files import FalFiles
 from kiln.frontends.fal.queue import FalQueue
 from kiln.frontends.fal.routes import FalGateway, FalRoutes
 from kiln.frontends.fal.service import FalFrontend
@@ -55,6 +56,7 @@ class Endpoints:
     fal_grpc_host: str = ""  # fal's control plane (host:port, plain gRPC on loopback)
     fal_run_host: str = ""  # fal's HTTP data plane (host:port, https)
     fal_queue_host: str = ""  # fal's queue API (host:port, https)
+    fal_rest_host: str = ""  # fal's REST host: app files (host:port, http)
     ca_bundle: str = ""  # the roots clients trust kiln's https with (SSL_CERT_FILE)
 
 
@@ -132,6 +134,7 @@ class KilnServer:
         fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port, owner)
         fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port, owner)
         fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0, owner)
+        fal_rest_sock = _bind_remembered(ports, "fal_rest", config.host, 0, owner)
         fal_run_host, fal_queue_host = _host_port(fal_run_sock), _host_port(fal_queue_sock)
         # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
         self.tls = LoopbackTLS.load_or_create(home / "tls")
@@ -148,10 +151,18 @@ class KilnServer:
         await self._fal_grpc.start(sock=fal_sock)
         gateway = FalGateway(core, self.fal_routes, self.web.upstream, credentials)
         self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, credentials)
-        self._fal_http = [uvicorn_server(gateway, self.tls), uvicorn_server(self.fal_queue, self.tls)]
+        # The REST host stays plain http: fal's client speaks http to it in test mode.
+        rest = FalFiles(self.fal.files, credentials)
+        self._fal_http = [
+            uvicorn_server(gateway, self.tls),
+            uvicorn_server(self.fal_queue, self.tls),
+            uvicorn_server(rest),
+        ]
         self._fal_http_tasks = [
             asyncio.ensure_future(server.serve(sockets=[sock]))
-            for server, sock in zip(self._fal_http, (fal_run_sock, fal_queue_sock), strict=True)
+            for server, sock in zip(
+                self._fal_http, (fal_run_sock, fal_queue_sock, fal_rest_sock), strict=True
+            )
         ]
 
         self._grpc = grpclib.server.Server([self.frontends[0].service(credentials)])
@@ -168,6 +179,7 @@ class KilnServer:
             fal_grpc_host=_host_port(fal_sock),
             fal_run_host=fal_run_host,
             fal_queue_host=fal_queue_host,
+            fal_rest_host=_host_port(fal_rest_sock),
             ca_bundle=str(self.tls.bundle),
         )
         self.ready_seconds = time.monotonic() - started

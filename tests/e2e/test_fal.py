@@ -246,3 +246,13 @@ def test_kiln_fal_runs_the_fal_cli_on_an_embedded_server(tmp_path: Path) -> None
                 os.killpg(process.pid, signal.SIGINT)
             process.wait(60)  # fal exits 1 on Ctrl-C ("Aborted"); kiln passes its status on
     assert "Aborted" in log.read_text()
+
+
+def test_app_files_are_uploaded_once_and_laid_out_under_app(kiln: KilnServer, tmp_path: Path) -> None:
+    run = FalRun(kiln, "fal_files_app.py::Files", tmp_path / "files.log")
+    try:
+        run.wait_for("Application startup complete")
+        url = f"https://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/files/"
+        assert post(url, {}) == (200, '{"greeting":"hello from an app file","helper":"KILN!"}')
+    finally:
+        run.interrupt()

@@ -59,6 +59,7 @@ def fal_env(endpoints: Any) -> dict[str, str]:
         "FAL_GRPC_HOST": endpoints.fal_grpc_host,
         "ISOLATE_TEST_MODE": "1",
         "FAL_KEY": f"{credentials.token_id}:{credentials.token_secret}",
+        "FAL_REST_HOST": endpoints.fal_rest_host,
         "FAL_QUEUE_RUN_HOST": endpoints.fal_queue_host,
         "FAL_WS_RUN_HOST": endpoints.fal_run_host,
         "SSL_CERT_FILE": endpoints.ca_bundle,

@@ -222,8 +222,8 @@ class ServerPool(Pool):
         why = f" The last container ended: {self.last_failure}" if self.last_failure else ""
         return (
             f"No container of {self.function.tag} became ready within its startup timeout of "
-            f"{self.function.startup_timeout:g} s (its @enter must start a server listening on port "
-            f"{self.function.http_port}, on 0.0.0.0).{why} See `modal app logs`."
+            f"{self.function.startup_timeout:g} s (its server must answer on port "
+            f"{self.function.http_port}, on 0.0.0.0).{why} The app's logs have its output."
         )
 
     def drain(self, task: Task) -> None:

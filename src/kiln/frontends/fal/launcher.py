@@ -19,6 +19,7 @@ from kiln.containers import Bind, ContainerHandle, ContainerSpec, PortForward, R
 from kiln.core.core import Core
 from kiln.core.pool import Task
 from kiln.errors import ContainerStartError, KilnError
+from kiln.frontends.fal.files import FileStore
 from kiln.frontends.fal.runner import JOB, RUNNER, RunnerDefinition, runner_env
 from kiln.frontends.fal.secrets import secret_values
 from kiln.frontends.modal.launcher import free_loopback_port
@@ -30,9 +31,10 @@ _PROBE_INTERVAL = 0.2
 
 
 class FalLauncher:
-    def __init__(self, core: Core, runtime: Runtime) -> None:
+    def __init__(self, core: Core, runtime: Runtime, files: FileStore) -> None:
         self.core = core
         self.runtime = runtime
+        self.files = files
         self.root = process_dir(Path("/tmp"), "kiln-fal-")
         if runtime.ids is not None:
             os.chown(self.root, -1, runtime.ids.gid)
@@ -65,7 +67,11 @@ class FalLauncher:
             argv=["python", "-c", RUNNER, f"{_INSIDE}/function.pkl"],
             env={**config.env, **runner_env(secrets)},
             cwd=config.workdir or "/",
-            binds=[Bind(task_dir, _INSIDE, read_only=True), self._data(definition.environment)],
+            binds=[
+                Bind(task_dir, _INSIDE, read_only=True),
+                self._data(definition.environment),
+                *self._app_files(task_dir, definition.files),
+            ],
             forwards=[PortForward(host_port, definition.port)],
             cpu_limit=task.function.resources.milli_cpu / 1000,
             memory_limit_mb=task.function.resources.memory_mb,
@@ -84,6 +90,7 @@ class FalLauncher:
         timeout: float,
         secrets: dict[str, str],
         environment: str = "main",
+        files: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
         """Run a `@fal.function` call in a container of its environment; what it returned or
         raised, as the job wrote it (JSON, checked here: the container's output is hostile)."""
@@ -99,7 +106,11 @@ class FalLauncher:
                 argv=["python", "-c", JOB, f"{_INSIDE}/function.pkl", f"{_INSIDE}/result.json"],
                 env={**config.env, **runner_env(secrets)},
                 cwd=config.workdir or "/",
-                binds=[Bind(job_dir, _INSIDE, read_only=False), self._data(environment)],
+                binds=[
+                    Bind(job_dir, _INSIDE, read_only=False),
+                    self._data(environment),
+                    *self._app_files(job_dir, files or []),
+                ],
             )
             container = await self.runtime.start(spec, sink)
             try:
@@ -110,6 +121,21 @@ class FalLauncher:
             return _outcome(job_dir / "result.json", status.describe())
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _app_files(self, directory: Path, files: list[tuple[str, str]]) -> list[Bind]:
+        """The app's files under `/app`, a copy of the container's own (fal's wrapper adds
+        `/app` to sys.path and works there)."""
+        if not files:
+            return []
+        app = directory / "app"
+        app.mkdir()
+        try:
+            self.files.materialize(files, app)
+        except (OSError, ValueError) as exc:
+            raise ContainerStartError(f"the app's files could not be laid out: {exc}") from None
+        if self.runtime.ids is not None:
+            self.runtime.ids.shift_tree(app)
+        return [Bind(app, "/app", read_only=False)]
 
     def _data(self, environment: str) -> Bind:
         """`/data`: storage that outlives runners, shared by the apps of one fal environment (as

@@ -21,7 +21,10 @@ APP_PORT = 8080  # where a fal App's uvicorn listens (MachineRequirements.expose
 # Runs in the container. fal's wrapper of `App.initialize_and_serve` is pickled by value (fal
 # need not be installed); on the main thread it returns `app.serve()` un-awaited.
 RUNNER = """
-import asyncio, sys
+import asyncio, os, sys
+if os.path.isdir("/app"):  # app files: importable while unpickling (fal's wrapper adds them later)
+    sys.path.insert(0, "/app")
+    os.chdir("/app")
 import cloudpickle
 with open(sys.argv[1], "rb") as f:
     function = cloudpickle.loads(f.read())
@@ -34,7 +37,10 @@ if asyncio.iscoroutine(result):
 # Runs a `@fal.function` call once (its arguments are baked into the pickle) and writes what it
 # returned or raised as JSON: the server never unpickles what a container made; fal's client does.
 JOB = """
-import base64, json, sys, traceback
+import base64, json, os, sys, traceback
+if os.path.isdir("/app"):
+    sys.path.insert(0, "/app")
+    os.chdir("/app")
 import cloudpickle
 with open(sys.argv[1], "rb") as f:
     function = cloudpickle.loads(f.read())
@@ -67,6 +73,7 @@ class RunnerDefinition:
     secret_names: list[str] | None = None  # the fal secrets it gets (None: all of its environment's)
     public: bool = True
     revision: str = ""  # fal's application_id of a deployed app
+    files: list[tuple[str, str]] = field(default_factory=list)  # app files: (fal hash, path under /app)
     environment: str = "main"
     # Scheduling, from fal's MachineRequirements.
     machine_types: list[str] = field(default_factory=list)
@@ -101,6 +108,7 @@ class RunnerDefinition:
             request_timeout=float(machine.request_timeout or 3600),
             startup_timeout=float(machine.startup_timeout or 600),
             secret_names=list(req.secrets.names) if req.HasField("secrets") else None,
+            files=[(f.hash, f.relative_path) for f in req.files],
             **extra,
         )
 
@@ -137,6 +145,7 @@ class RunnerDefinition:
     def from_bytes(cls, raw: bytes) -> RunnerDefinition:
         data = json.loads(raw)
         data["function"] = base64.b64decode(data["function"])
+        data["files"] = [tuple(pair) for pair in data.get("files", [])]
         return cls(**data)
 
 

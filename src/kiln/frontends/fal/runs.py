@@ -179,7 +179,13 @@ class RunHandlers:
         secrets = secret_values(self.core, req.environment_name, names)
         job = asyncio.ensure_future(
             self.launcher.run_once(
-                image_id, req.function.definition, sink, timeout, secrets, req.environment_name or "main"
+                image_id,
+                req.function.definition,
+                sink,
+                timeout,
+                secrets,
+                req.environment_name or "main",
+                [(f.hash, f.relative_path) for f in req.files],
             )
         )
         job.add_done_callback(lambda _: lines.put_nowait(None))

@@ -19,6 +19,7 @@ from kiln.containers import Runtime
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.fal.apps import AppHandlers
+from kiln.frontends.fal.files import FileStore
 from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
@@ -35,7 +36,8 @@ class FalFrontend:
     def __init__(self, core: Core, runtime: Runtime, routes: FalRoutes) -> None:
         self.core = core
         self.routes = routes
-        self._launcher = FalLauncher(core, runtime)
+        self.files = FileStore(core.config.home / "fal-files")
+        self._launcher = FalLauncher(core, runtime, self.files)
         runs = RunHandlers(core, routes, self._launcher)
         self.handlers: list[object] = [runs, AppHandlers(core, routes, runs), SecretHandlers(core)]
 
