@@ -22,6 +22,7 @@ from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, La
 from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
 from kiln.frontends.fal.files import FalFiles
+from kiln.frontends.fal.keys import FalAuth
 from kiln.frontends.fal.queue import FalQueue
 from kiln.frontends.fal.routes import FalGateway, FalRoutes
 from kiln.frontends.fal.service import FalFrontend
@@ -139,7 +140,8 @@ class KilnServer:
         # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
         self.tls = LoopbackTLS.load_or_create(home / "tls")
         self.fal_routes = FalRoutes(f"https://{fal_run_host}", f"https://{fal_queue_host}")
-        self.fal = FalFrontend(core, runtime, self.fal_routes)
+        fal_auth = FalAuth(credentials, state)
+        self.fal = FalFrontend(core, runtime, self.fal_routes, fal_auth)
         self.frontends = [
             ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web),
             self.fal,
@@ -147,12 +149,12 @@ class KilnServer:
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
-        self._fal_grpc = grpclib.server.Server([self.fal.service(credentials)])
+        self._fal_grpc = grpclib.server.Server([self.fal.service()])
         await self._fal_grpc.start(sock=fal_sock)
-        gateway = FalGateway(core, self.fal_routes, self.web.upstream, credentials)
-        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, credentials)
+        gateway = FalGateway(core, self.fal_routes, self.web.upstream, fal_auth)
+        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, fal_auth)
         # The REST host stays plain http: fal's client speaks http to it in test mode.
-        rest = FalFiles(self.fal.files, credentials)
+        rest = FalFiles(self.fal.files, fal_auth)
         self._fal_http = [
             uvicorn_server(gateway, self.tls),
             uvicorn_server(self.fal_queue, self.tls),

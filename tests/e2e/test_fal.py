@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -133,6 +134,15 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     kiln = restartable_server.restart()
     assert kiln.fal_exports["FAL_RUN_HOST"] in url  # the same port, so the same URL
     assert post(url + "/", {"name": "again"}, key) == (200, '{"greeting":"hello again","setups":1}')
+    created = fal(kiln, "keys", "create", "--preset", "API", "--desc", "tests")
+    assert created.returncode == 0, created.stdout + created.stderr
+    user_key = re.search(r"FAL_KEY='([^']+)'", created.stdout)
+    assert user_key is not None, created.stdout
+    assert post(url + "/", {"name": "k"}, {"authorization": f"Key {user_key.group(1)}"})[0] == 200
+    key_id = user_key.group(1).split(":")[0]
+    assert key_id in fal(kiln, "keys", "list").stdout
+    assert fal(kiln, "keys", "revoke", key_id).returncode == 0
+    assert post(url + "/", {"name": "k"}, {"authorization": f"Key {user_key.group(1)}"})[0] == 401
     scaled = fal(kiln, "apps", "scale", "hello", "--keep-alive", "7", "--max-concurrency", "2")
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
     assert post(url + "/", {"name": "scaled"}, key)[0] == 200

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kiln.auth import Credentials
+from kiln.frontends.fal.keys import FalAuth
 from kiln.ids import new_id
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -73,9 +73,9 @@ class FileStore:
 class FalFiles:
     """The ASGI app of the REST host."""
 
-    def __init__(self, store: FileStore, credentials: Credentials) -> None:
+    def __init__(self, store: FileStore, auth: FalAuth) -> None:
         self.store = store
-        self.credentials = credentials
+        self.auth = auth
         prefix = "/files/app/multipart/{file_hash}"
         self.app = Starlette(
             routes=[
@@ -88,21 +88,13 @@ class FalFiles:
         )
 
     async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        if scope["type"] == "http" and not self._authorized(scope):
+        if scope["type"] == "http" and not self.auth.accepts_header(scope):
             response = JSONResponse(
                 {"detail": "Send `Authorization: Key <FAL_KEY>` (kiln's token pair)"}, 401
             )
             await response(scope, receive, send)  # type: ignore[arg-type]
             return
         await self.app(scope, receive, send)  # type: ignore[arg-type]
-
-    def _authorized(self, scope: dict) -> bool:  # type: ignore[type-arg]
-        headers = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in scope.get("headers", [])}
-        value = headers.get(b"authorization", "")
-        key_id, _, secret = (
-            value[4:].strip().partition(":") if value.lower().startswith("key ") else ("", "", "")
-        )
-        return self.credentials.accepts(key_id, secret)
 
     async def missing(self, request: Request) -> Response:
         hashes = (await request.json()).get("hashes", [])

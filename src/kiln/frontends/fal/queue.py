@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from kiln.auth import Credentials
 from kiln.core.core import Core
 from kiln.errors import KilnError
-from kiln.frontends.fal.routes import FalRoutes, Route, authorized
+from kiln.frontends.fal.keys import FalAuth
+from kiln.frontends.fal.routes import FalRoutes, Route
 from kiln.gateway.proxy import Upstream
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
@@ -59,11 +59,11 @@ class QueuedRequest:
 class FalQueue:
     """The ASGI app of the queue host."""
 
-    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
         self.core = core
         self.routes = routes
         self.upstream = upstream
-        self.credentials = credentials
+        self.auth = auth
         self.requests: dict[str, QueuedRequest] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,7 +75,7 @@ class FalQueue:
             await _json(send, 404, {"detail": f"No fal app at {scope['path']}"})
             return
         route, rest = found
-        if not route.public and not authorized(scope, self.credentials):
+        if not route.public and not self.auth.accepts_header(scope):
             await _json(send, 401, {"detail": "This app is private: send `Authorization: Key <FAL_KEY>`."})
             return
         app_path = scope["path"].lstrip("/").split("/", 2)[:2]

@@ -14,9 +14,9 @@ from typing import Any
 
 import isolate_proto as fal_pb
 
-from kiln.auth import Credentials
 from kiln.core.core import Core
 from kiln.errors import LimitExceeded, NotFound, ServerUnavailable
+from kiln.frontends.fal.keys import FalAuth
 from kiln.gateway.proxy import Upstream, UpstreamError
 from kiln.gateway.types import Receive, Scope, Send
 
@@ -81,11 +81,11 @@ class FalRoutes:
 class FalGateway:
     """The ASGI app of the run host."""
 
-    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
         self.core = core
         self.routes = routes
         self.upstream = upstream
-        self.credentials = credentials
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -99,7 +99,7 @@ class FalGateway:
             )
             return
         route, path = found
-        if not route.public and not authorized(scope, self.credentials):
+        if not route.public and not self.auth.accepts_header(scope):
             await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
             return
         inner: MutableMapping[str, Any] = dict(scope)
@@ -118,16 +118,6 @@ class FalGateway:
             await _text(send, 503, f"{exc}\n")
         except UpstreamError as exc:
             await _text(send, 502, f"Bad gateway: {exc}\n")
-
-
-def authorized(scope: Scope, credentials: Credentials) -> bool:
-    """Whether a request carries `Authorization: Key <id>:<secret>` with kiln's token pair."""
-    headers = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in scope.get("headers", [])}
-    value = headers.get(b"authorization", "")
-    if not value.lower().startswith("key "):
-        return False
-    key_id, _, secret = value[4:].strip().partition(":")
-    return credentials.accepts(key_id, secret)
 
 
 async def _text(send: Send, status: int, text: str) -> None:

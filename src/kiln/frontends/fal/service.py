@@ -14,12 +14,12 @@ from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from isolate_proto import controller_pb2
 
-from kiln.auth import Credentials
 from kiln.containers import Runtime
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.fal.apps import AppHandlers
 from kiln.frontends.fal.files import FileStore
+from kiln.frontends.fal.keys import FalAuth, KeyHandlers
 from kiln.frontends.fal.launcher import FalLauncher
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
@@ -33,23 +33,29 @@ CONTROLLER = controller_pb2.DESCRIPTOR.services_by_name["IsolateController"]
 class FalFrontend:
     name = "fal"
 
-    def __init__(self, core: Core, runtime: Runtime, routes: FalRoutes) -> None:
+    def __init__(self, core: Core, runtime: Runtime, routes: FalRoutes, auth: FalAuth) -> None:
         self.core = core
         self.routes = routes
+        self.auth = auth
         self.files = FileStore(core.config.home / "fal-files")
         self._launcher = FalLauncher(core, runtime, self.files)
         runs = RunHandlers(core, routes, self._launcher)
-        self.handlers: list[object] = [runs, AppHandlers(core, routes, runs), SecretHandlers(core)]
+        self.handlers: list[object] = [
+            runs,
+            AppHandlers(core, routes, runs),
+            SecretHandlers(core),
+            KeyHandlers(auth),
+        ]
 
     @property
     def launcher(self) -> FalLauncher:
         return self._launcher
 
-    def service(self, credentials: Credentials) -> Service:
+    def service(self) -> Service:
         return Service(
             build_mapping(
                 self.handlers,
-                _key_context(credentials),
+                _key_context(self.auth),
                 self.core.config.max_message_bytes,
                 service=CONTROLLER,
             )
@@ -69,16 +75,16 @@ class FalFrontend:
         await self._launcher.shutdown()
 
 
-def _key_context(credentials: Credentials) -> Callable[[Any], CallContext]:
+def _key_context(auth: FalAuth) -> Callable[[Any], CallContext]:
     def context(stream: Any) -> CallContext:
         metadata = {str(k): str(v) for k, v in (stream.metadata or {}).items()}
         key_id, key = metadata.get("auth-key-id", ""), metadata.get("auth-key", "")
-        if not credentials.accepts(key_id, key):
+        if not auth.accepts(key_id, key):
             problem = "a wrong key" if key_id or key else "no key"
             raise GRPCError(
                 GrpcStatus.UNAUTHENTICATED,
                 f"This request to kiln carries {problem}: set FAL_KEY to the pair `kiln server` prints "
-                f"(<token id>:<token secret>). {credentials.where()}",
+                f"(<token id>:<token secret>), or a key made with `fal keys create`. {auth.credentials.where()}",
             )
         return CallContext(metadata=metadata)
 
