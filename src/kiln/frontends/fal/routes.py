@@ -8,6 +8,7 @@ take anyone, as on fal. Unknown apps get a 404 naming the apps this server runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,16 +103,33 @@ class FalGateway:
         if not route.public and not self.auth.accepts_header(scope):
             await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
             return
+        started = False
+
+        async def tracking(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         inner: MutableMapping[str, Any] = dict(scope)
         inner["path"], inner["raw_path"] = path, path.encode()
         try:
             server = self.core.server(route.function_id)
             async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
                 assert task.http_address is not None
-                if scope["type"] == "http":
-                    await self.upstream.http(inner, receive, send, task.http_address)
-                else:
+                if scope["type"] == "websocket":
                     await self.upstream.websocket(inner, receive, send, task.http_address)
+                    return
+                try:  # request_timeout bounds the request once a runner has it
+                    async with asyncio.timeout(server.function.timeout):
+                        await self.upstream.http(inner, receive, tracking, task.http_address)
+                except TimeoutError:
+                    if not started:
+                        await _text(
+                            send,
+                            504,
+                            f"The request ran past the app's request_timeout of {server.function.timeout:g} s\n",
+                            [(b"x-fal-request-timeout-type", b"user")],
+                        )
         except NotFound as exc:
             await _text(send, 404, f"{exc}\n")
         except (LimitExceeded, ServerUnavailable) as exc:
@@ -120,9 +138,10 @@ class FalGateway:
             await _text(send, 502, f"Bad gateway: {exc}\n")
 
 
-async def _text(send: Send, status: int, text: str) -> None:
+async def _text(send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     body = text.encode()
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers += extra or []
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
