@@ -29,6 +29,7 @@ from kiln.frontends.modal.queues import QueueHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
+from kiln.frontends.modal.volumes import VolumeHandlers
 from kiln.frontends.modal.web import expose_web_endpoints
 from kiln.gateway.endpoints import Endpoints
 
@@ -56,6 +57,7 @@ class ModalFrontend:
             ProxyTokenHandlers(core),
             DictHandlers(core),
             QueueHandlers(core),
+            VolumeHandlers(core, self.registry),
         ]
 
     @property
