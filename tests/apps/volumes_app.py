@@ -68,3 +68,15 @@ def use_sub_path(name: str, text: str) -> list[str]:
     with open(f"/sub/{name}", "w") as f:
         f.write(text)
     return sorted(os.listdir("/sub"))
+
+
+@app.function(image=image, volumes={"/data": volume})
+def link_sub_path() -> None:
+    """Where another function mounts a sub_path, leave a link to the host's /etc instead."""
+    if not os.path.islink("/data/kiln-linked"):
+        os.symlink("/etc", "/data/kiln-linked")
+
+
+@app.function(image=image, volumes={"/sub": volume.with_mount_options(sub_path="/kiln-linked")}, retries=0)
+def use_linked_sub_path() -> list[str]:
+    return sorted(os.listdir("/sub"))

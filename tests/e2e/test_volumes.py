@@ -200,6 +200,13 @@ def test_links_a_container_plants_are_never_followed(
     got = run_modal(kiln, "volume", "get", volume.name, f"{directory}/", str(tmp_path / "out"))
     assert not (tmp_path / "out" / directory / "file-link").exists()
     assert "root:" not in got.stdout
+    # A sub_path a container turned into a link is not mounted (the container never starts).
+    with volumes_app.app.run():
+        volumes_app.link_sub_path.remote()
+        with pytest.raises(
+            modal.exception.RemoteError, match="'kiln-linked' in this volume is not a directory"
+        ):
+            volumes_app.use_linked_sub_path.remote()
     # Removing a link removes the link, not what it points to.
     volume.remove_file(f"{directory}/dir-link")
     assert Path("/etc/hostname").exists()

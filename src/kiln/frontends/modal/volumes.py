@@ -11,8 +11,9 @@ fetch (but refuses, as Modal does, while files under the mount are open).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from modal_proto import api_pb2
 
@@ -25,7 +26,7 @@ from kiln.frontends.modal.named_objects import creation_info, environment_of, ge
 from kiln.frontends.modal.registry import Registry
 from kiln.gateway.volume_blocks import block_put_route, file_read_route
 from kiln.storage.named import StoredObject
-from kiln.storage.volume_tree import FileExists, VolumeTree, block_ranges, join, split_path
+from kiln.storage.volume_tree import Entry, FileExists, block_ranges, join, split_path
 from kiln.storage.volumes import FileUpload
 
 V2 = api_pb2.VOLUME_FS_VERSION_V2
@@ -46,10 +47,6 @@ class OpenFiles(KilnError):
 
 def _metadata(obj: StoredObject) -> api_pb2.VolumeMetadata:
     return api_pb2.VolumeMetadata(version=V2, name=obj.name, creation_info=creation_info(obj))
-
-
-def _entry(path: str, kind: int, mtime: int, size: int) -> api_pb2.FileEntry:
-    return api_pb2.FileEntry(path=path, type=kind, mtime=mtime, size=size)  # type: ignore[arg-type]
 
 
 class VolumeHandlers:
@@ -231,12 +228,18 @@ class VolumeHandlers:
     async def VolumeListFiles2(
         self, req: api_pb2.VolumeListFiles2Request, ctx: CallContext
     ) -> AsyncIterator[api_pb2.VolumeListFiles2Response]:
+        """Streamed in batches as the tree is walked (a huge tree is never listed in memory)."""
         tree = self.volumes.tree(req.volume_id)
-        entries = await asyncio.to_thread(
-            _listing, tree, split_path(req.path), req.recursive, req.max_entries
-        )
-        for i in range(0, len(entries), _LIST_BATCH):
-            yield api_pb2.VolumeListFiles2Response(entries=entries[i : i + _LIST_BATCH])
+        entries = tree.entries(split_path(req.path), req.recursive)
+        left = req.max_entries or -1
+        while left != 0:
+            batch = await asyncio.to_thread(
+                _next_entries, entries, _LIST_BATCH if left < 0 else min(left, _LIST_BATCH)
+            )
+            if not batch:
+                return
+            left = left - len(batch) if left > 0 else left
+            yield api_pb2.VolumeListFiles2Response(entries=batch)
 
     async def VolumeRemoveFile2(self, req: api_pb2.VolumeRemoveFile2Request, ctx: CallContext) -> object:
         tree = self.volumes.tree(req.volume_id)
@@ -263,15 +266,11 @@ class VolumeHandlers:
         raise Unsupported(NFS_UNSUPPORTED)
 
 
-def _listing(
-    tree: VolumeTree, parts: tuple[str, ...], recursive: bool, limit: int
-) -> list[api_pb2.FileEntry]:
-    entries = []
-    for entry in tree.entries(parts, recursive):
-        entries.append(_entry(entry.path, entry.type, entry.mtime, entry.size))
-        if limit and len(entries) >= limit:
-            break
-    return entries
+def _next_entries(entries: Iterator[Entry], n: int) -> list[api_pb2.FileEntry]:
+    return [
+        api_pb2.FileEntry(path=e.path, type=e.type, mtime=e.mtime, size=e.size)  # type: ignore[arg-type]
+        for e in itertools.islice(entries, n)
+    ]
 
 
 # --- functions that mount volumes ---------------------------------------------------------------
@@ -311,5 +310,5 @@ def mount_binds(core: Core, function: api_pb2.Function) -> list[Bind]:
             raise InvalidRequest(
                 f"cannot mount the Volume {mount.volume_id} at {mount.mount_path}: {exc}"
             ) from exc
-        binds.append(Bind(source, mount.mount_path, read_only=mount.read_only))
+        binds.append(Bind(source, mount.mount_path, read_only=mount.read_only, follow_links=False))
     return binds
