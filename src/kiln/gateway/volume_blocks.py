@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -24,7 +25,8 @@ from kiln.core.core import Core
 from kiln.errors import KilnError
 from kiln.storage.volume_tree import BLOCK_SIZE, split_path
 
-_CHUNK = 2**20
+_CHUNK = 2**20  # bytes read per step of a download
+_ABSORB = 4 * 2**20  # bytes of an upload hashed and written per step, off the event loop
 
 
 def block_put_route(volume_id: str, sha256_hex: str) -> str:
@@ -49,6 +51,8 @@ def routes(core: Core) -> list[Route]:
         size = 0
         try:
             with os.fdopen(fd, "wb") as f:
+                pending: list[bytes] = []
+                pending_size = 0
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > BLOCK_SIZE:
@@ -56,8 +60,13 @@ def routes(core: Core) -> list[Route]:
                             f"a volume block is at most {BLOCK_SIZE} bytes; upload files with the modal client\n",
                             status_code=413,
                         )
-                    hasher.update(chunk)
-                    f.write(chunk)
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= _ABSORB:
+                        # Hashing and writing release the GIL: off the loop, they overlap the next reads.
+                        await asyncio.to_thread(_absorb, hasher, f, pending)
+                        pending, pending_size = [], 0
+                await asyncio.to_thread(_absorb, hasher, f, pending)
             if hasher.digest() != digest:
                 return PlainTextResponse(
                     "the block's bytes do not hash to the sha256 in its URL (it changed while uploading): "
@@ -100,6 +109,12 @@ def routes(core: Core) -> list[Route]:
         Route("/volumes/{volume_id}/blocks/{sha256}", put_block, methods=["PUT"]),
         Route("/volumes/{volume_id}/read", read_file, methods=["GET"]),
     ]
+
+
+def _absorb(hasher: hashlib._Hash, f: BinaryIO, chunks: list[bytes]) -> None:
+    data = b"".join(chunks)
+    hasher.update(data)
+    f.write(data)
 
 
 async def _stream(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
