@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,15 @@ def test_paths_are_split_relative_to_the_root_and_never_climb() -> None:
     for bad in ("../etc/passwd", "a/../../b", "a/..", "a\0b", "x" * 5000):
         with pytest.raises(InvalidRequest):
             split_path(bad)
+
+
+def test_names_that_are_not_utf8_are_listed_with_replacement_characters(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "staging").mkdir()
+    open(os.fsencode(root) + b"/caf\xe9", "w").close()
+    [entry] = VolumeTree(root, tmp_path / "staging").entries((), recursive=False)
+    assert entry.path == "caf\ufffd" and entry.path.encode()
 
 
 def test_blocks_cover_a_range_cut_at_8_mib_boundaries() -> None:
@@ -230,7 +240,12 @@ def test_deleting_a_volume_frees_its_files_and_orphans_are_removed_at_start(volu
     _block(volumes, vid, b"data")
     (volumes.tree(vid).root / "f").write_text("x")
     volumes.delete(vid)
-    assert list(volumes.root.iterdir()) == [] and list(volumes.blocks_root.iterdir()) == []
+    assert list(volumes.root.iterdir()) == []  # moved aside at once, removed in the background
+    trash = volumes.blocks_root / "trash"
+    deadline = time.monotonic() + 10
+    while list(trash.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(volumes.blocks_root.iterdir()) == [trash] and list(trash.iterdir()) == []
     with pytest.raises(NotFound):
         volumes.tree(vid)
     (volumes.root / "vo-gone").mkdir()

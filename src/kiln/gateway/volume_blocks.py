@@ -74,7 +74,7 @@ def routes(core: Core) -> list[Route]:
                     status_code=400,
                 )
             await asyncio.to_thread(core.volumes.commit_block, volume_id, received, digest)
-        except KilnError as exc:
+        except (KilnError, FileNotFoundError) as exc:  # the volume was deleted meanwhile
             return PlainTextResponse(f"{exc}\n", status_code=404)
         finally:
             received.unlink(missing_ok=True)

@@ -93,6 +93,16 @@ class Entry:
     size: int
 
 
+def _printable(name: str) -> str:
+    """A name a container wrote in bytes that are not UTF-8 (what the protocol carries) is listed
+    with U+FFFD in their place; it cannot be read through the API by that name."""
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode(errors="replace")
+
+
 def _type_of(mode: int) -> int:
     if stat.S_ISREG(mode):
         return FileType.FILE
@@ -196,7 +206,7 @@ class VolumeTree:
         of the file at `parts`. Links are listed, never followed."""
         st = self.lstat(parts)
         if not stat.S_ISDIR(st.st_mode):
-            yield Entry(join(parts), _type_of(st.st_mode), int(st.st_mtime), st.st_size)
+            yield Entry(join(parts), _type_of(st.st_mode), max(0, int(st.st_mtime)), st.st_size)
             return
         with self.directory(parts) as fd:
             yield from self._list_dir(os.dup(fd), parts, recursive)
@@ -212,7 +222,7 @@ class VolumeTree:
                         continue  # removed while listing
                     kind = _type_of(st.st_mode)
                     size = st.st_size if kind == FileType.FILE else 0
-                    yield Entry(join((*parts, entry.name)), kind, int(st.st_mtime), size)
+                    yield Entry(join((*parts, _printable(entry.name))), kind, max(0, int(st.st_mtime)), size)
                     if recursive and kind == FileType.DIRECTORY:
                         subdirs.append(entry.name)
             for name in subdirs:

@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from kiln.storage.state import StateStore
 from kiln.storage.volume_tree import BLOCK_SIZE, VolumeTree, block_count, join, split_path
 
 BLOCK_RETENTION = 3600.0  # seconds a block is kept after its last use
+MAX_FILE_SIZE = 2**44  # 16 TiB: ext4's largest file
 EMPTY_BLOCK = hashlib.sha256(b"").digest()  # an all-zero block: the client strips trailing zeros
 
 
@@ -52,6 +54,10 @@ class FileUpload:
         parts = split_path(path)
         if not parts:
             raise InvalidRequest(f"{path!r} names the volume's root; a file needs a path inside the volume")
+        if not 0 <= size <= MAX_FILE_SIZE:
+            raise InvalidRequest(
+                f"{path!r}: a file in a volume has between 0 and {MAX_FILE_SIZE} bytes, not {size}"
+            )
         if len(blocks) != block_count(size):
             raise InvalidRequest(
                 f"{path!r}: a file of {size} bytes has {block_count(size)} blocks of 8 MiB, not {len(blocks)}"
@@ -220,14 +226,27 @@ class Volumes(NamedObjects):
             self.state.execute("UPDATE volumes SET name = ? WHERE id = ?", (name, volume_id))
 
     def _deleted(self, object_ids: list[str]) -> None:
+        """Move the volumes' files aside at once (a rename), and remove them in the background:
+        a large tree takes a while, and nobody waits for it."""
+        trash = self.blocks_root / "trash"
+        trash.mkdir(mode=0o700, exist_ok=True)
+        moved = []
         for volume_id in object_ids:
-            _remove(self.root / volume_id)
-            _remove(self._blocks_dir(volume_id))
+            for path in (self.root / volume_id, self._blocks_dir(volume_id)):
+                target = trash / f"{path.parent.name}-{volume_id}-{new_id('rm')}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, target)
+                    moved.append(target)
+        if moved:
+            threading.Thread(
+                target=_remove_all, args=(moved,), name="kiln-volume-removal", daemon=True
+            ).start()
 
     def remove_orphans(self) -> list[str]:
         """Remove trees and blocks of volumes with no row (a crash between a delete's commit and
         the removal of its files); returns their IDs."""
         known = {row[0] for row in self.state.query("SELECT id FROM volumes")}
+        _remove(self.blocks_root / "trash")  # what a stopped server had not finished removing
         orphans = set()
         for parent in (self.root, self.blocks_root):
             for path in parent.iterdir():
@@ -239,6 +258,11 @@ class Volumes(NamedObjects):
 
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: links inside are not followed
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        _remove(path)
 
 
 _LIBC: ctypes.CDLL | None = None
