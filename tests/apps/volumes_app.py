@@ -80,3 +80,10 @@ def link_sub_path() -> None:
 @app.function(image=image, volumes={"/sub": volume.with_mount_options(sub_path="/kiln-linked")}, retries=0)
 def use_linked_sub_path() -> list[str]:
     return sorted(os.listdir("/sub"))
+
+
+@app.cls(image=image, volumes={"/mnt/shared": volume})
+class Reader:
+    @modal.method()
+    def read(self, path: str) -> str:
+        return open(f"/mnt/shared/{path}").read()

@@ -157,7 +157,7 @@ def test_a_cloud_bucket_mount_is_refused_at_creation_naming_what_kiln_lacks(kiln
 
 
 @pytest.mark.timeout(300)
-def test_two_containers_share_a_volume_and_mount_options_hold(volumes_app: ModuleType) -> None:
+def test_functions_and_classes_share_a_volume_and_mount_options_hold(volumes_app: ModuleType) -> None:
     app = volumes_app.app
     volume_id = volumes_app.volume.hydrate().object_id
     directory = uuid.uuid4().hex[:8]
@@ -165,6 +165,7 @@ def test_two_containers_share_a_volume_and_mount_options_hold(volumes_app: Modul
         assert volumes_app.read.remote(volume_id, f"{directory}/note.txt") is None
         volumes_app.write.remote(volume_id, f"{directory}/note.txt", "written in one container")
         assert volumes_app.read.remote(volume_id, f"{directory}/note.txt") == "written in one container"
+        assert volumes_app.Reader().read.remote(f"{directory}/note.txt") == "written in one container"
         assert volumes_app.write_read_only.remote(f"{directory}/ro.txt") == "refused: Read-only file system"
         assert volumes_app.use_sub_path.remote("s.txt", "in a sub path") == ["s.txt"]
         refused = volumes_app.reload_with_an_open_file.remote(volume_id, f"{directory}/note.txt")
