@@ -251,10 +251,14 @@ def test_the_volume_cli_with_a_multi_block_file(kiln: KilnServer, tmp_path: Path
     assert [row["filename"] for row in listing] == ["copy.bin"]
     renamed = _name()
     assert run_modal(kiln, "volume", "rename", name, renamed, "--yes").returncode == 0
-    volume_dirs = list((kiln.home / "volumes").iterdir())
+    found = run_client(
+        kiln, "import modal, sys; print(modal.Volume.from_name(sys.argv[1]).hydrate().object_id)", renamed
+    )
+    tree = kiln.home / "volumes" / found.stdout.strip()
+    assert (tree / "copy.bin").exists(), _output(found)
     deleted = run_modal(kiln, "volume", "delete", renamed, "--yes")
     assert deleted.returncode == 0, _output(deleted)
-    assert len(list((kiln.home / "volumes").iterdir())) == len(volume_dirs) - 1  # the space is freed
+    assert not tree.exists()  # the space is freed
     missing = run_modal(kiln, "volume", "ls", renamed)
     assert missing.returncode != 0 and f"modal volume create {renamed}" in _output(missing)
 
