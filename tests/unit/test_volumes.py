@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ MiB = 2**20
 def test_paths_are_split_relative_to_the_root_and_never_climb() -> None:
     assert split_path("/a/b.txt") == split_path("a//b.txt/") == split_path("./a/./b.txt") == ("a", "b.txt")
     assert split_path("/") == split_path("") == ()
-    for bad in ("../etc/passwd", "a/../../b", "a/..", "a\0b", "x" * 5000):
+    for bad in ("../etc/passwd", "a/../../b", "a/..", "a\0b", "x" * 5000, "d/" + "n" * 256):
         with pytest.raises(InvalidRequest):
             split_path(bad)
 
@@ -129,6 +130,11 @@ def test_links_are_listed_never_followed_when_reading_writing_or_removing(
         tree.open_file(("file-link",))
     with pytest.raises(InvalidRequest, match="regular file"):
         tree.open_file(("fifo",))  # opened non-blocking, never read
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tree.root / "sock"))
+        with pytest.raises(InvalidRequest, match="regular file"):
+            tree.open_file(("sock",))
+    os.unlink(tree.root / "sock")
     with pytest.raises(InvalidRequest, match="not a directory"):
         _write(tree, "dir-link/planted", b"x")
     with pytest.raises(InvalidRequest, match="not a directory"):

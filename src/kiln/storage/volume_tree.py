@@ -28,6 +28,7 @@ from kiln.errors import InvalidRequest, NotFound
 
 BLOCK_SIZE = 8 * 2**20  # the Modal client's block (its `BLOCK_SIZE`)
 _MAX_PATH = 4096
+_MAX_NAME = 255  # bytes, as Linux filesystems allow
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 2**30
 
@@ -47,6 +48,10 @@ def split_path(path: str) -> tuple[str, ...]:
     if "\0" in path:
         raise InvalidRequest("a volume path may not contain a NUL character")
     parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    if any(len(os.fsencode(p)) > _MAX_NAME for p in parts):
+        raise InvalidRequest(
+            f"a name in a volume path is at most {_MAX_NAME} bytes; shorten the path {path[:80]!r}…"
+        )
     if ".." in parts:
         raise InvalidRequest(
             f"volume path {path!r} contains '..'; name files by their path from the volume's root"
@@ -91,6 +96,10 @@ class Entry:
     type: int  # a FileType
     mtime: int
     size: int
+
+
+def _not_found(what: str, parts: tuple[str, ...]) -> NotFound:
+    return NotFound(f"no {what} {join(parts)!r} in this volume (see what is there with `modal volume ls`)")
 
 
 def _printable(name: str) -> str:
@@ -146,7 +155,7 @@ class VolumeTree:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
-                    raise NotFound(f"no directory {join(walked)!r} in this volume") from None
+                    raise _not_found("directory", walked) from None
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o755, dir_fd=fd)
                     self._own(name, fd)
@@ -172,7 +181,7 @@ class VolumeTree:
             try:
                 return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
-                raise NotFound(f"no file or directory {join(parts)!r} in this volume") from None
+                raise _not_found("file or directory", parts) from None
 
     def open_file(self, parts: tuple[str, ...]) -> int:
         """A read-only descriptor of the regular file at `parts` (never a link, FIFO or device)."""
@@ -184,14 +193,16 @@ class VolumeTree:
                     parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
                 )
             except FileNotFoundError:
-                raise NotFound(f"no file {join(parts)!r} in this volume") from None
+                raise _not_found("file", parts) from None
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise InvalidRequest(
                         f"{join(parts)!r} in this volume is a symbolic link; kiln never follows links "
                         "inside a volume: read the file it points to by its own path"
                     ) from None
-                raise
+                raise InvalidRequest(  # a socket (ENXIO), …
+                    f"{join(parts)!r} in this volume is not a regular file; only regular files can be read"
+                ) from None
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
@@ -253,7 +264,7 @@ class VolumeTree:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise NotFound(f"no file or directory {join(parts)!r} in this volume") from None
+            raise _not_found("file or directory", parts) from None
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=dir_fd)
         elif not recursive:
