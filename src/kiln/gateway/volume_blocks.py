@@ -26,7 +26,7 @@ from kiln.errors import KilnError
 from kiln.storage.volume_tree import BLOCK_SIZE, split_path
 
 _CHUNK = 2**20  # bytes read per step of a download
-_ABSORB = 4 * 2**20  # bytes of an upload hashed and written per step, off the event loop
+_ABSORB = 2**20  # bytes of an upload hashed and written per step, off the event loop
 
 
 def block_put_route(volume_id: str, sha256_hex: str) -> str:
