@@ -33,13 +33,25 @@ def descendants(pid: int) -> list[int]:
 
 
 def open_paths(pid: int) -> Iterator[str]:
-    """Paths of the files open, and the working directories, of `pid` and its descendants."""
+    """Paths of the files open, and the working directories, of the processes below `pid` that
+    live in another mount namespace than this one (the container's, not its helper or pasta, whose
+    paths are the host's)."""
+    host = _mount_namespace("self")
     for process in descendants(pid):
+        if _mount_namespace(str(process)) in (host, ""):
+            continue
         for link in [f"/proc/{process}/cwd", *_fd_links(process)]:
             try:
                 yield os.readlink(link)
             except OSError:
                 continue  # closed meanwhile
+
+
+def _mount_namespace(process: str) -> str:
+    try:
+        return os.readlink(f"/proc/{process}/ns/mnt")
+    except OSError:
+        return ""
 
 
 def _fd_links(process: int) -> list[str]:

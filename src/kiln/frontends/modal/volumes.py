@@ -148,7 +148,7 @@ class VolumeHandlers:
             if (known is not None and known.function is not None)
             else []
         )
-        pid = getattr(task.container, "pid", None)
+        pid = getattr(task.container, "pid", None)  # a sandbox's helper; runtimes without processes have none
         if not mounts or not isinstance(pid, int):
             return
         mount = mounts[0].rstrip("/")
