@@ -36,6 +36,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("map_inputs_per_s", "map throughput (inputs/s)", ">= 5,000"),
     ("cold_start_ms", "cold start (ms, median)", "<= 100"),
     ("server_ready_ms", "server ready (ms)", "<= 500"),
+    ("volume_put_mb_per_s", "Volume put 1 GiB (MB/s)", ">= 50% of cp + sync"),
+    ("volume_get_mb_per_s", "Volume get 1 GiB (MB/s)", ">= 50% of cp"),
 ]
 
 

@@ -200,6 +200,43 @@ def run_client(
     )
 
 
+def gone_after_heartbeats(lookup: str) -> str:
+    """Script lines that poll `lookup` (a statement raising NotFoundError once the ephemeral
+    object is gone) for up to 30 s, and say when it went."""
+    return (
+        "started = time.monotonic()\n"
+        "while time.monotonic() - started < 30:\n"
+        "    try:\n"
+        f"        {lookup}\n"
+        "    except modal.exception.NotFoundError:\n"
+        '        print("gone after its heartbeats stopped")\n'
+        "        break\n"
+        "    time.sleep(0.5)\n"
+    )
+
+
+def check_ephemeral_lifetime(server: RestartableServer, script: str) -> None:
+    """Run `script` (which prints "kept alive", then polls with `gone_after_heartbeats`) on a server
+    whose ephemeral objects live 2 s without a heartbeat."""
+    server.restart({"KILN_EPHEMERAL_OBJECT_GRACE": "2"})
+    result = run_client(server.server, script)
+    output = result.stdout + result.stderr
+    assert "kept alive" in result.stdout, output
+    assert "gone after its heartbeats stopped" in result.stdout, output
+
+
+def survives_kill_9(server: RestartableServer, write: str, read: str, *args: str) -> str:
+    """Run the `write` script, kill the server with SIGKILL, restart it, run the `read` script;
+    returns what `read` printed (each script must succeed; `write` prints "written")."""
+    written = run_client(server.server, write, *args)
+    assert "written" in written.stdout, written.stdout + written.stderr
+    server.kill_9()
+    server.restart()
+    result = run_client(server.server, read, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (def
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
 KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
-KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict or Queue lives without a heartbeat (default 900:
+KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict, Queue or Volume lives without a heartbeat (default 900:
                        three missed beats of the Modal client's 300 s heartbeat)
 KILN_QUEUE_MAX_ITEMS   items a Queue partition holds (default 5000, as Modal)
 KILN_QUEUE_MAX_ITEM_BYTES  bytes per Queue item (default 1 MiB, as Modal)

@@ -121,7 +121,17 @@ class KilnServer:
             collector=collector,
             ids=isolation.ids,
         )
-        core = Core(config, state, blobs, mounts, ImageService(builder, state), logs_dir=logs_dir)
+        core = Core(
+            config,
+            state,
+            blobs,
+            mounts,
+            ImageService(builder, state),
+            logs_dir=logs_dir,
+            volume_owner=(isolation.ids.uid, isolation.ids.gid),
+            # A second process on this home keeps its volumes with its private state.
+            volumes_home=state_db.parent,
+        )
         self.core = core
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)

@@ -154,6 +154,32 @@ def _v8_environments(db: sqlite3.Connection) -> None:
     _object_table(db, "environments")
 
 
+def _v9_volumes(db: sqlite3.Connection) -> None:
+    """Named and ephemeral Volumes (`storage/volumes.py`); their files are trees under KILN_HOME."""
+    _named_objects_table(db, "volumes")
+
+
+def _named_objects_table(db: sqlite3.Connection, table: str) -> None:
+    """A table of `storage/named.py`'s objects (as v6 made for dicts and queues)."""
+    _execute_script(
+        db,
+        f"""
+        CREATE TABLE {table} (
+            id TEXT PRIMARY KEY, name TEXT, environment TEXT NOT NULL, created_at REAL NOT NULL,
+            lifetime TEXT NOT NULL, owner_app TEXT NOT NULL, heartbeat_at REAL NOT NULL);
+        CREATE UNIQUE INDEX {table}_by_name ON {table} (environment, name) WHERE name IS NOT NULL;
+        CREATE INDEX {table}_by_age ON {table} (environment, created_at);
+        """,
+    )
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Statement by statement: executescript() would commit the migration's transaction early."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -164,6 +190,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v6_dicts_and_queues,
     _v7_secret_owners,
     _v8_environments,
+    _v9_volumes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

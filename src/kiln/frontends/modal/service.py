@@ -30,6 +30,7 @@ from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.servers import ServerHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
+from kiln.frontends.modal.volumes import VolumeHandlers
 from kiln.frontends.modal.web import expose_web_endpoints
 from kiln.gateway.endpoints import Endpoints
 
@@ -58,6 +59,7 @@ class ModalFrontend:
             DictHandlers(core),
             QueueHandlers(core),
             ServerHandlers(core),
+            VolumeHandlers(core, self.registry),
         ]
 
     @property
