@@ -27,6 +27,12 @@ import pytest
 from grpclib.client import Channel
 from modal_proto.api_grpc import ModalClientStub
 
+# A suite started in the background of a non-interactive shell (as CI may run it) inherits SIGINT
+# ignored, and so would every client it starts: `modal serve` and `fal run` would then ignore the
+# Ctrl-C the tests send them. Give the test process a handler, so that its children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
 TEST_HOME = Path(os.environ.get("KILN_TEST_HOME", TESTS / ".kiln-home"))
