@@ -274,7 +274,9 @@ def uvicorn_server(app: Any, tls: LoopbackTLS | None = None) -> Any:
     import uvicorn
 
     options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
+    return uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", server_header=False, **options)
+    )
 
 
 def _host_port(sock: socket.socket) -> str:

@@ -56,6 +56,9 @@ def test_requests_reach_the_users_server_at_the_root_path_with_status_and_header
     assert answer["task"].startswith("ta-") and headers["x-served-by"] == answer["task"]
     status, _, body = fetch(urls["Open"] + "/teapot")
     assert (status, body) == (418, b"short and stout")
+    with urllib.request.urlopen(urls["Open"], timeout=60) as response:  # one Date: the gateway's
+        assert len(response.headers.get_all("date")) == 1
+        assert "uvicorn" not in str(response.headers.get_all("server"))
 
 
 def test_a_large_body_goes_up_and_a_streamed_response_comes_back(urls: dict[str, str]) -> None:

@@ -97,7 +97,9 @@ class Endpoints:
         async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
             await self._apps[port](scope, receive, send)
 
-        server = uvicorn.Server(uvicorn.Config(dispatch, log_level="warning", lifespan="off"))
+        # The app's own Server header (a web_server's) is the one the client sees; kiln adds none.
+        config = uvicorn.Config(dispatch, log_level="warning", lifespan="off", server_header=False)
+        server = uvicorn.Server(config)
         self._servers[port] = server
         self._tasks[port] = asyncio.ensure_future(server.serve(sockets=[sock]))
 

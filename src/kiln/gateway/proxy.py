@@ -66,7 +66,12 @@ class Upstream:
                     {
                         "type": "http.response.start",
                         "status": response.status,
-                        "headers": [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in _HOP],
+                        # uvicorn, serving the client, adds its own Date.
+                        "headers": [
+                            (k.lower(), v)
+                            for k, v in response.raw_headers
+                            if k.lower() not in _HOP | {b"date"}
+                        ],
                     }
                 )
                 async for chunk in response.content.iter_chunked(_CHUNK):

@@ -256,9 +256,9 @@ class WebBridge:
             if kind == "http_response_start" and not response.started:
                 start = message.http_response_start
                 response.started = True
-                await send(
-                    {"type": "http.response.start", "status": start.status, "headers": _pairs(start.headers)}
-                )
+                # The gateway dates every response: the app's own Date (a web_server's) would repeat it.
+                headers = [(k, v) for k, v in _pairs(start.headers) if k.lower() != b"date"]
+                await send({"type": "http.response.start", "status": start.status, "headers": headers})
             elif kind == "http_response_body" and response.started and not ended:
                 body = message.http_response_body
                 await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
