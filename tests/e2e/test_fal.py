@@ -266,3 +266,57 @@ def test_app_files_are_uploaded_once_and_laid_out_under_app(kiln: KilnServer, tm
         assert post(url, {}) == (200, '{"greeting":"hello from an app file","helper":"KILN!"}')
     finally:
         run.interrupt()
+
+
+def test_several_endpoints_a_stream_and_a_websocket_through_the_run_host(
+    kiln: KilnServer, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import aiohttp
+
+    run = FalRun(kiln, "fal_routes_app.py::Routes", tmp_path / "routes.log")
+    try:
+        run.wait_for("Application startup complete")
+        base = f"https://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/routes"
+        assert post(base + "/square", {"count": 4}) == (200, '{"squares":[0,1,4,9]}')
+        status, body = post(base + "/stream", {"count": 3})
+        assert status == 200 and body == "data: 0\n\ndata: 1\n\ndata: 2\n\n", body
+
+        async def talk() -> str:
+            context = ssl.create_default_context(cafile=kiln.fal_exports["SSL_CERT_FILE"])
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(base.replace("https", "wss") + "/echo", ssl=context) as socket:
+                    await socket.send_str("kiln")
+                    return await socket.receive_str()
+
+        assert asyncio.run(talk()) == "KILN"
+    finally:
+        run.interrupt()
+
+
+def test_a_bad_requirement_fails_the_build_naming_it_and_the_server_stays_up(
+    kiln: KilnServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text(
+        "import fal\n\n"
+        "@fal.function(requirements=['kiln-no-such-package-4242==1.0'])\n"
+        "def f():\n    return 1\n\n"
+        "f()\n"
+    )
+    result = subprocess.run(
+        [str(FAL.parent / "python"), str(script)],
+        cwd=tmp_path,
+        env=kiln.fal_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "kiln-no-such-package-4242" in result.stdout + result.stderr
+    secret = fal(kiln, "secrets", "set", "KILN_TEST_UNSET=1")
+    assert secret.returncode == 0, secret.stderr
+    assert "KILN_TEST_UNSET" in fal(kiln, "secrets", "list").stdout
+    assert fal(kiln, "secrets", "unset", "KILN_TEST_UNSET").returncode == 0
+    assert "KILN_TEST_UNSET" not in fal(kiln, "secrets", "list").stdout
