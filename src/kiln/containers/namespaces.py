@@ -16,6 +16,15 @@ which ids to map, how to mount the overlay and whether to start pasta. Then:
 5. the parent waits for the child, stops pasta (it does not exit by itself) and exits with the
    child's status.
 
+`namespaces.py --enter PLAN_FD` runs one more process in a running container (a sandbox's
+`exec`) under exactly that container's confinement: it joins the container's cgroups, forks
+into its PID namespace, joins its user, mount, network, IPC, UTS and cgroup namespaces (those of
+the container's init, bubblewrap's PID 1), chroots to that process's root, becomes root of the
+user namespace (host 100000), keeps only Docker's capabilities (bounding, permitted, effective,
+inheritable and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same
+seccomp filter and execs the command. The parent stays a plain root process of the host that
+only waits and reports the child's status; the child dies with it (PDEATHSIG).
+
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
 the helper's working directory: its parents (e.g. /root) need not be open to the unprivileged ids.
@@ -50,6 +59,18 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+SECCOMP_MODE_FILTER = 2
+_CAPABILITY_VERSION_3 = 0x20080522
+TIOCSCTTY = 0x540E
+# The namespaces an exec joins, in order: all but the user namespace while still root of the
+# host (joining a mount namespace needs CAP_SYS_ADMIN over its owner), the user namespace last.
+_ENTER_ORDER = (("ipc", 0x08000000), ("uts", 0x04000000), ("net", CLONE_NEWNET), ("cgroup", 0x02000000),
+                ("mnt", CLONE_NEWNS))  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -237,10 +258,142 @@ def main(plan_fd: int) -> None:
     os._exit(os.WEXITSTATUS(status) if error is None else 125)
 
 
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _keep_only_caps(keep: list[int]) -> None:
+    """Leave exactly `keep` in every capability set (bounding, permitted, effective,
+    inheritable, ambient): what bubblewrap's `--cap-drop ALL --cap-add …` leaves its command."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
+    mask = sum(1 << cap for cap in keep)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i] = _CapData(word, word, word)
+    _check(_libc.capset(ctypes.byref(header), data), "setting capabilities")
+    for cap in keep:
+        _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"raising capability {cap}")
+
+
+def _load_seccomp(program: bytes) -> None:
+    count = len(program) // 8
+    filters = (_SockFilter * count).from_buffer_copy(program)
+    prog = _SockFprog(count, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "loading seccomp")
+
+
+def _enter_child(
+    plan: dict[str, Any], namespaces: dict[str, int], root: int, user: int, program: bytes
+) -> None:
+    try:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        for name, flag in _ENTER_ORDER:
+            if name in namespaces:
+                _check(_libc.setns(namespaces[name], flag), f"joining the container's {name} namespace")
+        os.fchdir(root)
+        os.chroot(".")
+        _check(_libc.setns(user, CLONE_NEWUSER), "joining the container's user namespace")
+        _become(0, 0)
+        for fd in (*namespaces.values(), root, user):
+            os.close(fd)
+        if plan.get("pty"):
+            os.setsid()
+            fcntl.ioctl(0, TIOCSCTTY, 0)
+        try:
+            os.chdir(plan["cwd"])
+        except OSError as exc:
+            _fail(126, f"cannot use {plan['cwd']} as the working directory: {exc.strerror}")
+        _keep_only_caps(plan["caps"])
+        _load_seccomp(program)
+    except OSError as exc:
+        _fail(125, str(exc))
+    env = plan["env"]
+    os.closerange(3, 1 << 16)  # the plan and filter descriptors stay with the helper
+    try:
+        os.execvpe(plan["argv"][0], plan["argv"], env)
+    except OSError as exc:
+        _fail(127 if exc.errno == 2 else 126, f"cannot run {plan['argv'][0]}: {exc.strerror}")
+
+
+def enter(plan: dict[str, Any]) -> None:
+    """Run `plan["argv"]` in the running container whose init is `plan["target"]` (see above)."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != plan["server_pid"]:
+        os._exit(125)
+    target = plan["target"]
+    try:
+        namespaces = {
+            name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            for name, _ in _ENTER_ORDER
+            if os.path.exists(f"/proc/{target}/ns/{name}")
+        }
+        user = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # The namespaces are read from the init's /proc entry: refuse if that pid was reused by a
+        # process outside the container (its user namespace would be the host's).
+        if os.fstat(user).st_ino == os.stat("/proc/self/ns/user").st_ino:
+            _fail(125, "the container has ended")
+        with open(plan["seccomp"], "rb") as f:
+            program = f.read()
+        for procs in plan["cgroup_procs"]:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        pid_ns = os.open(f"/proc/{target}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        _check(_libc.setns(pid_ns, 0x20000000), "joining the container's PID namespace")
+        os.close(pid_ns)
+        pid = os.fork()
+    except OSError as exc:
+        _fail(125, f"cannot enter the container: {exc.strerror or exc}")
+        return
+    if pid == 0:
+        _enter_child(plan, namespaces, root, user, program)
+        os._exit(127)
+    for fd in (*namespaces.values(), root, user):
+        os.close(fd)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: _forward(pid, s))
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status))
+
+
 def _forward(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if sys.argv[1] == "--enter":
+        with os.fdopen(int(sys.argv[2]), "rb") as _plan:
+            enter(json.loads(_plan.read()))
+    else:
+        main(int(sys.argv[1]))

@@ -105,11 +105,13 @@ class _Method:
     request: Any
     response: Any
     server_streaming: bool
+    client_streaming: bool = False
 
 
 @functools.cache
-def _methods() -> tuple[_Method, ...]:
-    """The service's methods, read from its descriptor once (each container's socket reuses them)."""
+def _methods(service: Any = SERVICE) -> tuple[_Method, ...]:
+    """A service's methods (the ModalClient's by default), read from its descriptor once (each
+    container's socket reuses them)."""
     cardinalities = {
         (False, False): grpclib.const.Cardinality.UNARY_UNARY,
         (False, True): grpclib.const.Cardinality.UNARY_STREAM,
@@ -119,13 +121,14 @@ def _methods() -> tuple[_Method, ...]:
     return tuple(
         _Method(
             method.name,
-            f"/{SERVICE.full_name}/{method.name}",
+            f"/{service.full_name}/{method.name}",
             cardinalities[(method.client_streaming, method.server_streaming)],
             _message_class(method.input_type),
             _message_class(method.output_type),
             method.server_streaming,
+            method.client_streaming,
         )
-        for method in SERVICE.methods
+        for method in service.methods
     )
 
 
