@@ -122,7 +122,9 @@ class ModalLauncher:
             **host_network_env(),
             **image_config.env,
             **core.secrets.env_of(list(function.secret_ids)),
-            "MODAL_SERVER_URL": f"unix://{_INSIDE}/modal.sock",
+            # "localhost" (ignored for a socket path) lets the client accept the plain-HTTP
+            # command router of the sandboxes it creates, at the server's gRPC port.
+            "MODAL_SERVER_URL": f"unix://localhost{_INSIDE}/modal.sock",
             "MODAL_IS_REMOTE": "1",
             "MODAL_CONTAINER_ARGUMENTS_PATH": f"{_INSIDE}/arguments.bin",
             "MODAL_TASK_ID": task.task_id,
@@ -164,7 +166,9 @@ class ModalLauncher:
             upper=upper,
             # Payloads over 2 MiB travel as blobs: the container fetches and uploads them at the
             # signed URLs of kiln's HTTP port, the one host port it may reach.
-            host_ports=_loopback_port(core.http_url),
+            # The gRPC port too: the command routers of sandboxes it creates (each RPC there needs
+            # the token pair, or a router token for one sandbox).
+            host_ports=_loopback_port(core.http_url) + _loopback_port(core.grpc_url),
             forwards=forwards,
         )
         return await self.runtime.start(spec, sink or to_app_log)

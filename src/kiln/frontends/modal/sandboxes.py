@@ -249,6 +249,9 @@ class SandboxHandlers:
         info = core.sandboxes.by_name(app.app_id, request.sandbox_name, request.include_terminated)
         return api_pb2.SandboxGetFromNameResponse(sandbox_id=info.sandbox_id, metadata=_metadata(info))
 
+    # kiln has one kind of sandbox: the client's V1 fallback of a name lookup finds the same ones.
+    SandboxGetFromName = SandboxGetFromNameV2
+
     async def SandboxTagsGetV2(
         self, request: api_pb2.SandboxTagsGetRequest, ctx: CallContext
     ) -> api_pb2.SandboxTagsGetResponse:

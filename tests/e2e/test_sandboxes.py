@@ -1,0 +1,307 @@
+"""Sandboxes through the official client (in-process): create, stdio, exec, lookups, timeouts,
+and escapes tried from inside a sandbox."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import modal
+import modal.exception
+import pytest
+
+from tests.conftest import APPS, KilnServer, RestartableServer, run_client
+
+pytestmark = pytest.mark.e2e
+
+_STATUS = "grep -E '^(Uid|Gid|Cap(Inh|Prm|Eff|Amb)|NoNewPrivs|Seccomp):' /proc/self/status"
+_NAMESPACES = "for n in cgroup ipc mnt net pid user uts; do readlink /proc/self/ns/$n; done"
+_IDENTITY = f"{_STATUS}; {_NAMESPACES}; cat /proc/self/cgroup; stat -c %i /; hostname; echo END"
+
+
+@pytest.fixture(scope="module")
+def app(kiln: KilnServer) -> Iterator[modal.App]:
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("MODAL_SERVER_URL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH"):
+            patch.setenv(key, kiln.env[key])
+        patch.syspath_prepend(str(APPS))
+        yield modal.App.lookup("kiln-test-sandboxes-local", create_if_missing=True)
+
+
+@pytest.fixture(scope="module")
+def image(app: modal.App) -> modal.Image:
+    return modal.Image.debian_slim()
+
+
+def test_the_entrypoint_has_stdin_stdout_stderr_and_an_exit_code(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(
+        "sh", "-c", "echo hello; echo oops >&2; read line; echo got $line; exit 3", app=app, image=image
+    )
+    sb.stdin.write(b"abc\n")
+    sb.stdin.drain()
+    assert sb.stdout.read() == "hello\ngot abc\n"
+    assert sb.stderr.read() == "oops\n"
+    sb.wait()
+    assert sb.returncode == 3
+    assert sb.poll() == 3
+
+
+@pytest.mark.timeout(120)
+def test_exec_output_streams_while_the_command_runs(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(app=app, image=image)
+    try:
+        # The command answers only after it has read what we send once its first line arrived:
+        # the first line must reach us while it still runs.
+        process = sb.exec("sh", "-c", "echo ready; read reply; echo got $reply; echo fine >&2; exit 5")
+        lines = iter(process.stdout)
+        assert next(lines) == "ready\n"
+        assert process.poll() is None
+        process.stdin.write(b"pong\n")
+        process.stdin.drain()
+        assert next(lines) == "got pong\n"
+        assert process.stderr.read() == "fine\n"
+        assert process.wait() == 5
+        assert process.returncode == 5
+    finally:
+        sb.terminate()
+
+
+def test_exec_in_bytes_with_stdin_eof_workdir_env_and_secrets(app: modal.App, image: modal.Image) -> None:
+    secret = modal.Secret.from_dict({"KILN_SB_SECRET": "s3cret"})
+    sb = modal.Sandbox.create(app=app, image=image, workdir="/tmp", env={"FROM_SANDBOX": "yes"})
+    try:
+        binary = sb.exec("cat", text=False)
+        binary.stdin.write(bytes(range(256)) * 4)
+        binary.stdin.write_eof()
+        binary.stdin.drain()
+        assert binary.stdout.read() == bytes(range(256)) * 4
+        assert binary.wait() == 0
+        process = sb.exec(
+            "sh", "-c", "pwd; echo $FROM_SANDBOX $EXTRA $KILN_SB_SECRET", workdir="/etc",
+            env={"EXTRA": "given"}, secrets=[secret],
+        )  # fmt: skip
+        assert process.stdout.read() == "/etc\nyes given s3cret\n"
+        assert sb.exec("pwd").stdout.read() == "/tmp\n"
+    finally:
+        sb.terminate()
+
+
+def test_stream_types_devnull_and_stderr_into_stdout(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(app=app, image=image)
+    try:
+        quiet = sb.exec("sh", "-c", "echo out; echo err >&2", stdout=modal.stream_type.StreamType.DEVNULL)
+        assert quiet.stderr.read() == "err\n"
+        with pytest.raises(ValueError):
+            quiet.stdout.read()
+        assert quiet.wait() == 0
+    finally:
+        sb.terminate()
+
+
+@pytest.mark.timeout(120)
+def test_an_exec_past_its_timeout_is_ended(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(app=app, image=image)
+    try:
+        process = sb.exec("sleep", "60", timeout=1)
+        # The server ends it (SIGKILL: 137), or the client gives up at its deadline first (-1).
+        assert process.wait() in (-1, 137)
+        later = sb.exec("echo", "still here")
+        assert later.stdout.read() == "still here\n"
+    finally:
+        sb.terminate()
+
+
+@pytest.mark.timeout(180)
+def test_a_code_interpreter_keeps_one_python_process(
+    kiln: KilnServer, app: modal.App, image: modal.Image
+) -> None:
+    interpreter = importlib.import_module("sandbox_interpreter").Interpreter(app, image)
+    assert interpreter.run("x = 6 * 7")["stdout"] == ""
+    assert interpreter.run("print(x)")["stdout"] == "42\n"
+    assert (
+        interpreter.run("import os; print(os.getpid())")["stdout"].strip()
+        == interpreter.run("print(os.getpid())")["stdout"].strip()
+    )
+    assert interpreter.run("1/0")["error"] == "ZeroDivisionError: division by zero"
+    assert interpreter.run("print(x + 1)")["stdout"] == "43\n"
+    assert interpreter.close() == 0
+
+
+def test_exec_runs_with_exactly_the_sandboxs_confinement(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create("sh", "-c", f"{_IDENTITY}; sleep 600", app=app, image=image)
+    try:
+        entrypoint = []
+        for line in sb.stdout:
+            entrypoint.append(line)
+            if line == "END\n":
+                break
+        exec_identity = sb.exec("sh", "-c", _IDENTITY).stdout.read().splitlines(keepends=True)
+        # Same ids, capabilities (effective, permitted, inheritable, ambient), no_new_privs and
+        # seccomp filter; same seven namespaces, cgroups, root filesystem and hostname.
+        assert exec_identity == entrypoint
+        assert "Seccomp:\t2\n" in entrypoint and "NoNewPrivs:\t1\n" in entrypoint
+        assert "Uid:\t0\t0\t0\t0\n" in entrypoint  # root of its own user namespace
+    finally:
+        sb.terminate()
+
+
+def test_exec_needs_nothing_of_the_image(app: modal.App) -> None:
+    bare = modal.Image.from_registry("debian:bookworm")  # no Python in it
+    sb = modal.Sandbox.create(app=app, image=bare)
+    try:
+        assert sb.exec("sh", "-c", "command -v python3 || echo none").stdout.read() == "none\n"
+        assert "bookworm" in sb.exec("cat", "/etc/os-release").stdout.read()
+        assert sb.exec("no-such-command").wait() == 127
+    finally:
+        sb.terminate()
+
+
+def test_lookups_by_id_name_app_and_tags(app: modal.App, image: modal.Image) -> None:
+    name = f"named-{uuid.uuid4().hex[:8]}"
+    sb = modal.Sandbox.create(app=app, image=image, name=name)
+    other = modal.Sandbox.create(app=app, image=image)
+    try:
+        sb.set_tags({"role": "worker", "team": "a"})
+        other.set_tags({"role": "worker", "team": "b"})
+        assert modal.Sandbox.from_id(sb.object_id).exec("echo", "same").stdout.read() == "same\n"
+        assert modal.Sandbox.from_name("kiln-test-sandboxes-local", name).object_id == sb.object_id
+        assert sb.get_tags() == {"role": "worker", "team": "a"}
+        listed = {s.object_id for s in modal.Sandbox.list(app_id=app.app_id, tags={"role": "worker"})}
+        assert {sb.object_id, other.object_id} <= listed
+        team_a = {s.object_id for s in modal.Sandbox.list(app_id=app.app_id, tags={"team": "a"})}
+        assert sb.object_id in team_a and other.object_id not in team_a
+        with pytest.raises(modal.exception.AlreadyExistsError):
+            modal.Sandbox.create(app=app, image=image, name=name)
+        with pytest.raises(modal.exception.NotFoundError):
+            modal.Sandbox.from_name("kiln-test-sandboxes-local", "no-such-sandbox")
+    finally:
+        sb.terminate()
+        other.terminate()
+    assert sb.object_id not in {s.object_id for s in modal.Sandbox.list(app_id=app.app_id)}
+
+
+def test_terminate_ends_the_sandbox_and_its_execs(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(app=app, image=image)
+    process = sb.exec("sleep", "600")
+    sb.terminate()
+    with pytest.raises(modal.exception.SandboxTerminatedError):
+        sb.wait()
+    assert sb.returncode == 137
+    assert process.wait() != 0
+    with pytest.raises(modal.exception.ConflictError):
+        sb.exec("echo", "too late")
+
+
+@pytest.mark.timeout(120)
+def test_timeout_and_idle_timeout_end_a_sandbox(app: modal.App, image: modal.Image) -> None:
+    timed = modal.Sandbox.create("sleep", "600", app=app, image=image, timeout=2)
+    idle = modal.Sandbox.create(app=app, image=image, idle_timeout=2)
+    with pytest.raises(modal.exception.SandboxTimeoutError):
+        timed.wait()
+    assert timed.returncode == 124
+    with pytest.raises(modal.exception.SandboxTimeoutError):
+        idle.wait()
+
+
+@pytest.mark.timeout(300)
+def test_a_function_creates_and_drives_a_sandbox(kiln: KilnServer, app: modal.App) -> None:
+    sandbox_app = importlib.import_module("sandbox_app")
+    with sandbox_app.app.run():
+        result = sandbox_app.sandbox_from_inside.remote("inside")
+    assert result["exec"] == "INSIDE\n" and result["code"] == 0, result
+    assert result["entrypoint"] == "through stdin\n" and result["returncode"] == 0, result
+    assert result["listed"] is True, result
+
+
+def test_block_network_leaves_only_the_sandboxs_own_loopback(app: modal.App, image: modal.Image) -> None:
+    script = "import os; print(sorted(os.listdir('/sys/class/net')))"
+    blocked = modal.Sandbox.create(app=app, image=image, block_network=True)
+    connected = modal.Sandbox.create(app=app, image=image)
+    try:
+        assert blocked.exec("python", "-c", script).stdout.read() == "['lo']\n"
+        assert connected.exec("python", "-c", script).stdout.read() == "['eth0', 'lo']\n"
+        probe = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
+        assert blocked.exec("python", "-c", probe).wait() != 0
+    finally:
+        blocked.terminate()
+        connected.terminate()
+
+
+def test_an_egress_allowlist_is_refused_with_the_fix(app: modal.App, image: modal.Image) -> None:
+    with pytest.raises(modal.exception.Error, match="block_network=True"):
+        modal.Sandbox.create(app=app, image=image, outbound_cidr_allowlist=["10.0.0.0/8"])
+
+
+_ESCAPES = r"""
+import ctypes, errno, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def err(result):
+    return "ok" if result == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+report = {}
+os.makedirs("/tmp/m", exist_ok=True)
+report["mount"] = err(libc.mount(b"none", b"/tmp/m", b"tmpfs", 0, None))
+report["unshare"] = err(libc.unshare(0x10000000))
+report["chroot"] = err(libc.chroot(b"/tmp"))
+report["ptrace"] = err(libc.ptrace(16, 1, None, None))
+report["host_paths"] = [p for p in sys.argv[2].split(",") if os.path.exists(p)]
+def connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+report["kiln_port"] = connect(int(sys.argv[1]))
+report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+report["uid"] = os.getuid()
+print(json.dumps(report))
+"""
+
+
+def test_escapes_from_a_sandbox_fail(kiln: KilnServer, app: modal.App, image: modal.Image) -> None:
+    marker = Path(f"/tmp/kiln-sandbox-marker-{uuid.uuid4().hex}")
+    marker.write_text("host secret")
+    kiln_port = urlparse(kiln.url).port
+    host_paths = ",".join([str(marker), str(kiln.home), str(kiln.home / "credentials.json")])
+    victim = modal.Sandbox.create("sh", "-c", "echo victim > /tmp/victim; sleep 600", app=app, image=image)
+    attacker = modal.Sandbox.create(app=app, image=image)
+    try:
+        report = json.loads(attacker.exec("python", "-c", _ESCAPES, str(kiln_port), host_paths).stdout.read())
+        assert report["mount"] == report["unshare"] == report["ptrace"] == "EPERM", report
+        assert report["host_paths"] == [], report  # neither the host's files nor kiln's state
+        assert report["kiln_port"] != "connected", report  # nothing of the host's loopback
+        assert max(report["pids"]) < 20, report  # its own processes only, not the victim's
+        assert report["uid"] == 0, report
+        assert attacker.exec("cat", "/tmp/victim").wait() != 0  # the victim's files are its own
+        # `rm -rf /` harms nothing outside the sandbox.
+        attacker.exec("sh", "-c", "rm -rf --no-preserve-root / 2>/dev/null").wait()
+        assert marker.read_text() == "host secret"
+        assert victim.exec("cat", "/tmp/victim").stdout.read() == "victim\n"
+    finally:
+        marker.unlink()
+        victim.terminate()
+        attacker.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_a_sandbox_from_before_a_restart_says_why_it_is_gone(restartable_server: RestartableServer) -> None:
+    created = run_client(
+        restartable_server.server,
+        "import modal; app = modal.App.lookup('kiln-test-restart', create_if_missing=True);"
+        "sb = modal.Sandbox.create(app=app, image=modal.Image.debian_slim()); print(sb.object_id)",
+        timeout=240,
+    )
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.split()[-1]
+    restartable_server.kill_9()
+    restartable_server.restart()
+    lookup = run_client(
+        restartable_server.server,
+        "import modal, sys; sb = modal.Sandbox.from_id(sys.argv[1]); print('rc', sb.poll()); sb.exec('echo', 'hi')",
+        sandbox_id,
+    )
+    assert "rc 137" in lookup.stdout, lookup.stdout + lookup.stderr
+    assert "this sandbox ended when the kiln server restarted" in lookup.stderr, lookup.stderr[-2000:]
