@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,3 +306,38 @@ def test_a_sandbox_from_before_a_restart_says_why_it_is_gone(restartable_server:
     )
     assert "rc 137" in lookup.stdout, lookup.stdout + lookup.stderr
     assert "this sandbox ended when the kiln server restarted" in lookup.stderr, lookup.stderr[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_files_move_in_and_out_through_the_filesystem_api(app: modal.App, tmp_path: Path) -> None:
+    bare = modal.Image.from_registry("debian:bookworm")  # the tool is kiln's: no Python needed
+    sb = modal.Sandbox.create(app=app, image=bare)
+    try:
+        fs = sb.filesystem
+        fs.write_text("héllo\n", "/data/sub/hello.txt")
+        assert fs.read_text("/data/sub/hello.txt") == "héllo\n"
+        fs.write_bytes(bytes(range(256)), "/data/blob.bin")
+        assert fs.read_bytes("/data/blob.bin") == bytes(range(256))
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20) * 40)  # 40 MiB each way, streamed
+        fs.copy_from_local(big, "/data/big.bin")
+        assert sb.exec("sh", "-c", "wc -c < /data/big.bin").stdout.read().strip() == str(40 << 20)
+        fs.copy_to_local("/data/big.bin", tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+        fs.make_directory("/data/empty")
+        names = {entry.name: entry for entry in fs.list_files("/data")}
+        assert set(names) == {"sub", "blob.bin", "big.bin", "empty"}
+        assert names["sub"].is_dir() and names["blob.bin"].size == 256 and names["blob.bin"].owner == "root"
+        info = fs.stat("/data/sub/hello.txt")
+        assert info.is_file() and info.size == len("héllo\n".encode())
+        with pytest.raises(modal.exception.SandboxFilesystemNotFoundError):
+            fs.read_text("/data/missing.txt")
+        with pytest.raises(modal.exception.SandboxFilesystemDirectoryNotEmptyError):
+            fs.remove("/data/sub")
+        fs.remove("/data/sub", recursive=True)
+        fs.remove("/data/blob.bin")
+        assert {entry.name for entry in fs.list_files("/data")} == {"big.bin", "empty"}
+        # The files are the sandbox's own: an exec sees them, as root of the sandbox.
+        assert sb.exec("stat", "-c", "%U %s", "/data/big.bin").stdout.read() == f"root {40 << 20}\n"
+    finally:
+        sb.terminate()

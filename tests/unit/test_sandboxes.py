@@ -126,3 +126,23 @@ def test_stdin_applies_a_resent_write_once_and_refuses_a_gap() -> None:
             await stdin.write(11, b"more", False)
 
     asyncio.run(scenario())
+
+
+def test_exec_output_never_drops_bytes_and_its_writer_waits_for_the_reader() -> None:
+    async def scenario() -> None:
+        log = OutputLog(max_bytes=4, backpressure=True)
+        log.append(b"0123")
+        log.append(b"4567")  # (what was already read from the process is kept, not dropped)
+        writer = asyncio.ensure_future(log.room())
+        await asyncio.sleep(0)
+        assert not writer.done()  # 8 unread bytes, over the limit: the writer waits
+        reader = log.read(0)
+        assert await reader.__anext__() == (0, b"01234567")
+        following = asyncio.ensure_future(reader.__anext__())  # the reader asks from offset 8
+        await asyncio.sleep(0)
+        await asyncio.wait_for(writer, 1)
+        log.close()
+        with pytest.raises(StopAsyncIteration):
+            await following
+
+    asyncio.run(scenario())

@@ -46,6 +46,9 @@ class ExecSpec:
     stdout: str = "pipe"
     stderr: str = "pipe"
     tty: int | None = None  # the terminal's slave side, for a `pty` exec
+    # "fs_tools": instead of a program of the image, kiln's filesystem tool runs (argv[1] is its
+    # JSON command), under the same confinement.
+    tool: str = ""
 
 
 def docker_cap_numbers() -> list[int]:
@@ -71,6 +74,7 @@ async def start_exec(
             "env": spec.env,
             "cwd": spec.cwd,
             "pty": spec.tty is not None,
+            "tool": spec.tool,
         }
         plan_fd = _memfd("kiln-exec", json.dumps(plan).encode(), fds)
         devnull = asyncio.subprocess.DEVNULL

@@ -311,7 +311,7 @@ def _load_seccomp(program: bytes) -> None:
 
 
 def _enter_child(
-    plan: dict[str, Any], namespaces: dict[str, int], root: int, user: int, program: bytes
+    plan: dict[str, Any], namespaces: dict[str, int], root: int, user: int, program: bytes, tool: Any
 ) -> None:
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -337,10 +337,24 @@ def _enter_child(
         _fail(125, str(exc))
     env = plan["env"]
     os.closerange(3, 1 << 16)  # the plan and filter descriptors stay with the helper
+    if tool is not None:  # a tool of kiln's own, run here under the same confinement
+        os._exit(tool.run(plan["argv"][1] if len(plan["argv"]) > 1 else ""))
     try:
         os.execvpe(plan["argv"][0], plan["argv"], env)
     except OSError as exc:
         _fail(127 if exc.errno == 2 else 126, f"cannot run {plan['argv'][0]}: {exc.strerror}")
+
+
+def _load_tool(name: str) -> Any:
+    """A tool module beside this file (`fs_tools`), loaded before entering: the container's
+    root has no copy of kiln."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def enter(plan: dict[str, Any]) -> None:
@@ -363,6 +377,7 @@ def enter(plan: dict[str, Any]) -> None:
             _fail(125, "the container has ended")
         with open(plan["seccomp"], "rb") as f:
             program = f.read()
+        tool = _load_tool(plan["tool"]) if plan.get("tool") else None
         for procs in plan["cgroup_procs"]:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
@@ -374,7 +389,7 @@ def enter(plan: dict[str, Any]) -> None:
         _fail(125, f"cannot enter the container: {exc.strerror or exc}")
         return
     if pid == 0:
-        _enter_child(plan, namespaces, root, user, program)
+        _enter_child(plan, namespaces, root, user, program, tool)
         os._exit(127)
     for fd in (*namespaces.values(), root, user):
         os.close(fd)

@@ -37,6 +37,7 @@ RESTARTED = (
     "this sandbox ended when the kiln server restarted (a sandbox's container does not outlive "
     "its server); create a new one"
 )
+_EXEC_BUFFER = 8 << 20  # unread output an exec may have before it waits for its reader
 # A sandbox's task ID ends with "V": the client routes `modal container exec` of such a task
 # to the V2 sandbox protocol.
 TASK_MARKER = "V"
@@ -426,7 +427,8 @@ class Sandboxes:
             raise SandboxFinished("the sandbox has finished: exec needs a running sandbox")
         process = await start_exec(sandbox.container, spec)
         sandbox.touch()
-        run = Exec(exec_id, process, OutputLog(), OutputLog(), StdinPipe(process.stdin))
+        output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
+        run = Exec(exec_id, process, *output, StdinPipe(process.stdin))
         sandbox.execs[exec_id] = run
         run.tasks.append(
             asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.tty is not None))
@@ -439,6 +441,7 @@ class Sandboxes:
         async def pump(stream: asyncio.StreamReader | None, log: OutputLog) -> None:
             if stream is not None:
                 while chunk := await stream.read(65536):
+                    await log.room()
                     log.append(chunk)
                 log.close()
 

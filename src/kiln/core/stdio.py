@@ -15,15 +15,28 @@ _CHUNK = 1 << 20  # at most this much per message read
 
 
 class OutputLog:
-    """Bytes a process wrote, addressed by offset from its first byte. Only the last `max_bytes`
-    are kept: a reader that asks for older bytes gets the oldest kept, and their offset."""
+    """Bytes a process wrote, addressed by offset from its first byte.
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
+    Without `backpressure`, only the last `max_bytes` are kept: a reader that asks for older
+    bytes gets the oldest kept, and their offset (a sandbox's entrypoint, whose protocol says
+    so). With it, nothing unread is dropped: the writer waits (`room()`) while more than
+    `max_bytes` lie beyond what a reader has asked for (an exec, whose reader cannot be told
+    of a gap: a large file read through the filesystem API streams at the reader's pace).
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20, backpressure: bool = False) -> None:
         self._data = bytearray()
         self._start = 0  # offset of _data[0]
         self._max = max_bytes
+        self._backpressure = backpressure
+        self._asked = 0  # the furthest offset a reader asked for (it has every byte before)
         self._changed = Changed()
         self.closed = False
+
+    async def room(self) -> None:
+        """Wait until the unread bytes are under the limit (only with backpressure)."""
+        while self._backpressure and not self.closed and self.end - self._asked > self._max:
+            await self._changed.wait(None)
 
     @property
     def end(self) -> int:
@@ -33,11 +46,13 @@ class OutputLog:
         if not data or self.closed:
             return
         self._data += data
-        if len(self._data) > self._max:
-            drop = len(self._data) - self._max
-            del self._data[:drop]
-            self._start += drop
+        if not self._backpressure and len(self._data) > self._max:
+            self._drop(len(self._data) - self._max)
         self._changed.notify()
+
+    def _drop(self, count: int) -> None:
+        del self._data[:count]
+        self._start += count
 
     def close(self) -> None:
         self.closed = True
@@ -47,6 +62,12 @@ class OutputLog:
         """(offset, bytes) chunks from `offset` as they are written, until the process closes it."""
         while True:
             offset = max(offset, self._start)
+            if self._backpressure and offset > self._asked:
+                self._asked = offset
+                # Keep a margin below it: a reader whose stream broke asks again from what it got.
+                if offset - self._start > _CHUNK * 8:
+                    self._drop(offset - self._start - _CHUNK * 4)
+                self._changed.notify()
             if offset < self.end:
                 begin = offset - self._start
                 chunk = bytes(self._data[begin : begin + _CHUNK])

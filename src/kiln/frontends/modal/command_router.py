@@ -40,6 +40,8 @@ SERVICE = sr_pb2.DESCRIPTOR.services_by_name["TaskCommandRouter"]
 _WAIT_POLL = 50.0  # the client waits 60 s per TaskExecWait, and asks again on DEADLINE_EXCEEDED
 _STDERR = sr_pb2.TaskExecStderrConfig
 _STDOUT = sr_pb2.TaskExecStdoutConfig
+# What the client execs for `sb.filesystem`: kiln runs its own tool in its place (fs_tools.py).
+FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 
 
 class CommandRouter:
@@ -70,6 +72,7 @@ class CommandRouter:
                 _STDERR.TASK_EXEC_STDERR_CONFIG_DEVNULL: "devnull",
                 _STDERR.TASK_EXEC_STDERR_CONFIG_STDOUT: "stdout",
             }.get(request.stderr_config, "pipe"),
+            tool="fs_tools" if request.command_args[0] == FS_TOOLS else "",
         )
         terminal = -1
         if request.pty_info.enabled:
