@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,3 +343,47 @@ def test_files_move_in_and_out_through_the_filesystem_api(app: modal.App, tmp_pa
         assert sb.exec("stat", "-c", "%U %s", "/data/big.bin").stdout.read() == f"root {40 << 20}\n"
     finally:
         sb.terminate()
+
+
+@pytest.mark.timeout(120)
+def test_a_tunnel_reaches_an_http_server_in_the_sandbox(app: modal.App, image: modal.Image) -> None:
+    sb = modal.Sandbox.create(
+        "sh", "-c", "mkdir -p /srv && echo tunnel-ok > /srv/ok.txt && cd /srv && exec python -m http.server 8000",
+        app=app, image=image, encrypted_ports=[8000],
+    )  # fmt: skip
+    try:
+        tunnel = sb.tunnels()[8000]
+        assert tunnel.host == "127.0.0.1"  # this machine's loopback, plain TCP (no TLS in between)
+        body = ""
+        for _ in range(100):  # until the server inside listens
+            try:
+                with urllib.request.urlopen(
+                    f"http://{tunnel.host}:{tunnel.port}/ok.txt", timeout=5
+                ) as response:
+                    body = response.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert body == "tunnel-ok\n"
+    finally:
+        sb.terminate()
+
+
+@pytest.mark.timeout(240)
+def test_a_filesystem_snapshot_is_an_image_later_sandboxes_start_from(
+    app: modal.App, image: modal.Image
+) -> None:
+    sb = modal.Sandbox.create(app=app, image=image)
+    try:
+        sb.exec("sh", "-c", "echo kept > /root/state.txt && rm /etc/hostname && mkdir -p /opt/new").wait()
+        snapshot = sb.snapshot_filesystem()
+    finally:
+        sb.terminate()
+    later = modal.Sandbox.create(app=app, image=snapshot)
+    try:
+        assert later.exec("cat", "/root/state.txt").stdout.read() == "kept\n"
+        assert later.exec("test", "-e", "/etc/hostname").wait() == 1  # a deletion is kept too
+        assert later.exec("test", "-d", "/opt/new").wait() == 0
+        assert later.exec("python", "-c", "print('still python')").stdout.read() == "still python\n"
+    finally:
+        later.terminate()

@@ -159,6 +159,20 @@ class CommandRouter:
             return sr_pb2.TaskExecPollResponse()
         return sr_pb2.TaskExecPollResponse(**_exit_status(run.returncode))
 
+    async def TaskSnapshotFilesystem(
+        self, request: sr_pb2.TaskSnapshotFilesystemRequest, ctx: Any
+    ) -> sr_pb2.TaskSnapshotFilesystemResponse:
+        """The sandbox's files now, as an image later sandboxes and functions start from."""
+        sandbox = self.core.sandboxes.by_task(request.task_id)
+        if request.container_id:
+            raise errors.Unsupported("kiln's sandboxes have no sidecar containers")
+        if sandbox.container is None or sandbox.result is not None:
+            raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
+        image_id = await self.core.images.snapshot(
+            sandbox.container.scratch / "upper", sandbox.image_id, sandbox.sandbox_id
+        )
+        return sr_pb2.TaskSnapshotFilesystemResponse(image_id=image_id)
+
     # --- the sandbox's entrypoint
 
     async def SandboxStdioReadV2(
