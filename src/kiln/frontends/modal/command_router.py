@@ -54,8 +54,7 @@ class CommandRouter:
         self, request: sr_pb2.TaskExecStartRequest, ctx: Any
     ) -> sr_pb2.TaskExecStartResponse:
         sandbox = self.core.sandboxes.by_task(request.task_id)
-        if request.container_id:
-            raise errors.Unsupported("kiln's sandboxes have no sidecar containers")
+        _no_sidecar(request.container_id)
         if not request.command_args:
             raise errors.InvalidRequest("exec needs a command")
         env = {
@@ -164,8 +163,7 @@ class CommandRouter:
     ) -> sr_pb2.TaskSnapshotFilesystemResponse:
         """The sandbox's files now, as an image later sandboxes and functions start from."""
         sandbox = self.core.sandboxes.by_task(request.task_id)
-        if request.container_id:
-            raise errors.Unsupported("kiln's sandboxes have no sidecar containers")
+        _no_sidecar(request.container_id)
         if sandbox.container is None or sandbox.result is not None:
             raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
         image_id = await self.core.images.snapshot(
@@ -201,6 +199,11 @@ class CommandRouter:
         if sandbox.result is not None:
             raise SandboxFinished("the sandbox has finished")
         return sr_pb2.SandboxWaitUntilReadyTcrResponse()
+
+
+def _no_sidecar(container_id: str) -> None:
+    if container_id:
+        raise errors.Unsupported("kiln's sandboxes have no sidecar containers")
 
 
 async def _read(sandbox: Sandbox, output: OutputLog, offset: int) -> AsyncIterator[tuple[int, bytes]]:
