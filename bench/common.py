@@ -36,6 +36,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("map_inputs_per_s", "map throughput (inputs/s)", ">= 5,000"),
     ("cold_start_ms", "cold start (ms, median)", "<= 100"),
     ("server_ready_ms", "server ready (ms)", "<= 500"),
+    ("sandbox_first_byte_p50_ms", "Sandbox.create → exec output p50 (ms)", "<= 150"),
+    ("sandbox_exec_p50_ms", "sandbox exec round trip p50 (ms)", "<= 20"),
 ]
 
 

@@ -40,9 +40,7 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import struct
-import subprocess
 import sys
 from typing import Any
 
@@ -159,6 +157,8 @@ def _bind(source: str, target: str, read_only: bool) -> None:
 
 def _loopback_up() -> None:
     """A network namespace without pasta has only `lo`, and it is down: bring it up."""
+    import socket  # imported by main() before any id change; here it is only bound
+
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh", b"lo", 0)
@@ -176,6 +176,8 @@ def _write_maps(pid: int, uid: int, gid: int, count: int) -> None:
 
 def _start_pasta(plan: dict[str, Any], pid: int) -> str | None:
     """Start pasta on the child's namespaces; returns an error text, or None."""
+    import subprocess  # imported by main() up front
+
     tcp = [arg for spec in plan["forwards"] for arg in ("-t", spec)] or ["-t", "none"]
     to_host = [arg for port in plan.get("host_ports", []) for arg in ("-T", port)] or ["-T", "none"]
     argv = [
@@ -212,6 +214,10 @@ def stop_pasta(pidfile: str) -> None:
 
 
 def main(plan_fd: int) -> None:
+    # Starting a container needs these; an exec (`enter`) does not, and starts faster without.
+    import socket  # noqa: F401
+    import subprocess  # noqa: F401
+
     with os.fdopen(plan_fd, "rb") as f:
         plan = json.loads(f.read())
     # A helper whose server is gone takes its container with it (bubblewrap dies with us).
