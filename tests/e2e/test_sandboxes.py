@@ -6,6 +6,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
+import select
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -17,7 +21,7 @@ import modal
 import modal.exception
 import pytest
 
-from tests.conftest import APPS, KilnServer, RestartableServer, run_client
+from tests.conftest import APPS, KilnServer, RestartableServer, run_client, run_modal
 
 pytestmark = pytest.mark.e2e
 
@@ -387,3 +391,60 @@ def test_a_filesystem_snapshot_is_an_image_later_sandboxes_start_from(
         assert later.exec("python", "-c", "print('still python')").stdout.read() == "still python\n"
     finally:
         later.terminate()
+
+
+def _in_a_terminal(kiln: KilnServer, args: list[str], typed: bytes, timeout: float = 120) -> str:
+    """`modal <args>` on a pseudo-terminal, as a user at a terminal runs it; `typed` is what the
+    user types once the command has printed something. Returns everything it printed."""
+    leader, follower = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modal", *args], stdin=follower, stdout=follower, stderr=follower,
+        env={**kiln.env, "TERM": "xterm"}, cwd=APPS, start_new_session=True,
+    )  # fmt: skip
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + timeout
+    sent = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the command exited and closed its side
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not sent and b"#" in output:  # the shell's prompt
+                os.write(leader, typed)
+                sent = True
+            if process.poll() is not None and not ready:
+                break
+    finally:
+        process.kill()
+        process.wait()
+        os.close(leader)
+    return output.decode(errors="replace")
+
+
+@pytest.mark.timeout(300)
+def test_modal_shell_gives_an_interactive_shell_on_a_terminal(kiln: KilnServer) -> None:
+    printed = _in_a_terminal(kiln, ["shell", "--cmd", "/bin/sh"], b"echo $((6 * 7)) $(tty); exit\n")
+    assert re.search(r"42 /dev/pts/\d+", printed), printed[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_modal_container_exec_and_shell_reach_a_running_sandbox(
+    kiln: KilnServer, app: modal.App, image: modal.Image
+) -> None:
+    sb = modal.Sandbox.create("sh", "-c", "echo from-entrypoint > /tmp/mark; sleep 600", app=app, image=image)
+    try:
+        task_id = sb._get_task_id()
+        assert task_id.endswith("V")
+        executed = run_modal(kiln, "container", "exec", "--no-pty", task_id, "cat", "/tmp/mark")
+        assert executed.returncode == 0 and "from-entrypoint" in executed.stdout, executed.stderr[-2000:]
+        shell = run_modal(kiln, "shell", "--no-pty", sb.object_id, "--cmd", "sh -c 'echo $((6 * 7))'")
+        assert shell.returncode == 0 and "42" in shell.stdout, shell.stderr[-2000:]
+    finally:
+        sb.terminate()

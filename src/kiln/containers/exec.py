@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +39,15 @@ _SETUP_WAIT = 10.0
 @dataclass
 class ExecSpec:
     """A command to run in a running container. `stdout`/`stderr` are "pipe", "devnull" or (for
-    stderr) "stdout"; with `pty` all three are one pseudo-terminal the caller passes as `tty`."""
+    stderr) "stdout"; with `pty` all three are one pseudo-terminal of the container's own (its
+    devpts: `tty` inside names it), whose master side `start_exec` returns."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
     stdout: str = "pipe"
     stderr: str = "pipe"
-    tty: int | None = None  # the terminal's slave side, for a `pty` exec
+    pty: bool = False
     # "fs_tools": instead of a program of the image, kiln's filesystem tool runs (argv[1] is its
     # JSON command), under the same confinement.
     tool: str = ""
@@ -55,11 +57,18 @@ def docker_cap_numbers() -> list[int]:
     return sorted(_CAP_NUMBERS[name] for name in DOCKER_CAPS)
 
 
-async def start_exec(
-    container: Container, spec: ExecSpec, server_pid: int | None = None
-) -> asyncio.subprocess.Process:
-    """Start `spec` inside `container`; the process's pipes are the command's stdio. It exits
-    with the command's code (128 + N for a signal); killing its process group ends the command."""
+@dataclass
+class Started:
+    """A started exec: the helper process (its pipes are the command's stdio; with a pty, its
+    stderr carries only the helper's own errors) and, for a pty, the terminal's master side."""
+
+    process: asyncio.subprocess.Process
+    terminal: int | None = None
+
+
+async def start_exec(container: Container, spec: ExecSpec, server_pid: int | None = None) -> Started:
+    """Start `spec` inside `container`. The helper exits with the command's code (128 + N for a
+    signal); killing its process group ends the command."""
     target = await container_init(container)
     fds: list[int] = []
     try:
@@ -73,27 +82,42 @@ async def start_exec(
             "argv": spec.argv,
             "env": spec.env,
             "cwd": spec.cwd,
-            "pty": spec.tty is not None,
+            "pty": -1,
             "tool": spec.tool,
         }
+        ours: socket.socket | None = None
+        if spec.pty:
+            # The terminal is opened inside, by the command's own confinement, on the container's
+            # devpts; its master side comes back over this socket.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds.append(theirs.detach())
+            plan["pty"] = fds[-1]
         plan_fd = _memfd("kiln-exec", json.dumps(plan).encode(), fds)
         devnull = asyncio.subprocess.DEVNULL
         pipe = asyncio.subprocess.PIPE
-        if spec.tty is not None:
-            stdin: int = spec.tty
-            stdout: int = spec.tty
-            stderr: int = spec.tty
+        if spec.pty:
+            stdin: int = devnull
+            stdout: int = devnull
+            stderr: int = pipe
         else:
             stdin = pipe
             stdout = devnull if spec.stdout == "devnull" else pipe
             stderr = {"devnull": devnull, "stdout": asyncio.subprocess.STDOUT}.get(spec.stderr, pipe)
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", str(_HELPER), "--enter", str(plan_fd),
             stdin=stdin, stdout=stdout, stderr=stderr,
             env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
             start_new_session=True,
             pass_fds=fds,
         )  # fmt: skip
+        if ours is None:
+            return Started(process)
+        for fd in fds:  # the helper has its copies; ours must close for EOF to reach us
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        fds.clear()
+        terminal = await asyncio.to_thread(_receive_terminal, ours)
+        return Started(process, terminal)
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -144,6 +168,18 @@ def _children(pid: int) -> list[int]:
         if len(fields) > 1 and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def _receive_terminal(sock: socket.socket) -> int | None:
+    """The master side the helper sends once the command's terminal is open (None if it failed
+    first: its error is on the helper's stderr)."""
+    with sock:
+        sock.settimeout(_SETUP_WAIT)
+        try:
+            _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        except OSError:
+            return None
+    return fds[0] if fds else None
 
 
 def _memfd(name: str, data: bytes, fds: list[int]) -> int:

@@ -289,6 +289,24 @@ class _CapData(ctypes.Structure):
     ]
 
 
+def _open_terminal(channel: int) -> None:
+    """Open a pseudo-terminal on the container's own devpts (as the container's root, inside its
+    root: nothing of the host is resolved), send its master side back to the server, and make
+    the slave side this process's controlling terminal and stdio."""
+    import socket  # imported before entering (enter()); here it is only bound
+
+    master, slave = os.openpty()
+    with socket.socket(fileno=channel) as sock:
+        socket.send_fds(sock, [b"t"], [master])
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
 def _keep_only_caps(keep: list[int]) -> None:
     """Leave exactly `keep` in every capability set (bounding, permitted, effective,
     inheritable, ambient): what bubblewrap's `--cap-drop ALL --cap-add …` leaves its command."""
@@ -330,9 +348,8 @@ def _enter_child(
         _become(0, 0)
         for fd in (*namespaces.values(), root, user):
             os.close(fd)
-        if plan.get("pty"):
-            os.setsid()
-            fcntl.ioctl(0, TIOCSCTTY, 0)
+        if plan.get("pty", -1) >= 0:
+            _open_terminal(plan["pty"])
         try:
             os.chdir(plan["cwd"])
         except OSError as exc:
@@ -384,6 +401,8 @@ def enter(plan: dict[str, Any]) -> None:
         with open(plan["seccomp"], "rb") as f:
             program = f.read()
         tool = _load_tool(plan["tool"]) if plan.get("tool") else None
+        if plan.get("pty", -1) >= 0:
+            import socket  # noqa: F401  (for _open_terminal, after the chroot)
         for procs in plan["cgroup_procs"]:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
@@ -399,6 +418,8 @@ def enter(plan: dict[str, Any]) -> None:
         os._exit(127)
     for fd in (*namespaces.values(), root, user):
         os.close(fd)
+    if plan.get("pty", -1) >= 0:
+        os.close(plan["pty"])  # the child's: if it fails before sending, the server sees EOF
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: _forward(pid, s))
     _, status = os.waitpid(pid, 0)

@@ -126,6 +126,7 @@ class Exec:
     stderr: OutputLog
     stdin: StdinPipe
     returncode: int | None = None
+    terminal: int | None = None  # a pty exec's master side (its output is stdout)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Future[None]] = field(default_factory=list)  # what pumps its stdio
 
@@ -425,14 +426,13 @@ class Sandboxes:
             return existing  # the client re-sent its start (same exec ID): it runs once
         if sandbox.result is not None or sandbox.container is None:
             raise SandboxFinished("the sandbox has finished: exec needs a running sandbox")
-        process = await start_exec(sandbox.container, spec)
+        started = await start_exec(sandbox.container, spec)
+        process = started.process
         sandbox.touch()
         output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
-        run = Exec(exec_id, process, *output, StdinPipe(process.stdin))
+        run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=started.terminal)
         sandbox.execs[exec_id] = run
-        run.tasks.append(
-            asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.tty is not None))
-        )
+        run.tasks.append(asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.pty)))
         return run
 
     async def _pump_exec(self, sandbox: Sandbox, run: Exec, timeout: float, terminal: bool) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import fcntl
 import logging
 import os
-import pty
 import struct
 import termios
 from collections.abc import AsyncIterator, Callable
@@ -73,22 +72,18 @@ class CommandRouter:
             }.get(request.stderr_config, "pipe"),
             tool="fs_tools" if request.command_args[0] == FS_TOOLS else "",
         )
-        terminal = -1
         if request.pty_info.enabled:
-            terminal, spec.tty = pty.openpty()
-            _set_window(terminal, request.pty_info.winsz_rows, request.pty_info.winsz_cols)
+            spec.pty = True
             spec.env.setdefault("TERM", request.pty_info.env_term or "xterm-256color")
             if request.pty_info.env_colorterm:
                 spec.env.setdefault("COLORTERM", request.pty_info.env_colorterm)
-        try:
-            run = await self.core.sandboxes.exec(
-                request.task_id, request.exec_id, spec, float(request.timeout_secs)
-            )
-        finally:
-            if spec.tty is not None:
-                os.close(spec.tty)
-        if terminal >= 0:
-            _attach_terminal(run, terminal)
+        fresh = request.exec_id not in sandbox.execs
+        run = await self.core.sandboxes.exec(
+            request.task_id, request.exec_id, spec, float(request.timeout_secs)
+        )
+        if fresh and run.terminal is not None:
+            _set_window(run.terminal, request.pty_info.winsz_rows, request.pty_info.winsz_cols)
+            _attach_terminal(run, run.terminal)
         return sr_pb2.TaskExecStartResponse()
 
     def _exec(self, task_id: str, exec_id: str) -> tuple[Sandbox, Exec]:
