@@ -3,6 +3,7 @@ and escapes tried from inside a sandbox."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -20,8 +21,13 @@ from urllib.parse import urlparse
 import modal
 import modal.exception
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from modal_proto import api_pb2
+from modal_proto import task_command_router_pb2 as sr_pb2
+from modal_proto.task_command_router_grpc import TaskCommandRouterStub
 
-from tests.conftest import APPS, KilnServer, RestartableServer, run_client, run_modal
+from tests.conftest import APPS, KilnServer, RestartableServer, raw_stub, run_client, run_modal
 
 pytestmark = pytest.mark.e2e
 
@@ -448,3 +454,41 @@ def test_modal_container_exec_and_shell_reach_a_running_sandbox(
         assert shell.returncode == 0 and "42" in shell.stdout, shell.stderr[-2000:]
     finally:
         sb.terminate()
+
+
+def test_a_router_token_drives_its_own_sandbox_only(
+    kiln: KilnServer, app: modal.App, image: modal.Image
+) -> None:
+    mine = modal.Sandbox.create(app=app, image=image)
+    other = modal.Sandbox.create(app=app, image=image)
+    my_task, other_task = mine._get_task_id(), other._get_task_id()
+
+    async def attempts() -> list[object]:
+        async with raw_stub(kiln) as stub:
+            access = await stub.SandboxGetCommandRouterAccess(
+                api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=mine.object_id),
+                metadata=kiln.metadata,
+            )
+            router = TaskCommandRouterStub(stub.SandboxGetCommandRouterAccess.channel)
+            outcomes: list[object] = []
+            for task_id, token in ((other_task, access.jwt), (my_task, "not-a-token")):
+                request = sr_pb2.TaskExecStartRequest(
+                    task_id=task_id, exec_id=str(uuid.uuid4()), command_args=["id"]
+                )
+                try:
+                    await router.TaskExecStart(request, metadata={"authorization": f"Bearer {token}"})
+                    outcomes.append("started")
+                except GRPCError as exc:
+                    outcomes.append(exc.status)
+            request = sr_pb2.TaskExecStartRequest(
+                task_id=my_task, exec_id=str(uuid.uuid4()), command_args=["true"]
+            )
+            await router.TaskExecStart(request, metadata={"authorization": f"Bearer {access.jwt}"})
+            outcomes.append("own started")
+            return outcomes
+
+    try:
+        assert asyncio.run(attempts()) == [Status.UNAUTHENTICATED, Status.UNAUTHENTICATED, "own started"]
+    finally:
+        mine.terminate()
+        other.terminate()

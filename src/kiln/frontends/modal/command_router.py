@@ -289,6 +289,34 @@ class RouterContext:
             )
 
 
+class LoopbackRouter:
+    """The router alone on a port of this machine's loopback, started on first use: containers
+    reach it (pasta maps it into them) to drive the sandboxes they create, and reach nothing else
+    of the server's gRPC side (whose main port stays out of their reach)."""
+
+    def __init__(self, router: CommandRouter, max_message_bytes: int) -> None:
+        self._mapping = router_mapping(router, max_message_bytes)
+        self._server: grpclib.server.Server | None = None
+        self.port = 0
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> int:
+        async with self._lock:
+            if self._server is None:
+                from kiln.frontends.modal.dispatch import Service
+
+                server = grpclib.server.Server([Service(self._mapping)])
+                await server.start("127.0.0.1", 0)
+                self.port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                self._server = server
+        return self.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
 def router_mapping(router: CommandRouter, max_message_bytes: int) -> dict[str, grpclib.const.Handler]:
     """The grpclib mapping of every TaskCommandRouter method (UNIMPLEMENTED where kiln has none)."""
     check = router.core.signed_urls.check_bearer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from grpclib.const import Status as GrpcStatus
 from modal_proto import api_pb2
@@ -24,6 +24,9 @@ from kiln.core.stdio import StdinClosed
 from kiln.errors import InvalidRequest, KilnError, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
 from kiln.frontends.modal.launcher import free_loopback_port
+
+if TYPE_CHECKING:
+    from kiln.frontends.modal.command_router import LoopbackRouter
 
 MAX_LONG_POLL = 50.0
 _TOKEN_TTL = 3600.0
@@ -51,9 +54,10 @@ def router_subject(task_id: str) -> str:
 
 
 class SandboxHandlers:
-    def __init__(self, core: Core, runtime: Runtime) -> None:
+    def __init__(self, core: Core, runtime: Runtime, container_router: LoopbackRouter | None = None) -> None:
         self.core = core
         self.runtime = runtime
+        self.container_router = container_router
 
     async def AuthTokenGet(
         self, request: api_pb2.AuthTokenGetRequest, ctx: CallContext
@@ -117,7 +121,7 @@ class SandboxHandlers:
             sandbox_id=sandbox.sandbox_id,
             task_id=sandbox.task_id,
             metadata=api_pb2.SandboxHandleMetadata(app_id=app.app_id),
-            command_router_access=self._router_access(sandbox.task_id, ctx),
+            command_router_access=await self._router_access(sandbox.task_id, ctx),
             tunnels=_tunnel_data(sandbox.tunnels),
         )
 
@@ -169,12 +173,11 @@ class SandboxHandlers:
         )
         return spec, tunnels
 
-    def _router_access(self, task_id: str, ctx: CallContext) -> api_pb2.CommandRouterAccess:
+    async def _router_access(self, task_id: str, ctx: CallContext) -> api_pb2.CommandRouterAccess:
         url = self.core.grpc_url
-        if ctx.task_id:
-            # A container reaches the server's gRPC port at its own loopback (pasta maps it).
-            parts = urlsplit(url)
-            url = f"{parts.scheme}://127.0.0.1:{parts.port}"
+        if ctx.task_id and self.container_router is not None:
+            # A container reaches the router's own loopback port at its 127.0.0.1 (pasta maps it).
+            url = f"http://127.0.0.1:{await self.container_router.ensure()}"
         jwt = self.core.signed_urls.bearer(router_subject(task_id), _TOKEN_TTL)
         return api_pb2.CommandRouterAccess(url=url, jwt=jwt)
 
@@ -185,7 +188,7 @@ class SandboxHandlers:
         sandbox = (
             sandboxes.by_task(request.task_id) if request.task_id else sandboxes.live(request.sandbox_id)
         )
-        access = self._router_access(sandbox.task_id, ctx)
+        access = await self._router_access(sandbox.task_id, ctx)
         return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
 
     async def SandboxWaitV2(

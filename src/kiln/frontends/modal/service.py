@@ -16,7 +16,7 @@ from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.modal.apps import AppHandlers
 from kiln.frontends.modal.calls import CallHandlers
 from kiln.frontends.modal.client_deps import ClientDeps
-from kiln.frontends.modal.command_router import CommandRouter, router_mapping
+from kiln.frontends.modal.command_router import CommandRouter, LoopbackRouter, router_mapping
 from kiln.frontends.modal.container import ContainerHandlers
 from kiln.frontends.modal.dicts import DictHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
@@ -46,6 +46,9 @@ class ModalFrontend:
         # Containers' sockets serve these same handlers (the launcher holds the list).
         self.handlers: list[object] = []
         self._launcher = ModalLauncher(core, runtime, client_deps, self.registry, self.handlers)
+        self.router = CommandRouter(core)
+        self.container_router = LoopbackRouter(self.router, core.config.max_message_bytes)
+        self._launcher.router_port = self.container_router.ensure
         self.handlers += [
             AppHandlers(core, self.registry),
             LogHandlers(core),
@@ -60,9 +63,8 @@ class ModalFrontend:
             DictHandlers(core),
             QueueHandlers(core),
             ServerHandlers(core),
-            SandboxHandlers(core, runtime),
+            SandboxHandlers(core, runtime, self.container_router),
         ]
-        self.router = CommandRouter(core)
 
     @property
     def launcher(self) -> ModalLauncher:
@@ -90,6 +92,7 @@ class ModalFrontend:
 
     async def shutdown(self) -> None:
         await self._launcher.shutdown()
+        await self.container_router.close()
 
 
 def _user_context(credentials: Credentials) -> Callable[[Any], CallContext]:
