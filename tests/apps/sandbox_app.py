@@ -24,3 +24,10 @@ def sandbox_from_inside(word: str) -> dict[str, object]:
         "returncode": sb.returncode,
         "listed": sb.object_id in listed,
     }
+
+
+@app.function(image=image)
+def use_warm_sandbox(name: str) -> str:
+    """Take a pre-warmed sandbox by name (made before the call) and run a command in it."""
+    sb = modal.Sandbox.from_name("kiln-test-sandboxes", name)
+    return sb.exec("cat", "/tmp/warm").stdout.read()

@@ -492,3 +492,51 @@ def test_a_router_token_drives_its_own_sandbox_only(
     finally:
         mine.terminate()
         other.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_a_function_reuses_pre_warmed_named_sandboxes(kiln: KilnServer, app: modal.App) -> None:
+    sandbox_app = importlib.import_module("sandbox_app")
+    with sandbox_app.app.run():
+        pool = [
+            modal.Sandbox.create(
+                "sh",
+                "-c",
+                f"echo warm-{n} > /tmp/warm; sleep 600",
+                app=sandbox_app.app,
+                image=sandbox_app.image,
+                name=f"warm-{n}",
+            )
+            for n in range(2)
+        ]
+        try:
+            for sb in pool:  # each has written its file
+                sb.exec("sh", "-c", "while [ ! -e /tmp/warm ]; do sleep 0.05; done").wait()
+            results = list(sandbox_app.use_warm_sandbox.map(["warm-0", "warm-1"]))
+        finally:
+            for sb in pool:
+                sb.terminate()
+    assert results == ["warm-0\n", "warm-1\n"]
+
+
+def test_a_fork_storm_and_a_memory_hog_stop_at_the_sandboxs_limits(
+    app: modal.App, image: modal.Image
+) -> None:
+    stormy = modal.Sandbox.create(app=app, image=image)
+    hungry = modal.Sandbox.create(app=app, image=image, memory=256)
+    try:
+        storm = (
+            "import os, signal\nstarted = 0\ntry:\n    for _ in range(3000):\n        if os.fork() == 0:\n"
+            "            os.close(1); os.close(2); signal.pause()\n        started += 1\n"
+            "except OSError as exc:\n    print('stopped', started, exc.errno)\n"
+        )
+        stopped = stormy.exec("python", "-c", storm).stdout.read().split()
+        assert stopped[:1] == ["stopped"] and 1000 < int(stopped[1]) < 2048, stopped  # kiln's pids limit
+        hog = hungry.exec(
+            "python", "-c", "blocks = [bytearray(1 << 20) for _ in range(1024)]; print('survived')"
+        )
+        assert hog.wait() != 0  # killed at 256 MiB, well before 1 GiB
+        assert hungry.exec("echo", "still here").stdout.read() == "still here\n"
+    finally:
+        stormy.terminate()
+        hungry.terminate()
