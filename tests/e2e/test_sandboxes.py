@@ -540,3 +540,10 @@ def test_a_fork_storm_and_a_memory_hog_stop_at_the_sandboxs_limits(
     finally:
         stormy.terminate()
         hungry.terminate()
+
+
+def test_what_kiln_lacks_is_refused_with_the_fix(app: modal.App, image: modal.Image) -> None:
+    with pytest.raises(modal.exception.Error, match=r"sb.exec\(\.\.\., pty=True\)"):
+        modal.Sandbox.create(app=app, image=image, pty=True)
+    with pytest.raises(modal.exception.Error, match="gpu="):
+        modal.Sandbox.create(app=app, image=image, gpu="T4")

@@ -86,6 +86,13 @@ class SandboxHandlers:
             )
         return api_pb2.AppGetOrCreateResponse(app_id=app.app_id)
 
+    async def SandboxCreate(self, request: api_pb2.SandboxCreateRequest, ctx: CallContext) -> object:
+        # The client falls back to the V1 protocol for what V2 lacks: a GPU, network file systems.
+        raise Unsupported(
+            "kiln serves sandboxes over the client's V2 protocol only: gpu= and network_file_systems= "
+            "at Sandbox.create (which the client sends over V1) are not supported"
+        )
+
     async def SandboxCreateV2(
         self, request: api_pb2.SandboxCreateV2Request, ctx: CallContext
     ) -> api_pb2.SandboxCreateV2Response:
@@ -131,6 +138,11 @@ class SandboxHandlers:
         core = self.core
         if definition.volume_mounts or definition.nfs_mounts or definition.cloud_bucket_mounts:
             raise Unsupported("kiln's sandboxes do not mount Volumes, network file systems or buckets yet")
+        if definition.pty_info.enabled:
+            raise Unsupported(
+                "kiln does not run a sandbox's entrypoint on a terminal (pty=True at Sandbox.create); "
+                "create it without pty and use sb.exec(..., pty=True) for an interactive terminal"
+            )
         if definition.resources.gpu_config.count or definition.resources.gpu_config.gpu_type:
             raise Unsupported("kiln's sandboxes do not take GPUs yet")
         access = definition.network_access.network_access_type
