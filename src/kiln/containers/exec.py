@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ _SETUP_WAIT = 10.0
 class ExecSpec:
     """A command to run in a running container. `stdout`/`stderr` are "pipe", "devnull" or (for
     stderr) "stdout"; with `pty` all three are one pseudo-terminal of the container's own (its
-    devpts: `tty` inside names it), whose master side `start_exec` returns."""
+    devpts: `tty` inside names it), whose master side `ExecProcess.terminal` holds."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -57,71 +59,188 @@ def docker_cap_numbers() -> list[int]:
     return sorted(_CAP_NUMBERS[name] for name in DOCKER_CAPS)
 
 
-@dataclass
-class Started:
-    """A started exec: the helper process (its pipes are the command's stdio; with a pty, its
-    stderr carries only the helper's own errors) and, for a pty, the terminal's master side."""
+class ExecProcess:
+    """A command running in a container: its stdio (pipes; with a pty, the terminal's master
+    side in `terminal` and only the helper's own errors on stderr), its exit, and `kill()`."""
 
-    process: asyncio.subprocess.Process
-    terminal: int | None = None
+    def __init__(self, server: ExecServer, key: int) -> None:
+        self._server = server
+        self.key = key
+        self.pid = 0  # on the host
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self.terminal: int | None = None
+        self.returncode: int | None = None  # -N: killed by signal N, as asyncio reports it
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self._server.send({"op": "kill", "key": self.key, "signal": signal.SIGKILL})
 
 
-async def start_exec(container: Container, spec: ExecSpec, server_pid: int | None = None) -> Started:
-    """Start `spec` inside `container`. The helper exits with the command's code (128 + N for a
-    signal); killing its process group ends the command."""
-    target = await container_init(container)
-    fds: list[int] = []
-    try:
-        seccomp = _memfd("kiln-seccomp", filter_bpf(), fds)
-        plan = {
-            "server_pid": server_pid or os.getpid(),
-            "target": target,
-            "cgroup_procs": container.cgroup.procs_files if container.cgroup else [],
-            "seccomp": f"/proc/self/fd/{seccomp}",
-            "caps": docker_cap_numbers(),
-            "argv": spec.argv,
-            "env": spec.env,
-            "cwd": spec.cwd,
-            "pty": -1,
-            "tool": spec.tool,
-        }
-        ours: socket.socket | None = None
-        if spec.pty:
-            # The terminal is opened inside, by the command's own confinement, on the container's
-            # devpts; its master side comes back over this socket.
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+class ExecServer:
+    """One container's exec server (`namespaces.py --serve`): prepared once per container, it
+    forks each exec from there, without a new interpreter per exec."""
+
+    def __init__(self, process: asyncio.subprocess.Process, channel: socket.socket) -> None:
+        self.process = process
+        self._channel = channel
+        self._keys = itertools.count(1)
+        self._execs: dict[int, ExecProcess] = {}
+        self._started: dict[int, asyncio.Future[None]] = {}
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, container: Container, server_pid: int | None = None) -> ExecServer:
+        target = await container_init(container)
+        fds: list[int] = []
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
             fds.append(theirs.detach())
-            plan["pty"] = fds[-1]
-        plan_fd = _memfd("kiln-exec", json.dumps(plan).encode(), fds)
-        devnull = asyncio.subprocess.DEVNULL
-        pipe = asyncio.subprocess.PIPE
-        if spec.pty:
-            stdin: int = devnull
-            stdout: int = devnull
-            stderr: int = pipe
-        else:
-            stdin = pipe
-            stdout = devnull if spec.stdout == "devnull" else pipe
-            stderr = {"devnull": devnull, "stdout": asyncio.subprocess.STDOUT}.get(spec.stderr, pipe)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", str(_HELPER), "--enter", str(plan_fd),
-            stdin=stdin, stdout=stdout, stderr=stderr,
-            env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
-            start_new_session=True,
-            pass_fds=fds,
-        )  # fmt: skip
-        if ours is None:
-            return Started(process)
-        for fd in fds:  # the helper has its copies; ours must close for EOF to reach us
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        fds.clear()
-        terminal = await asyncio.to_thread(_receive_terminal, ours)
-        return Started(process, terminal)
-    finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            plan = {
+                "server_pid": server_pid or os.getpid(),
+                "target": target,
+                "cgroup_procs": container.cgroup.procs_files if container.cgroup else [],
+                "seccomp": f"/proc/self/fd/{_memfd('kiln-seccomp', filter_bpf(), fds)}",
+                "caps": docker_cap_numbers(),
+                "channel": fds[0],
+            }
+            plan_fd = _memfd("kiln-exec", json.dumps(plan).encode(), fds)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", str(_HELPER), "--serve", str(plan_fd),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
+                start_new_session=True, pass_fds=fds,
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        ours.setblocking(False)
+        return cls(process, ours)
+
+    def send(self, message: dict[str, object], fds: list[int] | None = None) -> None:
+        socket.send_fds(self._channel, [json.dumps(message).encode()], fds or [])
+
+    async def run(self, spec: ExecSpec) -> ExecProcess:
+        """Start `spec`; returns once the command's process exists (and, for a pty, its
+        terminal is open)."""
+        loop = asyncio.get_running_loop()
+        run = ExecProcess(self, next(self._keys))
+        ours: list[int] = []  # the child's ends, closed here once sent
+        terminal_socket: socket.socket | None = None
+
+        def pipe() -> tuple[int, int]:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            ours.extend((r, w))
+            return r, w
+
+        try:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            ours.append(null)
+            if spec.pty:
+                terminal_socket, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                child_fd = child.detach()
+                ours.append(child_fd)
+                errors_r, errors_w = pipe()
+                ours.remove(errors_r)
+                run.stderr = await _reader(loop, errors_r)
+                fds = [null, null, errors_w, child_fd]
+            else:
+                stdin_r, stdin_w = pipe()
+                ours.remove(stdin_w)
+                run.stdin = await _writer(loop, stdin_w)
+                stdout = stderr = null
+                if spec.stdout != "devnull":
+                    out_r, stdout = pipe()
+                    ours.remove(out_r)
+                    run.stdout = await _reader(loop, out_r)
+                if spec.stderr == "stdout":
+                    stderr = stdout
+                elif spec.stderr != "devnull":
+                    err_r, stderr = pipe()
+                    ours.remove(err_r)
+                    run.stderr = await _reader(loop, err_r)
+                fds = [stdin_r, stdout, stderr]
+            started: asyncio.Future[None] = loop.create_future()
+            self._started[run.key] = started
+            self._execs[run.key] = run
+            request = {
+                "op": "exec", "key": run.key, "argv": spec.argv, "env": spec.env, "cwd": spec.cwd,
+                "tool": spec.tool, "pty": spec.pty,
+            }  # fmt: skip
+            self.send(request, fds)
+        finally:
+            for fd in ours:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        try:
+            await asyncio.wait_for(started, _SETUP_WAIT)
+            if terminal_socket is not None:
+                run.terminal = await asyncio.to_thread(_receive_terminal, terminal_socket)
+        except BaseException:
+            run.kill()
+            raise
+        return run
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while message := await loop.sock_recv(self._channel, 65536):
+                news = json.loads(message)
+                if "started" in news:
+                    self._execs[news["started"]].pid = news["pid"]
+                    self._resolve(news["started"], None)
+                elif "failed" in news:
+                    self._resolve(news["failed"], ContainerStartError(news["error"]))
+                    self._finish(news["failed"], 126)
+                elif "exited" in news:
+                    self._finish(news["exited"], news["code"] if "code" in news else -news["signal"])
+        except (OSError, ValueError):
+            pass
+        for key in list(self._execs):  # the exec server is gone, and its children with it
+            self._resolve(key, ContainerStartError("the sandbox has ended"))
+            self._finish(key, -signal.SIGKILL)
+
+    def _resolve(self, key: int, error: BaseException | None) -> None:
+        started = self._started.pop(key, None)
+        if started is not None and not started.done():
+            if error is None:
+                started.set_result(None)
+            else:
+                started.set_exception(error)
+
+    def _finish(self, key: int, returncode: int) -> None:
+        run = self._execs.pop(key, None)
+        if run is not None and not run.exited.done():
+            run.returncode = returncode
+            run.exited.set_result(returncode)
+
+    async def close(self) -> None:
+        self._channel.close()
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        self._reader.cancel()
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+    return reader
+
+
+async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWriter:
+    protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())
+    transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(fd, "wb", 0))
+    return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 async def container_init(container: Container) -> int:

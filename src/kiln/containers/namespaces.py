@@ -16,14 +16,14 @@ which ids to map, how to mount the overlay and whether to start pasta. Then:
 5. the parent waits for the child, stops pasta (it does not exit by itself) and exits with the
    child's status.
 
-`namespaces.py --enter PLAN_FD` runs one more process in a running container (a sandbox's
-`exec`) under exactly that container's confinement: it joins the container's cgroups, forks
-into its PID namespace, joins its user, mount, network, IPC, UTS and cgroup namespaces (those of
-the container's init, bubblewrap's PID 1), chroots to that process's root, becomes root of the
-user namespace (host 100000), keeps only Docker's capabilities (bounding, permitted, effective,
-inheritable and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same
-seccomp filter and execs the command. The parent stays a plain root process of the host that
-only waits and reports the child's status; the child dies with it (PDEATHSIG).
+`namespaces.py --serve PLAN_FD` is a running container's exec server (a sandbox's `exec`): it
+opens the namespaces and root of the container's init (bubblewrap's PID 1) and its cgroups once,
+and for each request forks a child that joins the cgroups, the PID namespace, the IPC, UTS,
+network, cgroup and mount namespaces, chroots to that root, joins the user namespace, becomes its
+root (host 100000), keeps only Docker's capabilities (bounding, permitted, effective, inheritable
+and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same seccomp filter
+and execs the command. The server itself stays a plain root process of the host that only forks,
+waits and reports; its children die with it (PDEATHSIG).
 
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
@@ -380,52 +380,123 @@ def _load_tool(name: str) -> Any:
     return module
 
 
-def enter(plan: dict[str, Any]) -> None:
-    """Run `plan["argv"]` in the running container whose init is `plan["target"]` (see above)."""
+def _prepare(plan: dict[str, Any]) -> tuple[dict[str, int], int, int, bytes, list[int]]:
+    """What every exec of one container needs, opened once by its exec server: the namespaces,
+    user namespace and root of the container's init, the seccomp program, and its cgroups."""
+    target = plan["target"]
+    namespaces = {
+        name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        for name, _ in _ENTER_ORDER
+        if os.path.exists(f"/proc/{target}/ns/{name}")
+    }
+    user = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The namespaces are read from the init's /proc entry: refuse if that pid was reused by a
+    # process outside the container (its user namespace would be the host's).
+    if os.fstat(user).st_ino == os.stat("/proc/self/ns/user").st_ino:
+        _fail(125, "the container has ended")
+    with open(plan["seccomp"], "rb") as f:
+        program = f.read()
+    cgroups = [os.open(procs, os.O_WRONLY | os.O_CLOEXEC) for procs in plan["cgroup_procs"]]
+    pid_ns = os.open(f"/proc/{target}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    _check(_libc.setns(pid_ns, 0x20000000), "joining the container's PID namespace")  # for children
+    os.close(pid_ns)
+    return namespaces, root, user, program, cgroups
+
+
+def serve(plan: dict[str, Any]) -> None:
+    """An exec server for one container (`namespaces.py --serve PLAN_FD`): prepared once, it
+    forks one confined child per request from the server (a JSON message on the channel with
+    the command's stdin, stdout, stderr and, for a pty, a socket to send the terminal back), and
+    reports each child's pid and exit status. It stays outside the container's cgroups and
+    namespaces itself; it ends when the server closes the channel (or dies: PDEATHSIG)."""
+    import select
+    import socket
+
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != plan["server_pid"]:
         os._exit(125)
-    target = plan["target"]
     try:
-        namespaces = {
-            name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-            for name, _ in _ENTER_ORDER
-            if os.path.exists(f"/proc/{target}/ns/{name}")
-        }
-        user = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        # The namespaces are read from the init's /proc entry: refuse if that pid was reused by a
-        # process outside the container (its user namespace would be the host's).
-        if os.fstat(user).st_ino == os.stat("/proc/self/ns/user").st_ino:
-            _fail(125, "the container has ended")
-        with open(plan["seccomp"], "rb") as f:
-            program = f.read()
-        tool = _load_tool(plan["tool"]) if plan.get("tool") else None
-        if plan.get("pty", -1) >= 0:
-            import socket  # noqa: F401  (for _open_terminal, after the chroot)
-        for procs in plan["cgroup_procs"]:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-        pid_ns = os.open(f"/proc/{target}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        _check(_libc.setns(pid_ns, 0x20000000), "joining the container's PID namespace")
-        os.close(pid_ns)
-        pid = os.fork()
+        namespaces, root, user, program, cgroups = _prepare(plan)
     except OSError as exc:
         _fail(125, f"cannot enter the container: {exc.strerror or exc}")
         return
-    if pid == 0:
-        _enter_child(plan, namespaces, root, user, program, tool)
-        os._exit(127)
-    for fd in (*namespaces.values(), root, user):
-        os.close(fd)
-    if plan.get("pty", -1) >= 0:
-        os.close(plan["pty"])  # the child's: if it fails before sending, the server sees EOF
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: _forward(pid, s))
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        os._exit(128 + os.WTERMSIG(status))
-    os._exit(os.WEXITSTATUS(status))
+    tools = {"fs_tools": _load_tool("fs_tools")}
+    channel = socket.socket(fileno=plan["channel"])
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+    running: dict[int, int] = {}  # pid → the server's key for it
+
+    def tell(message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            channel.send(json.dumps(message).encode())
+
+    while True:
+        try:
+            ready, _, _ = select.select([channel.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                key = running.pop(pid, None)
+                if key is not None:
+                    if os.WIFSIGNALED(status):
+                        tell({"exited": key, "signal": os.WTERMSIG(status)})
+                    else:
+                        tell({"exited": key, "code": os.WEXITSTATUS(status)})
+        if channel.fileno() not in ready:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 4)
+        except InterruptedError:
+            continue
+        if not message:  # the server is done with this container
+            for pid in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        request = json.loads(message)
+        if request["op"] == "kill":
+            pid = next((p for p, k in running.items() if k == request["key"]), 0)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, request.get("signal", signal.SIGKILL))
+            continue
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            tell(
+                {
+                    "failed": request["key"],
+                    "error": f"cannot start a process in the container: {exc.strerror}",
+                }
+            )
+            continue
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for n in range(3):
+                os.dup2(fds[n], n)
+            for fd in cgroups:  # "0": this process, in any PID namespace
+                os.write(fd, b"0")
+            child = {**plan, **request, "pty": fds[3] if request.get("pty") else -1}
+            _enter_child(child, namespaces, root, user, program, tools.get(request.get("tool", "")))
+            os._exit(127)
+        for fd in fds:
+            os.close(fd)
+        running[pid] = request["key"]
+        tell({"started": request["key"], "pid": pid})
 
 
 def _forward(pid: int, sig: int) -> None:
@@ -434,8 +505,8 @@ def _forward(pid: int, sig: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--enter":
+    if sys.argv[1] == "--serve":
         with os.fdopen(int(sys.argv[2]), "rb") as _plan:
-            enter(json.loads(_plan.read()))
+            serve(json.loads(_plan.read()))
     else:
         main(int(sys.argv[1]))

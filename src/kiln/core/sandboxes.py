@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kiln.containers import Container, ContainerSpec, ExitStatus
-from kiln.containers.exec import ExecSpec, start_exec
+from kiln.containers.exec import ExecProcess, ExecServer, ExecSpec
 from kiln.core.results import Status
 from kiln.core.stdio import OutputLog, StdinPipe
 from kiln.errors import InvalidRequest, KilnError, NotFound
@@ -121,7 +121,7 @@ class Exec:
     """One command run in a sandbox."""
 
     exec_id: str
-    process: asyncio.subprocess.Process
+    process: ExecProcess
     stdout: OutputLog
     stderr: OutputLog
     stdin: StdinPipe
@@ -160,6 +160,8 @@ class Sandbox(SandboxInfo):
     stderr: OutputLog = field(default_factory=OutputLog)
     stdin: StdinPipe = field(default_factory=lambda: StdinPipe(None))
     execs: dict[str, Exec] = field(default_factory=dict)
+    # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
+    exec_server: asyncio.Future[ExecServer] | None = None
     ended_by: str = ""
     last_active: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
@@ -239,6 +241,7 @@ class Sandboxes:
             self._end(sandbox, SandboxResult(Status.INIT_FAILURE, 1, str(exc)))
             raise
         sandbox.container = container
+        sandbox.exec_server = _exec_server(container)
         sandbox.stdin = StdinPipe(container.stdin)
         sandbox.started = sandbox.last_active = self._monotonic()
         self._live[sandbox.sandbox_id] = sandbox
@@ -267,6 +270,14 @@ class Sandboxes:
                 break
             await asyncio.wait([waiter], timeout=0.5)
         exit = await waiter
+        if sandbox.exec_server is not None:
+            sandbox.exec_server.cancel()
+            if (
+                sandbox.exec_server.done()
+                and not sandbox.exec_server.cancelled()
+                and not sandbox.exec_server.exception()
+            ):
+                await sandbox.exec_server.result().close()
         sandbox.stdout.close()
         sandbox.stderr.close()
         sandbox.stdin.close()
@@ -426,11 +437,13 @@ class Sandboxes:
             return existing  # the client re-sent its start (same exec ID): it runs once
         if sandbox.result is not None or sandbox.container is None:
             raise SandboxFinished("the sandbox has finished: exec needs a running sandbox")
-        started = await start_exec(sandbox.container, spec)
-        process = started.process
+        if sandbox.exec_server is None:
+            sandbox.exec_server = _exec_server(sandbox.container)
+        server = await asyncio.shield(sandbox.exec_server)
+        process = await server.run(spec)
         sandbox.touch()
         output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
-        run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=started.terminal)
+        run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=process.terminal)
         sandbox.execs[exec_id] = run
         run.tasks.append(asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.pty)))
         return run
@@ -449,7 +462,7 @@ class Sandboxes:
         try:
             await asyncio.wait_for(process.wait(), timeout if timeout > 0 else None)
         except asyncio.TimeoutError:
-            _kill_group(process)
+            process.kill()
             await process.wait()
         finally:
             with contextlib.suppress(Exception):
@@ -463,20 +476,19 @@ class Sandboxes:
             run.done.set()
 
 
+def _exec_server(container: Container) -> asyncio.Future[ExecServer]:
+    starting = asyncio.ensure_future(ExecServer.start(container))
+    # A sandbox whose entrypoint ends at once has no exec server; its execs say so themselves.
+    starting.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return starting
+
+
 class SandboxNameTaken(InvalidRequest):
     """A running sandbox of the app already has the name."""
 
 
 class SandboxFinished(InvalidRequest):
     """An operation that needs a running sandbox, on one that has ended."""
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    import os
-    import signal
-
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 _SELECT = "SELECT id, task_id, app_id, environment, name, data, created_at, result FROM sandboxes"
