@@ -96,14 +96,15 @@ class ExecServer:
 
     @classmethod
     async def start(cls, container: Container, server_pid: int | None = None) -> ExecServer:
-        target = await container_init(container)
+        """Start it as the container starts: it finds the container's init itself, once the
+        container's root is set up (its own start overlaps the container's)."""
         fds: list[int] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             fds.append(theirs.detach())
             plan = {
                 "server_pid": server_pid or os.getpid(),
-                "target": target,
+                "helper": container.pid,
                 "cgroup_procs": container.cgroup.procs_files if container.cgroup else [],
                 "seccomp": f"/proc/self/fd/{_memfd('kiln-seccomp', filter_bpf(), fds)}",
                 "caps": docker_cap_numbers(),
@@ -241,52 +242,6 @@ async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWri
     protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())
     transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(fd, "wb", 0))
     return asyncio.StreamWriter(transport, protocol, None, loop)
-
-
-async def container_init(container: Container) -> int:
-    """The host pid of the container's PID 1 (bubblewrap's init), once it has set up the
-    container's root (it has started the command). Cached on the container."""
-    cached: int | None = getattr(container, "_init_pid", None)
-    if cached is not None and container.status is None:
-        return cached
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _SETUP_WAIT
-    while True:
-        if container.status is not None or container.process.returncode is not None:
-            raise ContainerStartError("the sandbox has ended: nothing more can run in it")
-        init = _descendant(container.pid, 2)
-        if init is not None and _children(init):
-            container._init_pid = init  # type: ignore[attr-defined]
-            return init
-        if loop.time() > deadline:
-            raise ContainerStartError("the sandbox did not finish starting within 10 s")
-        await asyncio.sleep(0.005)
-
-
-def _descendant(pid: int, depth: int) -> int | None:
-    for _ in range(depth):
-        children = _children(pid)
-        if not children:
-            return None
-        pid = min(children)
-    return pid
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields follow the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def _receive_terminal(sock: socket.socket) -> int | None:

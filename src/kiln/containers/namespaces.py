@@ -380,10 +380,44 @@ def _load_tool(name: str) -> Any:
     return module
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # The command name may hold spaces and parentheses: fields follow the last ')'.
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 1 and int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _find_init(helper: int, wait: float = 10.0) -> int:
+    """The container's PID 1 (bubblewrap's init: the child of the helper's child), once it has
+    set up the root (it has started the command)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{helper}"):
+            break
+        monitors = _children(helper)
+        inits = _children(min(monitors)) if monitors else []
+        if inits and _children(min(inits)):
+            return min(inits)
+        time.sleep(0.002)
+    _fail(125, "the container ended, or did not finish starting within 10 s")
+    return 0
+
+
 def _prepare(plan: dict[str, Any]) -> tuple[dict[str, int], int, int, bytes, list[int]]:
     """What every exec of one container needs, opened once by its exec server: the namespaces,
     user namespace and root of the container's init, the seccomp program, and its cgroups."""
-    target = plan["target"]
+    target = _find_init(plan["helper"])
     namespaces = {
         name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         for name, _ in _ENTER_ORDER
