@@ -547,3 +547,14 @@ def test_what_kiln_lacks_is_refused_with_the_fix(app: modal.App, image: modal.Im
         modal.Sandbox.create(app=app, image=image, pty=True)
     with pytest.raises(modal.exception.Error, match="gpu="):
         modal.Sandbox.create(app=app, image=image, gpu="T4")
+
+
+@pytest.mark.timeout(240)
+def test_a_sandbox_ends_with_its_app(kiln: KilnServer, app: modal.App) -> None:
+    sandbox_app = importlib.import_module("sandbox_app")
+    with sandbox_app.app.run():
+        sb = modal.Sandbox.create("sleep", "600", app=sandbox_app.app, image=sandbox_app.image)
+        assert sb.poll() is None
+    with pytest.raises(modal.exception.SandboxTerminatedError):
+        sb.wait()
+    assert sb.returncode == 137
