@@ -4,6 +4,7 @@ and escapes tried from inside a sandbox."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -269,6 +270,14 @@ def connect(port):
         return type(exc).__name__
 report["kiln_port"] = connect(int(sys.argv[1]))
 report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+try:
+    os.mknod("/tmp/disk", 0o600 | 0o060000, os.makedev(int(sys.argv[3]), int(sys.argv[4])))
+    report["mknod"] = "ok"
+except OSError as exc:
+    report["mknod"] = errno.errorcode.get(exc.errno or 0, "?")
+os.makedirs("/tmp/cg", exist_ok=True)
+report["cgroup"] = err(libc.mount(b"cgroup", b"/tmp/cg", b"cgroup", 0, b"pids"))
+report["shadow_root"] = open("/etc/shadow").read().split("\n")[0]
 report["uid"] = os.getuid()
 print(json.dumps(report))
 """
@@ -282,8 +291,19 @@ def test_escapes_from_a_sandbox_fail(kiln: KilnServer, app: modal.App, image: mo
     victim = modal.Sandbox.create("sh", "-c", "echo victim > /tmp/victim; sleep 600", app=app, image=image)
     attacker = modal.Sandbox.create(app=app, image=image)
     try:
-        report = json.loads(attacker.exec("python", "-c", _ESCAPES, str(kiln_port), host_paths).stdout.read())
-        assert report["mount"] == report["unshare"] == report["ptrace"] == "EPERM", report
+        disk = os.stat("/").st_dev
+        probe = attacker.exec(
+            "python", "-c", _ESCAPES, str(kiln_port), host_paths, str(os.major(disk)), str(os.minor(disk))
+        )
+        output = probe.stdout.read()
+        assert output, probe.stderr.read()
+        report = json.loads(output)
+        assert report["mount"] == report["unshare"] == report["ptrace"] == report["cgroup"] == "EPERM", report
+        assert report["mknod"] == "EPERM", report  # no device node of the host's disk
+        host_root = next(
+            line for line in Path("/etc/shadow").read_text().splitlines() if line.startswith("root:")
+        )
+        assert report["shadow_root"] != host_root and report["shadow_root"].startswith("root:"), report
         assert report["host_paths"] == [], report  # neither the host's files nor kiln's state
         assert report["kiln_port"] != "connected", report  # nothing of the host's loopback
         assert max(report["pids"]) < 20, report  # its own processes only, not the victim's
@@ -293,6 +313,25 @@ def test_escapes_from_a_sandbox_fail(kiln: KilnServer, app: modal.App, image: mo
         attacker.exec("sh", "-c", "rm -rf --no-preserve-root / 2>/dev/null").wait()
         assert marker.read_text() == "host secret"
         assert victim.exec("cat", "/tmp/victim").stdout.read() == "victim\n"
+        # Secrets of a sandbox and of an exec reach them, but no command line on the host.
+        secret = f"kiln-sandbox-secret-{uuid.uuid4().hex}"
+        holder = modal.Sandbox.create(
+            "sh", "-c", "sleep 600", app=app, image=image, secrets=[modal.Secret.from_dict({"S1": secret})]
+        )
+        try:
+            shown = holder.exec(
+                "sh",
+                "-c",
+                "echo $S1 $S2; sleep 1",
+                secrets=[modal.Secret.from_dict({"S2": secret + "-exec"})],
+            )
+            assert shown.stdout.read() == f"{secret} {secret}-exec\n"
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        assert secret.encode() not in (proc / "cmdline").read_bytes()
+        finally:
+            holder.terminate()
     finally:
         marker.unlink()
         victim.terminate()
