@@ -597,3 +597,28 @@ def test_a_sandbox_ends_with_its_app(kiln: KilnServer, app: modal.App) -> None:
     with pytest.raises(modal.exception.SandboxTerminatedError):
         sb.wait()
     assert sb.returncode == 137
+
+
+@pytest.mark.timeout(120)
+def test_wait_until_ready_follows_the_readiness_probe(app: modal.App, image: modal.Image) -> None:
+    from modal.sandbox._sandbox import Probe
+
+    # Its server listens only after its entrypoint has read a line: ready waits for that.
+    tcp = modal.Sandbox.create(
+        "sh", "-c", "read go; exec python -m http.server 8000", app=app, image=image,
+        readiness_probe=Probe.with_tcp(8000, interval_ms=50),
+    )  # fmt: skip
+    marker = modal.Sandbox.create(
+        app=app, image=image, readiness_probe=Probe.with_exec("test", "-e", "/tmp/ready", interval_ms=50)
+    )
+    try:
+        with pytest.raises(modal.exception.TimeoutError):
+            tcp.wait_until_ready(timeout=2)
+        tcp.stdin.write(b"go\n")
+        tcp.stdin.drain()
+        tcp.wait_until_ready(timeout=60)
+        marker.exec("touch", "/tmp/ready").wait()
+        marker.wait_until_ready(timeout=60)
+    finally:
+        tcp.terminate()
+        marker.terminate()

@@ -455,7 +455,7 @@ def serve(plan: dict[str, Any]) -> None:
     except OSError as exc:
         _fail(125, f"cannot enter the container: {exc.strerror or exc}")
         return
-    tools = {"fs_tools": _load_tool("fs_tools")}
+    tools = {name: _load_tool(name) for name in ("fs_tools", "probes")}
     channel = socket.socket(fileno=plan["channel"])
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

@@ -160,6 +160,10 @@ class Sandbox(SandboxInfo):
     stderr: OutputLog = field(default_factory=OutputLog)
     stdin: StdinPipe = field(default_factory=lambda: StdinPipe(None))
     execs: dict[str, Exec] = field(default_factory=dict)
+    # What says it is ready (`wait_ready`): a command to run in it, or a port of its own to accept.
+    ready_command: list[str] = field(default_factory=list)
+    ready_port: int = 0
+    ready_interval: float = 0.1
     # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
     exec_server: asyncio.Future[ExecServer] | None = None
     ended_by: str = ""
@@ -206,6 +210,9 @@ class Sandboxes:
         image_id: str = "",
         tunnels: dict[int, int] | None = None,
         sink: Callable[[int, bytes], None] | None = None,
+        ready_command: list[str] | None = None,
+        ready_port: int = 0,
+        ready_interval: float = 0.1,
     ) -> Sandbox:
         if name and any(s.name == name and s.app_id == app_id and s.running for s in self._live.values()):
             raise SandboxNameTaken(
@@ -226,6 +233,9 @@ class Sandboxes:
             image_id=image_id,
             tunnels=dict(tunnels or {}),
             result=None,
+            ready_command=list(ready_command or []),
+            ready_port=ready_port,
+            ready_interval=ready_interval,
         )
         self._write(sandbox)
 
@@ -447,6 +457,33 @@ class Sandboxes:
         sandbox.execs[exec_id] = run
         run.tasks.append(asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.pty)))
         return run
+
+    async def wait_ready(self, task_id: str, timeout: float) -> bool:
+        """Whether the sandbox's readiness probe succeeds within `timeout` seconds (a sandbox
+        without one is ready once it runs)."""
+        sandbox = self.by_task(task_id)
+        deadline = self._monotonic() + timeout
+        while True:
+            if sandbox.result is not None or sandbox.container is None:
+                raise SandboxFinished("the sandbox has finished")
+            if not sandbox.ready_command and not sandbox.ready_port:
+                return True
+            if sandbox.exec_server is None:
+                sandbox.exec_server = _exec_server(sandbox.container)
+            server = await asyncio.shield(sandbox.exec_server)
+            if sandbox.ready_port:
+                spec = ExecSpec(["probe", json.dumps({"TcpConnect": sandbox.ready_port})], tool="probes")
+            else:
+                spec = ExecSpec(list(sandbox.ready_command), env=dict(sandbox.env), cwd=sandbox.workdir)
+            spec.stdout = spec.stderr = "devnull"
+            probe = await server.run(spec)
+            if probe.stdin is not None:
+                probe.stdin.close()
+            if await probe.wait() == 0:
+                return True
+            if self._monotonic() + sandbox.ready_interval > deadline:
+                return False
+            await asyncio.sleep(sandbox.ready_interval)
 
     async def _pump_exec(self, sandbox: Sandbox, run: Exec, timeout: float, terminal: bool) -> None:
         process = run.process

@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import termios
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -189,11 +190,11 @@ class CommandRouter:
     async def SandboxWaitUntilReady(
         self, request: sr_pb2.SandboxWaitUntilReadyTcrRequest, ctx: Any
     ) -> sr_pb2.SandboxWaitUntilReadyTcrResponse:
-        # Without readiness probes, a sandbox is ready once it runs.
-        sandbox = self.core.sandboxes.by_task(request.task_id)
-        if sandbox.result is not None:
-            raise SandboxFinished("the sandbox has finished")
-        return sr_pb2.SandboxWaitUntilReadyTcrResponse()
+        if not await self.core.sandboxes.wait_ready(request.task_id, min(request.timeout or 300.0, 3600.0)):
+            raise GRPCError(
+                GrpcStatus.DEADLINE_EXCEEDED, "the sandbox's readiness probe did not succeed in time"
+            )
+        return sr_pb2.SandboxWaitUntilReadyTcrResponse(ready_at=time.time())
 
 
 def _no_sidecar(container_id: str) -> None:

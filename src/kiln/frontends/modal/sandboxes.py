@@ -122,6 +122,9 @@ class SandboxHandlers:
             image_id=definition.image_id,
             tunnels=tunnels,
             sink=to_app_log,
+            ready_command=list(definition.readiness_probe.exec_command.argv),
+            ready_port=definition.readiness_probe.tcp_port,
+            ready_interval=max(definition.readiness_probe.interval_ms, 10) / 1000,
         )
         sandbox_task.append(sandbox.task_id)
         return api_pb2.SandboxCreateV2Response(
