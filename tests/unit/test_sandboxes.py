@@ -10,7 +10,7 @@ import pytest
 
 from kiln.containers import ExitStatus
 from kiln.core.results import Status
-from kiln.core.sandboxes import RESTARTED, Sandboxes, expired, result_of, tags_match
+from kiln.core.sandboxes import RESTARTED, Sandboxes, expired, result_of, tags_match, to_forget
 from kiln.core.stdio import OutputLog, StdinClosed, StdinPipe
 from kiln.errors import InvalidRequest, NotFound
 from kiln.storage.state import StateStore
@@ -146,3 +146,10 @@ def test_exec_output_never_drops_bytes_and_its_writer_waits_for_the_reader() -> 
             await following
 
     asyncio.run(scenario())
+
+
+def test_ended_sandboxes_keep_their_output_for_a_while_and_a_bounded_number() -> None:
+    ended = [("old", 0.0), ("recent", 900.0), ("newest", 950.0)]
+    assert to_forget(ended, now=1000.0, keep_seconds=600, keep_count=10) == ["old"]
+    assert to_forget(ended, now=1000.0, keep_seconds=600, keep_count=1) == ["recent", "old"]
+    assert to_forget([], now=0.0, keep_seconds=600, keep_count=1) == []

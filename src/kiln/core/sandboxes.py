@@ -37,6 +37,12 @@ RESTARTED = (
     "this sandbox ended when the kiln server restarted (a sandbox's container does not outlive "
     "its server); create a new one"
 )
+# An ended sandbox's output (and its execs') stays readable this long, for this many sandboxes;
+# its record stays in the journal.
+KEEP_ENDED_SECONDS = 600.0
+KEEP_ENDED_COUNT = 100
+# A finished exec's output stays readable this long (a sandbox may run thousands).
+KEEP_EXEC_SECONDS = 300.0
 _EXEC_BUFFER = 8 << 20  # unread output an exec may have before it waits for its reader
 # A sandbox's task ID ends with "V": the client routes `modal container exec` of such a task
 # to the V2 sandbox protocol.
@@ -109,6 +115,17 @@ def result_of(exit: ExitStatus, ended_by: str, timeout: float, idle_timeout: flo
     return SandboxResult(Status.SUCCESS if code == 0 else Status.FAILURE, code)
 
 
+def to_forget(ended: list[tuple[str, float]], now: float, keep_seconds: float, keep_count: int) -> list[str]:
+    """Which ended sandboxes (id, when it ended) no longer keep their output in memory: those
+    ended more than `keep_seconds` ago, and the oldest beyond the newest `keep_count`."""
+    newest_first = sorted(ended, key=lambda item: item[1], reverse=True)
+    return [
+        sandbox_id
+        for n, (sandbox_id, ended_at) in enumerate(newest_first)
+        if n >= keep_count or now - ended_at > keep_seconds
+    ]
+
+
 def tags_match(tags: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(tags.get(k) == v for k, v in wanted.items())
 
@@ -167,6 +184,7 @@ class Sandbox(SandboxInfo):
     # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
     exec_server: asyncio.Future[ExecServer] | None = None
     ended_by: str = ""
+    ended_at: float = 0.0  # monotonic
     last_active: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -299,7 +317,17 @@ class Sandboxes:
             "UPDATE sandboxes SET ended_at = ?, result = ? WHERE id = ?",
             (time.time(), result.to_json(), sandbox.sandbox_id),
         )
+        sandbox.ended_at = self._monotonic()
         sandbox.ended.set()
+        ended = [(s.sandbox_id, s.ended_at) for s in self._live.values() if s.result is not None]
+        for sandbox_id in to_forget(ended, self._monotonic(), KEEP_ENDED_SECONDS, KEEP_ENDED_COUNT):
+            self._forget(sandbox_id)
+
+    def _forget(self, sandbox_id: str) -> None:
+        forgotten = self._live.pop(sandbox_id, None)
+        if forgotten is not None:
+            self._by_task.pop(forgotten.task_id, None)
+            self._watchers.pop(sandbox_id, None)
 
     def _write(self, sandbox: Sandbox) -> None:
         data = {
@@ -511,6 +539,7 @@ class Sandboxes:
             run.returncode = process.returncode
             sandbox.touch()
             run.done.set()
+            asyncio.get_running_loop().call_later(KEEP_EXEC_SECONDS, sandbox.execs.pop, run.exec_id, None)
 
 
 def _exec_server(container: Container) -> asyncio.Future[ExecServer]:
