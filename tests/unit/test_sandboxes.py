@@ -153,3 +153,15 @@ def test_ended_sandboxes_keep_their_output_for_a_while_and_a_bounded_number() ->
     assert to_forget(ended, now=1000.0, keep_seconds=600, keep_count=10) == ["old"]
     assert to_forget(ended, now=1000.0, keep_seconds=600, keep_count=1) == ["recent", "old"]
     assert to_forget([], now=0.0, keep_seconds=600, keep_count=1) == []
+
+
+def test_records_of_sandboxes_that_ended_long_ago_are_forgotten(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "state.sqlite3")
+    for sandbox_id, ended_at in (("sb-old", 100.0), ("sb-new", 900.0), ("sb-live", 0.0)):
+        state.execute(
+            "INSERT INTO sandboxes (id, app_id, environment, task_id, data, created_at, ended_at) "
+            "VALUES (?, 'ap-a', '', ?, '{}', 1.0, ?)",
+            (sandbox_id, sandbox_id + "-task", ended_at),
+        )
+    Sandboxes(state).expire(before=500.0)
+    assert [r[0] for r in state.query("SELECT id FROM sandboxes ORDER BY id")] == ["sb-live", "sb-new"]

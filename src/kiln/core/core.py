@@ -237,6 +237,7 @@ class Core:
             self._calls.release(call.call_id)
         expired = self._journal.expire_calls(cutoff)
         apps = self._journal.expire_apps(cutoff)
+        self.sandboxes.expire(cutoff)
         for app_id in apps:
             self._apps.apps.pop(app_id, None)
             self._logs.remove(app_id)

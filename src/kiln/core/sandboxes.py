@@ -214,6 +214,10 @@ class Sandboxes:
             (time.time(), SandboxResult(Status.TERMINATED, 137, RESTARTED).to_json()),
         )
 
+    def expire(self, before: float) -> None:
+        """Forget the records of sandboxes that ended before `before` (wall-clock time)."""
+        self._state.execute("DELETE FROM sandboxes WHERE ended_at > 0 AND ended_at < ?", (before,))
+
     async def create(
         self,
         runtime: SandboxRuntime,
