@@ -33,7 +33,10 @@ async def probe(other_app_id: str, deployed_app: str) -> dict:
     from modal_proto import api_pb2
     from modal_proto.api_grpc import ModalClientStub
 
-    channel = Channel(path=os.environ["MODAL_SERVER_URL"].removeprefix("unix://"))
+    from urllib.parse import urlparse
+
+    # unix://localhost/.kiln/modal.sock: the socket's path, parsed as the client parses it.
+    channel = Channel(path=urlparse(os.environ["MODAL_SERVER_URL"]).path)
     stub = ModalClientStub(channel)
     outcomes = {
         "AppList": await _outcome(stub.AppList(api_pb2.AppListRequest())),
