@@ -347,7 +347,7 @@ def _wrap(method: _Method, impl: Any, check: Callable[[str, str], bool], max_byt
         if not ctx.token:
             ctx.authorize("")
         try:
-            if method.client_streaming:
+            if SERVICE.methods_by_name[name].client_streaming:
                 await stream.send_message(await impl(_requests(stream, method, max_bytes), ctx))
                 return
             request = await receive(stream, method.request, name, max_bytes)

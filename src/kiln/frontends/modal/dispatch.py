@@ -81,12 +81,14 @@ def build_mapping(
     ctx_factory: Callable[[grpclib.server.Stream[Any, Any]], CallContext],
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     guard: Guard | None = None,
+    service: Any = SERVICE,
 ) -> dict[str, grpclib.const.Handler]:
-    """The grpclib mapping for every method of the service, served by `handlers`. `ctx_factory`
-    says who calls (and refuses a caller with a GRPCError before anything is read); `guard`, if
-    any, sees each decoded request before its handler and may refuse it."""
+    """The grpclib mapping for every method of `service` (a protobuf service descriptor; the
+    Modal client's by default), served by `handlers`. `ctx_factory` says who calls (and refuses
+    a caller with a GRPCError before anything is read); `guard`, if any, sees each decoded
+    request before its handler and may refuse it."""
     mapping = {}
-    for method in _methods():
+    for method in _methods(service):
         impl = next((i for i in (getattr(h, method.name, None) for h in handlers) if i is not None), None)
         mapping[method.path] = grpclib.const.Handler(
             _wrap(method, impl, ctx_factory, max_message_bytes, guard),
@@ -105,13 +107,11 @@ class _Method:
     request: Any
     response: Any
     server_streaming: bool
-    client_streaming: bool = False
 
 
 @functools.cache
-def _methods(service: Any = SERVICE) -> tuple[_Method, ...]:
-    """A service's methods (the ModalClient's by default), read from its descriptor once (each
-    container's socket reuses them)."""
+def _methods(service: Any) -> tuple[_Method, ...]:
+    """A service's methods, read from its descriptor once (each container's socket reuses them)."""
     cardinalities = {
         (False, False): grpclib.const.Cardinality.UNARY_UNARY,
         (False, True): grpclib.const.Cardinality.UNARY_STREAM,
@@ -126,7 +126,6 @@ def _methods(service: Any = SERVICE) -> tuple[_Method, ...]:
             _message_class(method.input_type),
             _message_class(method.output_type),
             method.server_streaming,
-            method.client_streaming,
         )
         for method in service.methods
     )
