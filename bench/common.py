@@ -36,6 +36,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("map_inputs_per_s", "map throughput (inputs/s)", ">= 5,000"),
     ("cold_start_ms", "cold start (ms, median)", "<= 100"),
     ("server_ready_ms", "server ready (ms)", "<= 500"),
+    ("volume_put_mb_per_s", "Volume put 1 GiB (MB/s)", ">= 50% of cp + sync"),
+    ("volume_get_mb_per_s", "Volume get 1 GiB (MB/s)", ">= 50% of cp"),
     ("sandbox_first_byte_p50_ms", "Sandbox.create → exec output p50 (ms)", "<= 150"),
     ("sandbox_exec_p50_ms", "sandbox exec round trip p50 (ms)", "<= 20"),
 ]
@@ -127,6 +129,7 @@ class Server:
     reported_ms: float | None  # what kiln printed: "kiln server ready in N ms"
     token_id: str
     token_secret: str
+    fal_exports: dict[str, str] | None = None  # what `kiln server` prints for the fal client
 
     def client_env(self) -> dict[str, str]:
         """What the official client needs to talk to this server instead of Modal."""
@@ -186,9 +189,9 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
         if m := re.search(r"export MODAL_SERVER_URL=(\S+)", line):
             url = m.group(1)
             elapsed = time.perf_counter() - started  # the URL line: when a client could connect
-        elif m := re.search(r"export (MODAL_TOKEN_\w+)=(\S+)", line):
+        elif m := re.search(r"export ((?:MODAL_TOKEN|FAL|ISOLATE|SSL)_\w+)=(\S+)", line):
             exports[m.group(1)] = m.group(2)
-        if url is not None and len(exports) == 2:
+        if url is not None and "FAL_RUN_HOST" in exports:  # the last export line
             return Server(
                 url,
                 process,
@@ -198,6 +201,7 @@ def start_server(log_path: Path, timeout: float = 120, port: int = 0) -> Server:
                 reported,
                 exports["MODAL_TOKEN_ID"],
                 exports["MODAL_TOKEN_SECRET"],
+                {k: v for k, v in exports.items() if not k.startswith("MODAL_")},
             )
 
 

@@ -4,7 +4,8 @@
     .venv/bin/python bench/run_all.py --quick    # smaller sizes, a smoke run (a few minutes)
 
 Each benchmark runs as its own process (so Ray, the modal client and the servers never share
-one), one after another: kiln, kiln server start-up, the subprocess baseline, Ray.
+one), one after another: kiln, kiln server start-up, the subprocess baseline, Ray, Volume put/get (with
+`cp` beside it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SCRIPTS = [  # (script, peer column it fills, size flags it accepts)
     ("bench_sandboxes.py", "kiln", ()),
     ("bench_baseline.py", "subprocess", ("calls", "map_inputs", "cold_samples")),
     ("bench_ray.py", "ray", ("calls", "map_inputs", "cold_samples")),
+    ("bench_volumes.py", "kiln", ("size_mb",)),
 ]
 
 
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--map-inputs", type=int, help="map/throughput inputs per peer (default 10000)")
     parser.add_argument("--cold-samples", type=int, help="cold starts per peer")
     parser.add_argument("--starts", type=int, help="kiln server starts (default 7)")
+    parser.add_argument("--size-mb", type=int, help="Volume put/get file size in MiB (default 1024)")
     parser.add_argument("--no-ray", action="store_true", help="leave Ray out")
     parser.add_argument("--no-baseline", action="store_true", help="leave the subprocess baseline out")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark script")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -41,6 +41,12 @@ class KilnServer:
     log_file: IO[str]
     token_id: str
     token_secret: str
+    fal_exports: dict[str, str] = field(default_factory=dict)  # what `kiln server` prints for fal
+
+    @property
+    def fal_env(self) -> dict[str, str]:
+        """Environment for the official fal client: this server's hosts and key."""
+        return {**os.environ, **self.fal_exports, "FAL_CONFIG_PATH": str(self.home / "fal.toml")}
 
     @property
     def env(self) -> dict[str, str]:
@@ -107,10 +113,10 @@ def start_server(
         line = process.stdout.readline()
         if not line:
             break
-        match = re.search(r"export (MODAL_\w+)=(\S+)", line)
+        match = re.search(r"export ((?:MODAL|FAL|ISOLATE|SSL)_\w+)=(\S+)", line)
         if match:
             exports[match.group(1)] = match.group(2)
-        if "MODAL_TOKEN_SECRET" in exports:
+        if "FAL_RUN_HOST" in exports:  # the last line of the exports
             break
     url = exports.get("MODAL_SERVER_URL")
     if url is None or "MODAL_TOKEN_SECRET" not in exports:
@@ -119,8 +125,9 @@ def start_server(
         process.stdout.close()
         log_file.close()
         raise RuntimeError(f"kiln server did not start:\n{log_path.read_text()}")
+    fal = {k: v for k, v in exports.items() if not k.startswith("MODAL_")}
     return KilnServer(
-        url, home, process, log_path, log_file, exports["MODAL_TOKEN_ID"], exports["MODAL_TOKEN_SECRET"]
+        url, home, process, log_path, log_file, exports["MODAL_TOKEN_ID"], exports["MODAL_TOKEN_SECRET"], fal
     )
 
 
@@ -191,6 +198,43 @@ def run_client(
         text=True,
         timeout=timeout,
     )
+
+
+def gone_after_heartbeats(lookup: str) -> str:
+    """Script lines that poll `lookup` (a statement raising NotFoundError once the ephemeral
+    object is gone) for up to 30 s, and say when it went."""
+    return (
+        "started = time.monotonic()\n"
+        "while time.monotonic() - started < 30:\n"
+        "    try:\n"
+        f"        {lookup}\n"
+        "    except modal.exception.NotFoundError:\n"
+        '        print("gone after its heartbeats stopped")\n'
+        "        break\n"
+        "    time.sleep(0.5)\n"
+    )
+
+
+def check_ephemeral_lifetime(server: RestartableServer, script: str) -> None:
+    """Run `script` (which prints "kept alive", then polls with `gone_after_heartbeats`) on a server
+    whose ephemeral objects live 2 s without a heartbeat."""
+    server.restart({"KILN_EPHEMERAL_OBJECT_GRACE": "2"})
+    result = run_client(server.server, script)
+    output = result.stdout + result.stderr
+    assert "kept alive" in result.stdout, output
+    assert "gone after its heartbeats stopped" in result.stdout, output
+
+
+def survives_kill_9(server: RestartableServer, write: str, read: str, *args: str) -> str:
+    """Run the `write` script, kill the server with SIGKILL, restart it, run the `read` script;
+    returns what `read` printed (each script must succeed; `write` prints "written")."""
+    written = run_client(server.server, write, *args)
+    assert "written" in written.stdout, written.stdout + written.stderr
+    server.kill_9()
+    server.restart()
+    result = run_client(server.server, read, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def free_port() -> int:

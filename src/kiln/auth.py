@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 from kiln.config import Config
 from kiln.errors import InvalidRequest
@@ -118,6 +119,30 @@ class SignedUrls:
         expires = int(self._clock() + self.ttl)
         sig = self._sign(op, blob_id, size, expires)
         return f"{self.base_url}/blobs/{blob_id}?size={size}&expires={expires}&sig={sig}"
+
+    def request(self, route: str, params: dict[str, str]) -> str:
+        """A URL of `route` with `params` that only this server could make, expiring like blob
+        URLs: the signature covers the route and every parameter (volume blocks)."""
+        fields = {**params, "expires": str(int(self._clock() + self.ttl))}
+        query = urlencode(sorted(fields.items()))
+        return f"{self.base_url}{route}?{query}&sig={self._sign_request(route, query)}"
+
+    def check_request(self, route: str, query: list[tuple[str, str]]) -> dict[str, str]:
+        """The parameters of a URL `request` made; raises InvalidRequest for any other URL (a
+        changed, added or missing parameter) or an expired one."""
+        fields = [(k, v) for k, v in query if k != "sig"]
+        sig = next((v for k, v in query if k == "sig"), "")
+        expected = self._sign_request(route, urlencode(sorted(fields)))
+        params = dict(fields)
+        if len(params) != len(fields) or not hmac.compare_digest(expected.encode(), sig.encode()):
+            raise InvalidRequest("this URL is not one kiln signed; ask the server for a new one")
+        expires = params.get("expires", "")
+        if not expires.isdigit() or int(expires) < self._clock():
+            raise InvalidRequest("this URL has expired; ask the server for a new one")
+        return params
+
+    def _sign_request(self, route: str, query: str) -> str:
+        return hmac.new(self._key, f"request\n{route}\n{query}".encode(), hashlib.sha256).hexdigest()
 
     def _sign(self, op: str, blob_id: str, size: int, expires: int) -> str:
         message = f"{op}\n{blob_id}\n{size}\n{expires}".encode()

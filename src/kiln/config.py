@@ -3,12 +3,13 @@
 KILN_HOME      where state, blobs, layers and containers live (default ~/.kiln)
 KILN_HOST      address the servers listen on (default 127.0.0.1)
 KILN_PORT      gRPC port for clients (default 0 = any free port for `kiln run`, 50051 for `kiln server`)
+KILN_FAL_PORT, KILN_FAL_RUN_PORT  fal's control plane (gRPC) and run host (HTTP) (default 0 = any free)
 KILN_LOG       log level of the server (default INFO)
 KILN_MAX_CONTAINERS  containers per function when it sets no max_containers (default: CPU cores)
 KILN_GPU_FALLBACK    `cpu`: run GPU functions on the CPU (with a warning) where no matching GPU exists
 KILN_RESULT_RETENTION  how long calls' results are kept, e.g. `7d`, `12h`, `3600` (default 7d, as Modal)
 KILN_HEARTBEAT_GRACE   seconds an ephemeral app lives without its client's heartbeat (default 60)
-KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict or Queue lives without a heartbeat (default 900:
+KILN_EPHEMERAL_OBJECT_GRACE  seconds an ephemeral Dict, Queue or Volume lives without a heartbeat (default 900:
                        three missed beats of the Modal client's 300 s heartbeat)
 KILN_QUEUE_MAX_ITEMS   items a Queue partition holds (default 5000, as Modal)
 KILN_QUEUE_MAX_ITEM_BYTES  bytes per Queue item (default 1 MiB, as Modal)
@@ -20,6 +21,8 @@ KILN_DEBIAN_MIRROR     where Debian bases come from (default: this machine's apt
 KILN_MAX_MESSAGE_MB    largest gRPC request the server reads (default 64; the client sends larger
                        payloads as blobs)
 KILN_MAX_BLOB_GB       largest blob a client may upload (default 5)
+KILN_MAX_WEB_BODY_MB   largest request body a web endpoint accepts, else 413 (default 1024; Modal allows
+                       4 GiB, but kiln holds a request's body in memory until its call ends)
 KILN_TLS_CERT, KILN_TLS_KEY  serve gRPC and HTTP over TLS with this certificate chain and key
 KILN_INSECURE          `1`: allow a non-loopback KILN_HOST without TLS (with a warning)
 """
@@ -41,6 +44,8 @@ class Config:
     host: str = field(default_factory=lambda: os.environ.get("KILN_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("KILN_PORT", "0")))
     http_port: int = field(default_factory=lambda: int(os.environ.get("KILN_HTTP_PORT", "0")))
+    fal_port: int = field(default_factory=lambda: int(os.environ.get("KILN_FAL_PORT", "0")))
+    fal_run_port: int = field(default_factory=lambda: int(os.environ.get("KILN_FAL_RUN_PORT", "0")))
     # Containers one function may run at once unless it sets max_containers: this machine's cores.
     max_containers: int = field(
         default_factory=lambda: int(os.environ.get("KILN_MAX_CONTAINERS", "0")) or os.cpu_count() or 1
@@ -61,6 +66,9 @@ class Config:
     )
     max_blob_bytes: int = field(
         default_factory=lambda: int(float(os.environ.get("KILN_MAX_BLOB_GB", "5")) * 2**30)
+    )
+    max_web_body_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("KILN_MAX_WEB_BODY_MB", "1024")) * 2**20)
     )
 
     tls_cert: str = field(default_factory=lambda: os.environ.get("KILN_TLS_CERT", ""))

@@ -4,6 +4,8 @@ them on one asyncio loop. Used by `kiln server` and embedded by `kiln run`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -19,9 +21,15 @@ from kiln.config import Config, host_network_env
 from kiln.containers import DEPS, IMAGE, MOUNT, BubblewrapRuntime, Isolation, Layer, check_sandbox_support
 from kiln.containers.bubblewrap import stop_stale_networks
 from kiln.core.core import Core
+from kiln.frontends.fal.files import FalFiles
+from kiln.frontends.fal.keys import FalAuth
+from kiln.frontends.fal.queue import FalQueue
+from kiln.frontends.fal.routes import FalGateway, FalRoutes
+from kiln.frontends.fal.service import FalFrontend
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
 from kiln.gateway.endpoints import Endpoints as WebEndpoints
+from kiln.gateway.tls import LoopbackTLS
 from kiln.images.base import BaseResolver
 from kiln.images.builder import Builder
 from kiln.images.gc import Collector
@@ -46,13 +54,18 @@ class Endpoints:
     grpc_url: str
     http_url: str
     credentials: Credentials
+    fal_grpc_host: str = ""  # fal's control plane (host:port, plain gRPC on loopback)
+    fal_run_host: str = ""  # fal's HTTP data plane (host:port, https)
+    fal_queue_host: str = ""  # fal's queue API (host:port, https)
+    fal_rest_host: str = ""  # fal's REST host: app files (host:port, http)
+    ca_bundle: str = ""  # the roots clients trust kiln's https with (SSL_CERT_FILE)
 
 
 class KilnServer:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.core: Core | None = None
-        self.frontends: list[ModalFrontend] = []
+        self.frontends: list[Any] = []
         self.runtime: BubblewrapRuntime | None = None
         self._grpc: grpclib.server.Server | None = None
         self._http: Any = None  # uvicorn.Server, imported once the gRPC side is up
@@ -60,6 +73,11 @@ class KilnServer:
         self.endpoints: Endpoints | None = None
         self._state_lock: int | None = None
         self.web: WebEndpoints | None = None
+        self.fal: FalFrontend | None = None
+        self._fal_grpc: grpclib.server.Server | None = None
+        self.fal_queue: FalQueue | None = None
+        self._fal_http: list[Any] = []  # uvicorn.Servers of fal's run and queue hosts
+        self._fal_http_tasks: list[asyncio.Task[None]] = []
         self.ready_seconds = 0.0
 
     async def start(self) -> Endpoints:
@@ -103,7 +121,17 @@ class KilnServer:
             collector=collector,
             ids=isolation.ids,
         )
-        core = Core(config, state, blobs, mounts, ImageService(builder, state), logs_dir=logs_dir)
+        core = Core(
+            config,
+            state,
+            blobs,
+            mounts,
+            ImageService(builder, state),
+            logs_dir=logs_dir,
+            volume_owner=(isolation.ids.uid, isolation.ids.gid),
+            # A second process on this home keeps its volumes with its private state.
+            volumes_home=state_db.parent,
+        )
         self.core = core
         inherited = inherited_sockets()
         http_sock = inherited[1] if len(inherited) > 1 else _bind(config.host, config.http_port)
@@ -112,12 +140,44 @@ class KilnServer:
         core.http_url = f"{scheme}://{_url_host(http_host)}:{http_port}"
         core.signed_urls = SignedUrls(credentials.signing_key, core.http_url)
         self.web = WebEndpoints(state_db.with_name("endpoints.json"))  # ports belong with the state
-        self.frontends = [ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web)]
+        ports = home / "ports.json"  # fal's hosts keep their ports across restarts (its URLs)
+        owner = self._state_lock is not None  # a second process on this home borrows no ports
+        fal_sock = _bind_remembered(ports, "fal_grpc", config.host, config.fal_port, owner)
+        fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port, owner)
+        fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0, owner)
+        fal_rest_sock = _bind_remembered(ports, "fal_rest", config.host, 0, owner)
+        fal_run_host, fal_queue_host = _host_port(fal_run_sock), _host_port(fal_queue_sock)
+        # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
+        self.tls = LoopbackTLS.load_or_create(home / "tls")
+        self.fal_routes = FalRoutes(f"https://{fal_run_host}", f"https://{fal_queue_host}")
+        fal_auth = FalAuth(credentials, state)
+        self.fal = FalFrontend(core, runtime, self.fal_routes, fal_auth)
+        self.frontends = [
+            ModalFrontend(core, runtime, ClientDeps(config.deps_dir, network_env), self.web),
+            self.fal,
+        ]
         for frontend in self.frontends:
             core.add_frontend(frontend)
         core.start()
+        self._fal_grpc = grpclib.server.Server([self.fal.service()])
+        await self._fal_grpc.start(sock=fal_sock)
+        gateway = FalGateway(core, self.fal_routes, self.web.upstream, fal_auth)
+        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, fal_auth)
+        # The REST host stays plain http: fal's client speaks http to it in test mode.
+        rest = FalFiles(self.fal.files, fal_auth)
+        self._fal_http = [
+            uvicorn_server(gateway, self.tls),
+            uvicorn_server(self.fal_queue, self.tls),
+            uvicorn_server(rest),
+        ]
+        self._fal_http_tasks = [
+            asyncio.ensure_future(server.serve(sockets=[sock]))
+            for server, sock in zip(
+                self._fal_http, (fal_run_sock, fal_queue_sock, fal_rest_sock), strict=True
+            )
+        ]
 
-        self._grpc = grpclib.server.Server([f.service(credentials) for f in self.frontends])
+        self._grpc = grpclib.server.Server([self.frontends[0].service(credentials)])
         grpc_sock = inherited[0] if inherited else _bind(config.host, config.port)
         await self._grpc.start(sock=grpc_sock, ssl=grpc_tls)
         # The HTTP socket is already listening: connections made before uvicorn is imported and
@@ -126,7 +186,14 @@ class KilnServer:
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
         core.grpc_url = f"{scheme}://{_url_host(grpc_host)}:{grpc_port}"
         self.endpoints = Endpoints(
-            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}", core.http_url, credentials
+            f"{scheme}://{_url_host(grpc_host)}:{grpc_port}",
+            core.http_url,
+            credentials,
+            fal_grpc_host=_host_port(fal_sock),
+            fal_run_host=fal_run_host,
+            fal_queue_host=fal_queue_host,
+            fal_rest_host=_host_port(fal_rest_sock),
+            ca_bundle=str(self.tls.bundle),
         )
         self.ready_seconds = time.monotonic() - started
         log.info("kiln ready on %s (%.0f ms)", self.endpoints.grpc_url, self.ready_seconds * 1000)
@@ -179,6 +246,15 @@ class KilnServer:
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
+        if self._fal_grpc is not None:
+            self._fal_grpc.close()
+            await self._fal_grpc.wait_closed()
+        if self.fal_queue is not None:
+            await self.fal_queue.shutdown()
+        for fal_http in self._fal_http:
+            fal_http.should_exit = True
+        for task in self._fal_http_tasks:
+            await task
         if self._http_task is not None:
             if self._http is not None:
                 self._http.should_exit = True
@@ -193,6 +269,39 @@ class KilnServer:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def uvicorn_server(app: Any, tls: LoopbackTLS | None = None) -> Any:
+    import uvicorn
+
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
+
+
+def _host_port(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{_url_host(host)}:{port}"
+
+
+def _bind_remembered(state: Path, name: str, host: str, port: int, remember: bool) -> socket.socket:
+    """Bind `port`, or (0) the port this home used last time if it is free, else any; the port
+    is remembered (by the process that owns the home's state), so URLs made with it stay valid
+    across restarts."""
+    try:
+        known: dict[str, int] = json.loads(state.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    sock = None
+    if not port and known.get(name) and remember:
+        with contextlib.suppress(OSError):
+            sock = _bind(host, int(known[name]))
+    sock = sock or _bind(host, port)
+    if remember and known.get(name) != sock.getsockname()[1]:
+        known[name] = sock.getsockname()[1]
+        staging = state.with_suffix(".tmp")
+        staging.write_text(json.dumps(known))
+        os.replace(staging, state)
+    return sock
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -23,12 +23,14 @@ class Changed:
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait for the next notify(); False on timeout."""
-        event = self._event
+        # Not asyncio.wait_for: before Python 3.12 it drops a cancellation that comes as the
+        # event is set, and a cancelled long poll would go on as if nothing happened.
+        woken = asyncio.ensure_future(self._event.wait())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            done, _ = await asyncio.wait({woken}, timeout=timeout)
+        finally:
+            woken.cancel()
+        return bool(done)
 
 
 @dataclass(frozen=True)

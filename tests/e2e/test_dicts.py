@@ -12,7 +12,15 @@ import modal
 import modal.exception
 import pytest
 
-from tests.conftest import KilnServer, RestartableServer, run_client, run_modal
+from tests.conftest import (
+    KilnServer,
+    RestartableServer,
+    check_ephemeral_lifetime,
+    gone_after_heartbeats,
+    run_client,
+    run_modal,
+    survives_kill_9,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,24 +69,13 @@ with modal.Dict.ephemeral(_heartbeat_sleep=0.5) as d:
     assert d["x"] == 1
     dict_id = d.object_id
 print("kept alive")
-started = time.monotonic()
-while time.monotonic() - started < 30:
-    try:
-        modal.Dict.from_id(dict_id).len()
-    except modal.exception.NotFoundError:
-        print("gone after its heartbeats stopped")
-        break
-    time.sleep(0.5)
-"""
+""" + gone_after_heartbeats("modal.Dict.from_id(dict_id).len()")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_an_ephemeral_dict_lives_while_its_client_heartbeats(restartable_server: RestartableServer) -> None:
-    restartable_server.restart({"KILN_EPHEMERAL_OBJECT_GRACE": "2"})
-    result = run_client(restartable_server.server, EPHEMERAL)
-    assert "kept alive" in result.stdout, _output(result)
-    assert "gone after its heartbeats stopped" in result.stdout, _output(result)
+    check_ephemeral_lifetime(restartable_server, EPHEMERAL)
 
 
 @pytest.mark.timeout(60)
@@ -169,11 +166,4 @@ print("len", d.len(), d["last"], d["k9"])
 
 @pytest.mark.timeout(120)
 def test_acknowledged_entries_survive_kill_9(restartable_server: RestartableServer) -> None:
-    name = _name()
-    written = run_client(restartable_server.server, WRITE, name)
-    assert "written" in written.stdout, _output(written)
-    restartable_server.kill_9()
-    restartable_server.restart()
-    read = run_client(restartable_server.server, READ, name)
-    assert read.returncode == 0, _output(read)
-    assert "len 101 acknowledged 81" in read.stdout
+    assert "len 101 acknowledged 81" in survives_kill_9(restartable_server, WRITE, READ, _name())

@@ -100,9 +100,9 @@ def test_an_authenticated_server_wants_a_proxy_token_and_never_sees_it(
 
 def test_the_servers_own_bearer_token_is_accepted(kiln: KilnServer, urls: dict[str, str]) -> None:
     script = (
-        "import modal; server = modal.Server.from_name(%r, 'Guarded'); server.hydrate();"
+        f"import modal; server = modal.Server.from_name({APP!r}, 'Guarded'); server.hydrate();"
         "print(server._get_service_function()._get_flash_auth_token())"  # what sessions send
-    ) % APP
+    )
     token = run_modal_python(kiln, script)
     assert fetch(urls["Guarded"], headers={"Modal-Authorization": f"Bearer {token}"})[0] == 200
     assert fetch(urls["Guarded"], headers={"Modal-Authorization": f"Bearer {token}x"})[0] == 401

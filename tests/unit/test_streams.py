@@ -128,3 +128,28 @@ def test_trimming_keeps_the_newest_entries_and_their_ids() -> None:
     logs.append("f")
     assert [(e.entry_id, e.data) for e in logs.after(5)] == [(6, "f")]
     assert [e.entry_id for e in logs.after(0)] == [4, 5, 6]
+
+
+def test_a_waiter_cancelled_as_it_is_woken_stays_cancelled() -> None:
+    # asyncio.wait_for (before Python 3.12) drops a cancellation that arrives just as its inner
+    # wait finishes; a long poll (a server-streaming handler) then outlives its cancelled stream.
+    async def cancelled_after(steps: int) -> bool | None:
+        changed = Changed()
+        waiter = asyncio.ensure_future(changed.wait(5))
+        await asyncio.sleep(0.01)
+        changed.notify()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if not waiter.cancel():
+            return await waiter  # it had already returned
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            return None
+        raise AssertionError(f"the cancellation {steps} loop steps after notify() was lost")
+
+    async def main() -> None:
+        outcomes = [await cancelled_after(steps) for steps in range(6)]
+        assert None in outcomes and True in outcomes  # both sides of the race were run
+
+    asyncio.run(main())

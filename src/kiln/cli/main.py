@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Coroutine
@@ -49,6 +50,23 @@ def client_env(grpc_url: str, home: Path, credentials: Credentials) -> dict[str,
     }
 
 
+def fal_env(endpoints: Any) -> dict[str, str]:
+    """What the official fal CLI and fal_client need to talk to kiln: the control plane (plain
+    gRPC on loopback, which fal's test mode allows), a key (kiln's token pair), the https hosts of
+    the data plane, and roots that trust kiln's local CA."""
+    credentials = endpoints.credentials
+    return {
+        "FAL_GRPC_HOST": endpoints.fal_grpc_host,
+        "ISOLATE_TEST_MODE": "1",
+        "FAL_KEY": f"{credentials.token_id}:{credentials.token_secret}",
+        "FAL_REST_HOST": endpoints.fal_rest_host,
+        "FAL_QUEUE_RUN_HOST": endpoints.fal_queue_host,
+        "FAL_WS_RUN_HOST": endpoints.fal_run_host,
+        "SSL_CERT_FILE": endpoints.ca_bundle,
+        "FAL_RUN_HOST": endpoints.fal_run_host,
+    }
+
+
 @click.group()
 @click.version_option(package_name="kiln")
 def main() -> None:
@@ -63,7 +81,22 @@ def run(modal_args: tuple[str, ...]) -> None:
     sys.exit(run_loop(_run(list(modal_args))))
 
 
-async def _run(modal_args: list[str]) -> int:
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("fal_args", nargs=-1, type=click.UNPROCESSED, required=True)
+def fal(fal_args: tuple[str, ...]) -> None:
+    """Run the fal CLI on an embedded kiln server: `kiln fal run app.py::MyApp`.
+
+    Uses the `fal` on PATH (the user's own install of the official CLI), pointed at kiln."""
+    logging.basicConfig(level=os.environ.get("KILN_LOG", "WARNING"), format="kiln: %(message)s")
+    program = shutil.which("fal")
+    if program is None:
+        click.echo("kiln: the fal CLI is not on PATH; install it (`pip install fal`) and try again", err=True)
+        sys.exit(2)
+    sys.exit(run_loop(_run([program, *fal_args], fal=True)))
+
+
+async def _run(argv: list[str], fal: bool = False) -> int:
+    """Run a client command (`modal run …` by default) against an embedded server."""
     server = KilnServer(Config())
     try:
         endpoints = await server.start()
@@ -71,10 +104,14 @@ async def _run(modal_args: list[str]) -> int:
         click.echo(f"kiln: {exc}", err=True)
         return 2
     try:
-        env = {**os.environ, **client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)}
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modal", "run", *modal_args, env=env
+        exports = (
+            fal_env(endpoints)
+            if fal
+            else client_env(endpoints.grpc_url, server.config.home, endpoints.credentials)
         )
+        env = {**os.environ, **exports}
+        command = argv if fal else [sys.executable, "-m", "modal", "run", *argv]
+        child = await asyncio.create_subprocess_exec(*command, env=env)
         # Ctrl-C reaches the client too (same process group); it stops its app, then exits.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -147,7 +184,10 @@ async def _serve(config: Config) -> None:
     click.echo(f"kiln server ready in {server.ready_seconds * 1000:.0f} ms. Point the modal client at it:\n")
     for key, value in client_env(endpoints.grpc_url, config.home, endpoints.credentials).items():
         click.echo(f"  export {key}={value}")
-    click.echo("\nthen `modal run app.py`. Ctrl-C stops the server.", err=False)
+    click.echo("\nthen `modal run app.py`. For the fal client:\n")
+    for key, value in fal_env(endpoints).items():
+        click.echo(f"  export {key}={value}")
+    click.echo("\nthen `fal run app.py::MyApp`. Ctrl-C stops the server.", err=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -167,7 +167,9 @@ class BubblewrapRuntime:
                 "home": str(self.overlay_root),
                 "root": str(SANDBOX_ROOT),
                 "overlay": options,
-                "binds": [[self._relative(b.source), b.target, b.read_only] for b in spec.binds],
+                "binds": [
+                    [self._relative(b.source), b.target, b.read_only, b.follow_links] for b in spec.binds
+                ],
                 # The command stays on the command line (bwrap takes it only there); the options,
                 # the environment among them, come from the descriptor.
                 "argv": ["bwrap", "--args", str(args_fd), "--", *spec.argv],

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import signal
+import stat
 import struct
 import sys
 from typing import Any
@@ -123,8 +125,8 @@ def _child(plan: dict[str, Any], to_parent: int, from_parent: int) -> None:
         _unshare(CLONE_NEWNS | CLONE_NEWNET, "creating the namespaces")
         _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
         _mount("kiln", root, "overlay", 0, plan["overlay"])
-        for source, target, read_only in plan["binds"]:
-            _bind(source, root + target, read_only)
+        for source, target, read_only, follow_links in plan["binds"]:
+            _bind(source, root + target, read_only, follow_links)
         if os.path.isdir(root + "/sys"):
             # The container's own sysfs (its network namespace's devices), read-only; without
             # one (a kernel that refuses it) the image's empty /sys stays.
@@ -143,16 +145,43 @@ def _child(plan: dict[str, Any], to_parent: int, from_parent: int) -> None:
         _fail(126, f"cannot run {plan['argv'][0]}: {exc}")
 
 
-def _bind(source: str, target: str, read_only: bool) -> None:
-    if os.path.isdir(source):
-        os.makedirs(target, exist_ok=True)
-    elif not os.path.exists(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "a"):
-            pass
-    _mount(source, target, None, MS_BIND | MS_REC, None)
+def _bind(source: str, target: str, read_only: bool, follow_links: bool = True) -> None:
+    opened = None
+    if not follow_links:
+        # Bind the very directory reached without links: /proc/self/fd/N names what N is.
+        opened = _open_without_links(source)
+        source = f"/proc/self/fd/{opened}"
+    try:
+        if os.path.isdir(source):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "a"):
+                pass
+        _mount(source, target, None, MS_BIND | MS_REC, None)
+    finally:
+        if opened is not None:
+            os.close(opened)
     if read_only:
         _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def _open_without_links(path: str) -> int:
+    """`path` (relative to the working directory, kiln's home, unless absolute) opened as an
+    O_PATH descriptor one component at a time; a link anywhere in it is refused."""
+    fd = os.open("/" if path.startswith("/") else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for name in [part for part in path.split("/") if part not in ("", ".")]:
+        try:
+            child = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        if stat.S_ISLNK(os.fstat(child).st_mode) or name == "..":
+            os.close(child)
+            raise OSError(
+                errno.ELOOP, f"{path} goes through a symbolic link, and kiln never binds through one"
+            )
+        fd = child
+    return fd
 
 
 def _loopback_up() -> None:

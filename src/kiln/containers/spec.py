@@ -35,6 +35,10 @@ class Bind:
     source: Path
     target: str
     read_only: bool = True
+    # False for a directory a container may have written (a volume's sub_path): the source is
+    # opened one component at a time, refusing links, and that very directory is bound, so a link
+    # a container swapped in cannot make the bind show another directory of the host.
+    follow_links: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The core's facade: what frontends, the gateway and the CLI may ask of apps, functions, calls
 and containers. They call these methods; the state behind them stays private.
 
-Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`) are public: each is an
+Storage rooms (`blobs`, `mounts`, `images`, `secrets`, `dicts`, `queues`, `volumes`) are public: each is an
 API of its own. Everything a user creates is written to the journal before it is acknowledged,
 and `restore()` brings it back when a server starts on the same KILN_HOME.
 """
@@ -44,6 +44,7 @@ from kiln.storage.proxy_tokens import ProxyTokens
 from kiln.storage.queues import Queues
 from kiln.storage.secrets import EPHEMERAL, Secrets
 from kiln.storage.state import StateStore
+from kiln.storage.volumes import Volumes
 from kiln.streams import INFO, LogBuffer
 
 log = logging.getLogger("kiln")
@@ -71,6 +72,8 @@ class Core:
         images: ImageService,
         placer: Placer | None = None,
         logs_dir: Path | None = None,
+        volume_owner: tuple[int, int] | None = None,
+        volumes_home: Path | None = None,
     ) -> None:
         self.config = config
         self.blobs = blobs
@@ -89,6 +92,16 @@ class Core:
             max_item_bytes=config.queue_max_item_bytes,
         )
         self.sandboxes = Sandboxes(state)
+        # Volume files live beside the state that names them (`volumes_home`, default KILN_HOME)
+        # and belong to the containers' root (`volume_owner`), which writes them too.
+        volumes_home = volumes_home or config.home
+        self.volumes = Volumes(
+            state,
+            volumes_home / "volumes",
+            volumes_home / "volume-blocks",
+            owner=volume_owner,
+            ephemeral_grace=config.ephemeral_object_grace,
+        )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
         self.grpc_url = ""  # where the server's gRPC port listens (set once it does)
         # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
@@ -121,6 +134,7 @@ class Core:
         started = time.monotonic()
         # Secrets made outside any app belonged to clients of an earlier server run.
         self.secrets.remove_owned_by(EPHEMERAL)
+        self.volumes.remove_orphans()  # files of volumes deleted just before a crash
         apps, calls = self.restore()
         self._scheduler.start()
         self._upkeep = asyncio.ensure_future(self._maintain())
@@ -182,6 +196,8 @@ class Core:
                 self._expire_results(time.time())
                 self.dicts.expire()  # ephemeral dicts and queues whose client stopped beating,
                 self.queues.expire()  # queue partitions past their time to live
+                self.volumes.expire()
+                self.volumes.sweep_blocks()  # upload blocks no longer needed
             except Exception:
                 log.exception("app upkeep failed")
 
@@ -425,6 +441,7 @@ class Core:
         self._journal.save_app(app)
         self.dicts.forget_app(app.app_id)  # the objects it owned go with it
         self.queues.forget_app(app.app_id)
+        self.volumes.forget_app(app.app_id)
         self.secrets.remove_owned_by(app.app_id)
         self.app_logs(app.app_id).close()
         self._logs.close(app.app_id)

@@ -97,16 +97,23 @@ class ServerPool(Pool):
 
     @asynccontextmanager
     async def request(
-        self, session: str = "", wait: float | None = None, pinned: Session | None = None
+        self,
+        session: str = "",
+        wait: float | None = None,
+        pinned: Session | None = None,
+        queue_when_full: bool = False,
     ) -> AsyncIterator[Task]:
         """Hold a slot on a ready container for one request (started on demand; waits up to
         the startup timeout for one to become ready). `session` is an affinity hint; a `pinned`
-        session's requests go to its container only."""
+        session's requests go to its container only. When every container is full and no more
+        may start, the request is refused (LimitExceeded), or with `queue_when_full` waits its
+        turn within `wait`."""
         if pinned is not None:
             task = self._session_task(pinned)
             pinned.active += 1
         else:
-            task = await self._acquire(session, self.function.startup_timeout if wait is None else wait)
+            limit = self.function.startup_timeout if wait is None else wait
+            task = await self._acquire(session, limit, queue_when_full)
         request_id = new_id("rq")
         task.inflight[request_id] = self.clock()
         task.idle_since = None
@@ -124,7 +131,7 @@ class ServerPool(Pool):
             self.changed.notify()
             self.reconcile()
 
-    async def _acquire(self, session: str, wait: float) -> Task:
+    async def _acquire(self, session: str, wait: float, queue_when_full: bool = False) -> Task:
         deadline = self.clock() + wait
         self.waiting += 1
         try:
@@ -139,12 +146,17 @@ class ServerPool(Pool):
                 if task is not None:
                     return task
                 self.reconcile()
-                if self._full():
+                if self._full() and not queue_when_full:
                     raise LimitExceeded(
                         f"Every container of {self.function.tag} is serving its max_concurrency="
                         f"{self.function.max_inputs} requests and no more may start; retry later"
                     )
                 remaining = deadline - self.clock()
+                if remaining <= 0 and self._full():
+                    raise ServerUnavailable(
+                        f"Every container of {self.function.tag} stayed busy for {wait:g} s and no more "
+                        "may start; retry later, or allow more concurrency"
+                    )
                 if remaining <= 0:
                     raise ServerUnavailable(self._not_ready_message())
                 await self.changed.wait(min(remaining, 1.0))
@@ -210,8 +222,8 @@ class ServerPool(Pool):
         why = f" The last container ended: {self.last_failure}" if self.last_failure else ""
         return (
             f"No container of {self.function.tag} became ready within its startup timeout of "
-            f"{self.function.startup_timeout:g} s (its @enter must start a server listening on port "
-            f"{self.function.http_port}, on 0.0.0.0).{why} See `modal app logs`."
+            f"{self.function.startup_timeout:g} s (its server must answer on port "
+            f"{self.function.http_port}, on 0.0.0.0).{why} The app's logs have its output."
         )
 
     def drain(self, task: Task) -> None:

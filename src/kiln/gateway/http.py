@@ -1,4 +1,4 @@
-"""The HTTP side of the server (starlette): blobs, and a plain page per app.
+"""The HTTP side of the server (starlette): blobs, volume blocks, and a plain page per app.
 
 Every URL is one the server signed (`kiln.auth.SignedUrls`). Blob URLs come from BlobCreate and
 BlobGet: an upload goes only to an ID the server issued, at most the size the client announced,
@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from kiln.core.core import Core
 from kiln.errors import KilnError
+from kiln.gateway import volume_blocks
 from kiln.storage.blobs import BlobExists
 
 
@@ -86,6 +87,7 @@ def create_app(core: Core) -> Starlette:
             Route("/blobs/{blob_id}", put_blob, methods=["PUT"]),
             Route("/blobs/{blob_id}", get_blob, methods=["GET"]),
             Route("/apps/{app_id}", app_page, methods=["GET"]),
+            *volume_blocks.routes(core),
         ]
     )
 

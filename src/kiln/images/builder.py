@@ -185,9 +185,17 @@ class Builder:
         if step.instruction == "RUN":
             secrets = recipe.secret_env if planned.base is None else {}
             env.update({**planned.args, **secrets})
-            binds = self._package_cache_binds(env)
+            binds = self._package_cache_binds(env) + [Bind(src, dst) for src, dst in recipe.run_binds]
             await self._sandbox(
-                planned, [*parent_config.shell, step.argument], env, cwd, binds, upper, log, secrets
+                planned,
+                [*parent_config.shell, step.argument],
+                env,
+                cwd,
+                binds,
+                upper,
+                log,
+                secrets,
+                host_ports=recipe.host_ports,
             )
         elif step.instruction == "WORKDIR":
             await self._sandbox(planned, ["mkdir", "-p", config.workdir], env, cwd, [], upper, log)
@@ -234,11 +242,18 @@ class Builder:
         upper: Path,
         log: LogSink,
         secrets: dict[str, str] | None = None,
+        host_ports: list[int] | None = None,
     ) -> None:
         """Run a step's command over its parent's layers, writing into `upper`."""
         assert planned.step is not None and planned.parent is not None
         spec = ContainerSpec(
-            self.store.image_layers(planned.parent), argv, env=env, cwd=cwd, binds=binds, upper=upper
+            self.store.image_layers(planned.parent),
+            argv,
+            env=env,
+            cwd=cwd,
+            binds=binds,
+            upper=upper,
+            host_ports=list(host_ports or []),
         )
         output = StepOutput(log, secrets or {})
         try:

@@ -57,6 +57,11 @@ class Recipe:
     build_function: BuildFunction | None = None
     force_build: bool = False
     ignore_cache_nonce: str = ""
+    # Ports of the host's loopback its RUN steps may reach (a local index or wheel server that the
+    # requirements name); not part of any key. Functions' containers never get such ports.
+    host_ports: list[int] = field(default_factory=list)
+    # Host directories its RUN steps see read-only (a local `--find-links` folder); not in keys.
+    run_binds: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -154,9 +154,35 @@ def _v8_environments(db: sqlite3.Connection) -> None:
     _object_table(db, "environments")
 
 
+def _v9_volumes(db: sqlite3.Connection) -> None:
+    """Named and ephemeral Volumes (`storage/volumes.py`); their files are trees under KILN_HOME."""
+    _named_objects_table(db, "volumes")
+
+
+def _named_objects_table(db: sqlite3.Connection, table: str) -> None:
+    """A table of `storage/named.py`'s objects (as v6 made for dicts and queues)."""
+    _execute_script(
+        db,
+        f"""
+        CREATE TABLE {table} (
+            id TEXT PRIMARY KEY, name TEXT, environment TEXT NOT NULL, created_at REAL NOT NULL,
+            lifetime TEXT NOT NULL, owner_app TEXT NOT NULL, heartbeat_at REAL NOT NULL);
+        CREATE UNIQUE INDEX {table}_by_name ON {table} (environment, name) WHERE name IS NOT NULL;
+        CREATE INDEX {table}_by_age ON {table} (environment, created_at);
+        """,
+    )
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Statement by statement: executescript() would commit the migration's transaction early."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _v10_sandboxes(db: sqlite3.Connection) -> None:
     """Sandboxes: what each was, and how it ended (so `Sandbox.from_id` after a restart can say
-    why it is gone). Idempotent: this step is v10 on main, after the volumes' v9."""
+    why it is gone). (Idempotent: the step was v9 on the sandbox branch before the volumes' v9.)"""
     db.execute(
         "CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, app_id TEXT NOT NULL, "
         "environment TEXT NOT NULL, name TEXT, task_id TEXT NOT NULL, data TEXT NOT NULL, "
@@ -176,7 +202,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v6_dicts_and_queues,
     _v7_secret_owners,
     _v8_environments,
-    _v10_sandboxes,  # v9 on this branch; v10 once the volumes' v9 is merged before it
+    _v9_volumes,
+    _v10_sandboxes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -8,6 +8,7 @@ KilnErrors become the status codes the client maps to its own exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -20,7 +21,8 @@ import grpclib.const
 import grpclib.server
 from google.protobuf import symbol_database
 from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from h2.exceptions import StreamClosedError
 from modal_proto import api_pb2
 
 from kiln import errors
@@ -155,7 +157,14 @@ def _wrap(
             if method.server_streaming:
                 responses: AsyncIterator[Any] = impl(request, ctx)
                 async for response in responses:
-                    await stream.send_message(response)
+                    try:
+                        await stream.send_message(response)
+                    except (StreamClosedError, StreamTerminatedError):
+                        # The client ended the stream first (a container's data_in reader does when
+                        # its web request is done): nobody is left to answer. grpclib has cancelled
+                        # this task for it; let that cancellation land (grpclib wants to see it).
+                        await asyncio.sleep(0)
+                        return
             else:
                 await stream.send_message(await impl(request, ctx))
         except errors.KilnError as exc:

@@ -13,6 +13,7 @@ from kiln.frontends.modal.calls import retry_policy_from_proto
 from kiln.frontends.modal.dispatch import CallContext
 from kiln.frontends.modal.registry import ModalFunction, Registry, encode_meta
 from kiln.frontends.modal.variants import check_options, merge_options, variant_id
+from kiln.frontends.modal.volumes import check_mounts
 from kiln.frontends.modal.web import expose_web_endpoints
 from kiln.gateway.endpoints import Endpoints
 from kiln.ids import new_id
@@ -62,6 +63,7 @@ class FunctionHandlers:
         else:
             function = api_pb2.Function()
             function.CopyFrom(req.function)
+        check_mounts(self.core, function)
         function_id = req.existing_function_id or new_id("fu")
         expose_web_endpoints(self.core, self.endpoints, req.app_id, function_id, function)
         known = self.registry.functions.get(function_id)
@@ -113,6 +115,7 @@ class FunctionHandlers:
         options = req.function_options if req.HasField("function_options") else None
         if options is not None:
             check_options(options)
+            check_mounts(self.core, options)
         bound_id = variant_id(base.function_id, base.function, req.serialized_params, options)
         function = merge_options(base.function, options) if options is not None else base.function
         handle = api_pb2.FunctionHandleMetadata()

@@ -33,11 +33,12 @@ from kiln.containers import (
 )
 from kiln.core.core import Core
 from kiln.core.pool import Task
-from kiln.errors import ContainerStartError
+from kiln.errors import ContainerStartError, KilnError
 from kiln.frontends.modal.client_deps import IMAGE_BUILDER_VERSION, ClientDeps
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
 from kiln.frontends.modal.registry import Registry
 from kiln.frontends.modal.scope import ContainerScope
+from kiln.frontends.modal.volumes import mount_binds
 from kiln.images.pythons import find_host_pythons
 from kiln.staging import process_dir
 
@@ -97,6 +98,10 @@ class ModalLauncher:
                 )
             mount_layers.append(await self.client_deps.layer(IMAGE_BUILDER_VERSION, minor))
 
+        try:
+            volumes = await asyncio.to_thread(mount_binds, core, function)
+        except KilnError as exc:
+            raise ContainerStartError(str(exc)) from exc
         task_dir = self.sockets_root / task.task_id
         task_dir.mkdir()
         arguments = api_pb2.ContainerArguments(
@@ -161,7 +166,7 @@ class ModalLauncher:
             argv=["python", "-m", "modal._container_entrypoint"],
             env=env,
             cwd=workdir,
-            binds=[Bind(task_dir, _INSIDE, read_only=False)],
+            binds=[Bind(task_dir, _INSIDE, read_only=False), *volumes],
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
             gpus=list(task.placement.gpus),

@@ -92,10 +92,11 @@ class ContainerScope:
             raise _denied("a container may see and stop containers of its own app only")
 
     def named_object_environment(self, environment: str) -> None:
-        """Dicts and Queues name "" as "main" (`named_objects.environment_of`)."""
+        """Dicts, Queues and Volumes name "" as "main" (`named_objects.environment_of`)."""
         if (environment or DEFAULT_ENVIRONMENT) != (self.environment or DEFAULT_ENVIRONMENT):
             raise _denied(
-                f"a container may use Dicts and Queues of its own environment ({self.environment or 'main'!r}) only"
+                "a container may use Dicts, Queues and Volumes of its own environment "
+                f"({self.environment or 'main'!r}) only"
             )
 
     def object_in_environment(self, room: NamedObjects, object_id: str) -> None:
@@ -200,6 +201,10 @@ def _queue(scope: ContainerScope, request: Any) -> None:
     scope.object_in_environment(scope.core.queues, request.queue_id)
 
 
+def _volume(scope: ContainerScope, request: Any) -> None:
+    scope.object_in_environment(scope.core.volumes, request.volume_id)
+
+
 def _image(scope: ContainerScope, request: Any) -> None:
     if request.app_id:
         scope.own_app(request.app_id, "build images for")
@@ -221,6 +226,10 @@ _DICT_BY_ID = (
 _QUEUE_BY_ID = (
     "QueueGetById", "QueueDelete", "QueueHeartbeat", "QueuePut", "QueueGet", "QueueNextItems", "QueueLen",
     "QueueClear",
+)  # fmt: skip
+_VOLUME_BY_ID = (
+    "VolumeGetById", "VolumeDelete", "VolumeHeartbeat", "VolumeRename", "VolumeCommit", "VolumeReload",
+    "VolumePutFiles2", "VolumeGetFile2", "VolumeListFiles2", "VolumeRemoveFile2", "VolumeCopyFiles2",
 )  # fmt: skip
 
 RULES: dict[str, Check] = {
@@ -262,10 +271,14 @@ RULES: dict[str, Check] = {
     "SecretGetOrCreate": _secret,
     "ImageGetOrCreate": _image,
     "ImageJoinStreaming": _any,
-    # Dicts and Queues of its environment.
-    **dict.fromkeys(("DictGetOrCreate", "DictList", "QueueGetOrCreate", "QueueList"), _named_object),
+    # Dicts, Queues and Volumes of its environment.
+    **dict.fromkeys(
+        ("DictGetOrCreate", "DictList", "QueueGetOrCreate", "QueueList", "VolumeGetOrCreate", "VolumeList"),
+        _named_object,
+    ),
     **dict.fromkeys(_DICT_BY_ID, _dict),
     **dict.fromkeys(_QUEUE_BY_ID, _queue),
+    **dict.fromkeys(_VOLUME_BY_ID, _volume),
     "WorkspaceNameLookup": _any,
     # Its own app: layout, logs, containers, heartbeat, stop.
     "AppGetLayout": _own_app("read the layout of"),

@@ -32,6 +32,7 @@ from kiln.frontends.modal.sandboxes import SandboxHandlers
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.servers import ServerHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
+from kiln.frontends.modal.volumes import VolumeHandlers
 from kiln.frontends.modal.web import expose_web_endpoints
 from kiln.gateway.endpoints import Endpoints
 
@@ -64,6 +65,7 @@ class ModalFrontend:
             QueueHandlers(core),
             ServerHandlers(core),
             SandboxHandlers(core, runtime, self.container_router),
+            VolumeHandlers(core, self.registry),
         ]
 
     @property

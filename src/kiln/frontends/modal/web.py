@@ -5,12 +5,18 @@ an ASGI app inside the container. Per request the bridge here starts a call whos
 the ASGI scope (`((scope,), {})`, pickled), streams the request's messages to the container on the
 call's data_in channel, and streams the `http.response.*` messages it sends back on data_out to
 the HTTP client as they arrive; the call ends with a GENERATOR_DONE output.
+
+A request body over KILN_MAX_WEB_BODY_MB gets 413 (by its Content-Length before a call starts, or
+cut off as it arrives); a function that ends without a response gets a status naming the kind of
+failure (502 for a container that could not start, 504 for a timeout, 500 else), never its
+traceback, which is in the app's logs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import pickle
 from collections.abc import AsyncIterator, MutableMapping
@@ -19,8 +25,9 @@ from typing import Any
 from modal_proto import api_pb2
 
 from kiln.core.apps import AppState
-from kiln.core.calls import FunctionCall, Invocation
+from kiln.core.calls import FunctionCall, Invocation, Output
 from kiln.core.core import Core
+from kiln.core.results import Status
 from kiln.errors import KilnError, NotFound
 from kiln.frontends.modal.servers import ServerBridge, check_server, is_server
 from kiln.gateway.endpoints import Endpoints, Receive, Scope, Send
@@ -28,6 +35,7 @@ from kiln.gateway.endpoints import Endpoints, Receive, Scope, Send
 log = logging.getLogger("kiln.web")
 _ASGI = api_pb2.DATA_FORMAT_ASGI
 _WAIT = 30.0  # seconds between checks that a call still runs
+_DRAIN = 10.0  # seconds a refused body is read (and dropped) for before the 413 goes out
 _UNAUTHORIZED = (
     "This endpoint requires proxy auth: send the headers Modal-Key and Modal-Secret of a proxy "
     "token (create one with modal.Workspace.from_context().proxy_tokens.create()).\n"
@@ -103,6 +111,13 @@ class WebBridge:
             else:
                 await send({"type": "websocket.close", "code": 1008, "reason": "proxy auth required"})
             return
+        limit = self.core.config.max_web_body_bytes
+        if scope["type"] == "http" and int(_header(scope, b"content-length") or 0) > limit:
+            # A client that waits for `100 Continue` before its body never sends it: answer now.
+            if _header(scope, b"expect").lower() != b"100-continue":
+                await _drain(receive)
+            await _too_large(send, limit)
+            return
         try:
             call = self._start(scope)
         except KilnError as exc:
@@ -112,10 +127,11 @@ class WebBridge:
             else:
                 await send({"type": "websocket.close", "code": 1011, "reason": str(exc)[:120]})
             return
-        pump = asyncio.ensure_future(self._pump_request(call, receive))
+        response = _Response()
+        pump = asyncio.ensure_future(self._pump_request(call, receive, response))
         try:
             if scope["type"] == "http":
-                await self._respond(call, send)
+                await self._serve_http(call, pump, send, response)
             else:
                 await self._relay_websocket(call, send)
         finally:
@@ -123,6 +139,27 @@ class WebBridge:
             if call.unfinished:
                 self.core.cancel_call(call.call_id)
             self.core.release_call(call.call_id)
+
+    async def _serve_http(
+        self, call: FunctionCall, pump: asyncio.Future[None], send: Send, response: _Response
+    ) -> None:
+        relay = asyncio.ensure_future(self._respond(call, send, response))
+        try:
+            await asyncio.wait({pump, relay}, return_when=asyncio.FIRST_COMPLETED)
+            if not response.too_large:
+                await relay
+                return
+            # The body outgrew the limit (the container was told the client left): once the rest
+            # of it is read and dropped, 413, unless the app had already begun its answer.
+            with contextlib.suppress(BodyTooLarge):
+                await pump
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            if not response.started:
+                await _too_large(send, self.core.config.max_web_body_bytes)
+        finally:
+            relay.cancel()
 
     def _authorized(self, scope: Scope) -> bool:
         headers = {bytes(k).lower(): bytes(v) for k, v in scope.get("headers", [])}
@@ -147,11 +184,24 @@ class WebBridge:
         self.core.put_inputs(call, [(0, payload.SerializeToString(), self.method_name, False)])
         return call
 
-    async def _pump_request(self, call: FunctionCall, receive: Receive) -> None:
+    async def _pump_request(self, call: FunctionCall, receive: Receive, response: _Response) -> None:
         """What the client sends (a request's body, a websocket's messages, a disconnect), to
-        the container."""
+        the container. A body past the limit (sent without a Content-Length) is cut off: the
+        container sees the client leave, the rest of the body is read and dropped, and this raises
+        BodyTooLarge."""
+        limit, received = self.core.config.max_web_body_bytes, 0
         while True:
             message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    response.too_large = True
+                    gone = api_pb2.Asgi(http_disconnect=api_pb2.Asgi.HttpDisconnect())
+                    self.core.put_data_in(call, _ASGI, [gone.SerializeToString()])
+                    self.core.cancel_call(call.call_id)
+                    if message.get("more_body", False):
+                        await _drain(receive)
+                    raise BodyTooLarge(f"the request's body is over {limit} bytes")
             asgi = _to_proto(message)
             if asgi is not None:
                 self.core.put_data_in(call, _ASGI, [asgi.SerializeToString()])
@@ -199,29 +249,101 @@ class WebBridge:
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1000 if accepted else 1011, "reason": ""})
 
-    async def _respond(self, call: FunctionCall, send: Send) -> None:
-        started, ended = False, False
+    async def _respond(self, call: FunctionCall, send: Send, response: _Response) -> None:
+        ended = False
         async for message in self._messages_out(call):
             kind = message.WhichOneof("type")
-            if kind == "http_response_start" and not started:
+            if kind == "http_response_start" and not response.started:
                 start = message.http_response_start
+                response.started = True
                 await send(
                     {"type": "http.response.start", "status": start.status, "headers": _pairs(start.headers)}
                 )
-                started = True
-            elif kind == "http_response_body" and started and not ended:
+            elif kind == "http_response_body" and response.started and not ended:
                 body = message.http_response_body
                 await send({"type": "http.response.body", "body": body.body, "more_body": body.more_body})
                 ended = not body.more_body
-        if not started:
-            outcome = call.outputs[0].result if call.outputs else None
-            why = (
-                outcome.message if outcome is not None else ""
-            ) or "the web function ended without a response"
-            await _plain(send, 500, f"Internal Server Error: {why.strip().splitlines()[-1]}\n")
+        if not response.started and not response.too_large:  # a 413 is _serve_http's to send
+            status, text = failure_page(call.outputs[0] if call.outputs else None, self._app_name())
+            await _plain(send, status, text)
         elif not ended:
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _app_name(self) -> str:
+        try:
+            app = self.core.app(self.core.function(self.function_id).app_id)
+        except NotFound:
+            return "APP"
+        return app.name or app.description or app.app_id
+
+
+class BodyTooLarge(KilnError):
+    """A web request's body is over KILN_MAX_WEB_BODY_MB."""
+
+
+@dataclasses.dataclass
+class _Response:
+    started: bool = False  # http.response.start went to the client
+    too_large: bool = False  # the request's body went past the limit
+
+
+def failure_page(outcome: Output | None, app_name: str) -> tuple[int, str]:
+    """What the HTTP client gets when the web function ended without a response: the kind of
+    failure, never the exception (its traceback is the app's, in its logs, as on Modal)."""
+    logs = f"The traceback is in the app's logs: modal app logs {app_name}\n"
+    status = outcome.result.status if outcome is not None else None
+    # An input that failed before any container took it: none could start (an import, @enter or
+    # lifespan that raised, a web_server whose port never opened: each fails the queued inputs).
+    never_ran = outcome is not None and not outcome.task_id and status == Status.FAILURE
+    if status == Status.INIT_FAILURE or never_ran:
+        why = (
+            "this web endpoint's container could not start (a web_server that did not open its port "
+            "within startup_timeout, or an import or @enter that raised)"
+        )
+        return 502, f"Bad Gateway: {why}.\n{logs}"
+    if status == Status.TIMEOUT:
+        return 504, f"Gateway Timeout: the web function ran past its timeout.\n{logs}"
+    if status == Status.TERMINATED:
+        return 503, "Service Unavailable: the web function's call was stopped before it responded.\n"
+    return 500, f"Internal Server Error: the web function failed before it responded.\n{logs}"
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The request's header `name` (lowercase), or b"" (uvicorn has checked Content-Length)."""
+    for key, value in scope.get("headers", []):
+        if bytes(key).lower() == name:
+            return bytes(value).strip()
+    return b""
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused request's body (for a while), so that its client, still
+    sending, gets to read the answer instead of a reset connection."""
+
+    async def rest() -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(rest(), _DRAIN)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    text = (
+        f"Payload Too Large: web endpoints of this kiln server take request bodies of up to "
+        f"{limit / 2**20:g} MiB (KILN_MAX_WEB_BODY_MB).\n"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": text.encode()})
 
 
 def _to_proto(message: MutableMapping[str, Any]) -> api_pb2.Asgi | None:

@@ -1,0 +1,1 @@
+"""The fal frontend: fal's control plane (isolate's `IsolateController`) over kiln's core."""

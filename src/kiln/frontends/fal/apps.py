@@ -1,0 +1,223 @@
+"""fal deployments: `fal deploy` (RegisterApplication), `fal apps list` (ListAliases),
+`fal apps list-rev` (ListApplications) and `fal apps delete` (DeleteAlias).
+
+A deployed fal app is a DEPLOYED kiln app named by its alias, in its environment, with one server
+function whose ID stays the same across deploys: a new revision replaces the definition, and the
+pool drains the old runners as requests finish while new ones start on demand (so `--strategy
+rolling` and `recreate` both leave no request unanswered; write-up in docs/architecture.md). The
+function's definition holds everything its runners need, so a restart brings the app back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import isolate_proto as fal_pb
+
+from kiln.core.apps import App, AppState
+from kiln.core.core import Core
+from kiln.errors import InvalidRequest, NotFound
+from kiln.frontends.fal.routes import FalRoutes
+from kiln.frontends.fal.runner import RunnerDefinition
+from kiln.frontends.fal.runs import RunHandlers, allowed_secrets, build_logs, environment_of
+from kiln.frontends.modal.dispatch import CallContext
+from kiln.ids import new_id
+
+# What `fal apps scale` changes and `fal deploy` keeps unless --reset-scale.
+SCALING = (
+    "keep_alive", "max_multiplexing", "max_concurrency", "min_concurrency", "concurrency_buffer",
+    "request_timeout", "startup_timeout", "machine_types",
+)  # fmt: skip
+
+
+class AppHandlers:
+    def __init__(self, core: Core, routes: FalRoutes, runs: RunHandlers) -> None:
+        self.core = core
+        self.routes = routes
+        self.runs = runs
+
+    async def RegisterApplication(
+        self, req: fal_pb.RegisterApplicationRequest, ctx: CallContext
+    ) -> AsyncIterator[fal_pb.RegisterApplicationResult]:
+        if req.entrypoint or not req.HasField("function"):
+            raise InvalidRequest("kiln deploys fal Apps shipped by the client (no entrypoint= deploys yet)")
+        alias = req.application_name
+        if not alias:
+            raise InvalidRequest("a fal deploy needs an app name")
+        environment = environment_of(req.environments)
+        env_id = environment.env_id
+        if req.build_environment or not req.HasField("build_environment"):
+            async for lines in self.runs.build(environment, req.environment_name, allowed_secrets(req)):
+                yield fal_pb.RegisterApplicationResult(env_id=env_id, logs=build_logs(lines))
+        image_id = self.runs.image_of(env_id)
+        env_name = req.environment_name or "main"
+        app = self._deployed(alias, env_name)
+        if app is None:
+            app = self.core.create_app(alias, AppState.INITIALIZING, env_name, frontend="fal")
+        function_id = app.function_ids.get(alias) or new_id("fu")
+        revision = new_id("fr")
+        definition = RunnerDefinition.from_request(alias, image_id, req, revision=revision)
+        if not req.scale and function_id in app.function_ids.values():
+            # `fal deploy` without --reset-scale keeps the scaling the alias has now.
+            current = RunnerDefinition.from_bytes(self.core.function(function_id).definition)
+            definition = dataclasses.replace(definition, **{k: getattr(current, k) for k in SCALING})
+        self.core.register_function(definition.function_def(function_id, app.app_id), b"")
+        self.core.publish_app(
+            app.app_id,
+            name=alias,
+            state=AppState.DEPLOYED,
+            function_ids={alias: function_id},
+            class_ids={},
+            tag=revision,
+        )
+        urls = self.routes.add(alias, function_id, public=definition.public)
+        yield fal_pb.RegisterApplicationResult(
+            result=fal_pb.RegisterApplicationResultType(application_id=revision),
+            service_urls=urls,
+            env_id=env_id,
+        )
+
+    async def UpdateApplication(
+        self, req: fal_pb.UpdateApplicationRequest, ctx: CallContext
+    ) -> fal_pb.UpdateApplicationResult:
+        """`fal apps scale`: change the set fields, keep the others; runners restart with them."""
+        app = self._deployed(req.application_name, req.environment_name or "main")
+        if app is None:
+            raise NotFound(f"No fal app named {req.application_name!r} is deployed on this kiln server")
+        function = self.core.function(app.function_ids[app.name])
+        definition = RunnerDefinition.from_bytes(function.definition)
+        changes: dict[str, Any] = {
+            name: getattr(req, name)
+            for name in SCALING
+            if name != "machine_types" and req.HasField(name)  # type: ignore[arg-type]
+        }
+        if req.machine_types:
+            changes["machine_types"] = list(req.machine_types)
+        definition = dataclasses.replace(definition, **changes)
+        self.core.register_function(definition.function_def(function.function_id, app.app_id), b"")
+        return fal_pb.UpdateApplicationResult(alias_info=self._alias_info(app, definition))
+
+    async def ListAliasRunners(
+        self, req: fal_pb.ListAliasRunnersRequest, ctx: CallContext
+    ) -> fal_pb.ListAliasRunnersResponse:
+        app = self._deployed(req.alias, req.environment_name or "main")
+        if app is None:
+            raise NotFound(f"No fal app named {req.alias!r} is deployed on this kiln server")
+        return fal_pb.ListAliasRunnersResponse(runners=self._runner_infos([app]))
+
+    async def ListRunners(
+        self, req: fal_pb.ListRunnersRequest, ctx: CallContext
+    ) -> fal_pb.ListRunnersResponse:
+        apps = [a for a in self.core.apps() if a.frontend == "fal" and a.running]
+        return fal_pb.ListRunnersResponse(runners=self._runner_infos(apps))
+
+    async def StopRunner(self, req: fal_pb.StopRunnerRequest, ctx: CallContext) -> fal_pb.StopRunnerResponse:
+        self._runner(req.runner_id)
+        self.core.stop_container(req.runner_id, graceful=True)
+        return fal_pb.StopRunnerResponse()
+
+    async def KillRunner(self, req: fal_pb.KillRunnerRequest, ctx: CallContext) -> fal_pb.KillRunnerResponse:
+        self._runner(req.runner_id)
+        self.core.stop_container(req.runner_id, graceful=False)
+        return fal_pb.KillRunnerResponse()
+
+    def _runner(self, runner_id: str) -> None:
+        task = next((t for t in self.core.tasks() if t.task_id == runner_id), None)
+        if task is None or task.function.frontend != "fal":
+            raise NotFound(f"No fal runner {runner_id!r} on this kiln server")
+
+    def _runner_infos(self, apps: list[App]) -> list[fal_pb.RunnerInfo]:
+        infos = []
+        now = time.time()
+        for app in apps:
+            for task in self.core.tasks(app.app_id):
+                definition = RunnerDefinition.from_bytes(task.function.definition)
+                state = fal_pb.RunnerInfo.State
+                info = fal_pb.RunnerInfo(
+                    runner_id=task.task_id,
+                    in_flight_requests=len(task.inflight),
+                    uptime=int(now - task.started_at) if task.started_at else 0,
+                    revision=definition.revision,
+                    alias=app.name,
+                    machine_type=(definition.machine_types or ["XS"])[0],
+                    state=state.DRAINING if task.draining else state.RUNNING if task.ready else state.SETUP,
+                )
+                infos.append(info)
+        return infos
+
+    async def ListAliases(self, req: fal_pb.ListAliasesRequest, ctx: CallContext) -> fal_pb.ListAliasesResult:
+        result = fal_pb.ListAliasesResult()
+        for app, definition in self._deployments(req.environment_name or "main"):
+            result.aliases.append(self._alias_info(app, definition))
+        return result
+
+    async def ListApplications(
+        self, req: fal_pb.ListApplicationsRequest, ctx: CallContext
+    ) -> fal_pb.ListApplicationsResult:
+        result = fal_pb.ListApplicationsResult()
+        for app, definition in self._deployments(req.environment_name or "main"):
+            if req.application_name and app.name != req.application_name:
+                continue
+            info = fal_pb.ApplicationInfo(
+                application_id=definition.revision,
+                max_concurrency=definition.max_concurrency,
+                max_multiplexing=definition.max_multiplexing,
+                keep_alive=int(definition.keep_alive),
+                min_concurrency=definition.min_concurrency,
+                active_runners=self._runners(app),
+                machine_types=definition.machine_types,
+                environment_name=app.environment,
+            )
+            info.created_at.FromSeconds(int(app.created_at))
+            result.applications.append(info)
+        return result
+
+    async def DeleteAlias(self, req: fal_pb.DeleteAliasRequest, ctx: CallContext) -> fal_pb.DeleteAliasResult:
+        app = self._deployed(req.alias, req.environment_name or "main")
+        if app is None:
+            raise NotFound(f"No fal app named {req.alias!r} is deployed on this kiln server")
+        function_id = app.function_ids.get(req.alias, "")
+        definition = RunnerDefinition.from_bytes(self.core.function(function_id).definition)
+        self.routes.remove(req.alias, function_id)
+        await self.core.stop_app(app.app_id, "The fal app was deleted.")
+        return fal_pb.DeleteAliasResult(revision=definition.revision)
+
+    def _deployed(self, alias: str, environment: str) -> App | None:
+        app = self.core.deployed_app(alias, environment)
+        if app is not None and app.frontend != "fal":
+            raise InvalidRequest(
+                f"{alias!r} is a Modal app deployed on this kiln server; give the fal app another name"
+            )
+        return app
+
+    def _deployments(self, environment: str) -> list[tuple[App, RunnerDefinition]]:
+        found = []
+        for app in self.core.apps(environment):
+            if app.frontend == "fal" and app.state == AppState.DEPLOYED and app.name in app.function_ids:
+                function = self.core.function(app.function_ids[app.name])
+                found.append((app, RunnerDefinition.from_bytes(function.definition)))
+        return found
+
+    def _runners(self, app: App) -> int:
+        return sum(1 for task in self.core.tasks(app.app_id) if task.ready and not task.draining)
+
+    def _alias_info(self, app: App, definition: RunnerDefinition) -> fal_pb.AliasInfo:
+        return fal_pb.AliasInfo(
+            alias=app.name,
+            revision=definition.revision,
+            auth_mode=fal_pb.ApplicationAuthMode.PUBLIC
+            if definition.public
+            else fal_pb.ApplicationAuthMode.PRIVATE,
+            max_concurrency=definition.max_concurrency,
+            max_multiplexing=definition.max_multiplexing,
+            keep_alive=int(definition.keep_alive),
+            active_runners=self._runners(app),
+            min_concurrency=definition.min_concurrency,
+            machine_types=definition.machine_types,
+            request_timeout=int(definition.request_timeout),
+            startup_timeout=int(definition.startup_timeout),
+            environment_name=app.environment,
+        )

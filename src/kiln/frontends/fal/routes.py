@@ -1,0 +1,149 @@
+"""fal's HTTP data plane: `<run host>/<owner>/<app>/<path>` reaches the app's runners.
+
+A request's app prefix is stripped (the runner serves `/<path>`), it waits for a runner with
+room (fal queues rather than refuses), and goes through the same streaming proxy as Modal
+Servers. Private apps want `Authorization: Key <id>:<secret>` (kiln's token pair); public ones
+take anyone, as on fal. Unknown apps get a 404 naming the apps this server runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import isolate_proto as fal_pb
+
+from kiln.core.core import Core
+from kiln.errors import LimitExceeded, NotFound, ServerUnavailable
+from kiln.frontends.fal.keys import FalAuth
+from kiln.gateway.proxy import Upstream, UpstreamError
+from kiln.gateway.types import Receive, Scope, Send
+
+OWNER = "kiln"  # the account namespace in fal's URLs (kiln serves one user)
+
+
+@dataclass
+class Route:
+    function_id: str
+    public: bool
+
+
+class FalRoutes:
+    """The apps the run and queue hosts answer for, by `<owner>/<app>`, and their URLs."""
+
+    def __init__(self, run_url: str, queue_url: str = "") -> None:
+        self.run_url = run_url
+        self.queue_url = queue_url or run_url
+        self._routes: dict[str, Route] = {}
+        self._shadowed: dict[str, list[Route]] = {}  # routes a `fal run` of the same name covers
+
+    def add(self, name: str, function_id: str, public: bool) -> fal_pb.ServiceURLs:
+        """Serve the app at `/<owner>/<name>`. A `fal run` of a deployed app's name takes the
+        URL while it runs; the deployed app has it back when the run ends."""
+        key = f"{OWNER}/{name}"
+        current = self._routes.get(key)
+        if current is not None and current.function_id != function_id:
+            self._shadowed.setdefault(key, []).append(current)
+        self._routes[key] = Route(function_id, public)
+        run = f"{self.run_url}/{OWNER}/{name}"
+        return fal_pb.ServiceURLs(
+            playground=run,
+            run=run,
+            queue=f"{self.queue_url}/{OWNER}/{name}",
+            ws=run.replace("http", "ws", 1),
+            log=run,
+        )
+
+    def remove(self, name: str, function_id: str) -> None:
+        key = f"{OWNER}/{name}"
+        shadowed = [r for r in self._shadowed.get(key, []) if r.function_id != function_id]
+        self._shadowed[key] = shadowed
+        route = self._routes.get(key)
+        if route is not None and route.function_id == function_id:
+            if shadowed:
+                self._routes[key] = shadowed.pop()
+            else:
+                del self._routes[key]
+
+    def find(self, path: str) -> tuple[Route, str] | None:
+        """The route a path names and the path the runner sees."""
+        parts = path.lstrip("/").split("/", 2)
+        if len(parts) < 2:
+            return None
+        route = self._routes.get(f"{parts[0]}/{parts[1]}")
+        return (route, "/" + (parts[2] if len(parts) > 2 else "")) if route else None
+
+    def listing(self) -> str:
+        return "".join(f"  {self.run_url}/{key}\n" for key in sorted(self._routes)) or "  (none)\n"
+
+
+class FalGateway:
+    """The ASGI app of the run host."""
+
+    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
+        self.core = core
+        self.routes = routes
+        self.upstream = upstream
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return
+        found = self.routes.find(scope["path"])
+        if found is None:
+            await _text(
+                send,
+                404,
+                f"No fal app at {scope['path']}. The apps of this kiln server:\n{self.routes.listing()}",
+            )
+            return
+        route, path = found
+        if not route.public and not self.auth.accepts_header(scope):
+            await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
+            return
+        started = False
+
+        async def tracking(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        inner: MutableMapping[str, Any] = dict(scope)
+        inner["path"], inner["raw_path"] = path, path.encode()
+        try:
+            server = self.core.server(route.function_id)
+            async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
+                assert task.http_address is not None
+                if scope["type"] == "websocket":
+                    await self.upstream.websocket(inner, receive, send, task.http_address)
+                    return
+                try:  # request_timeout bounds the request once a runner has it
+                    async with asyncio.timeout(server.function.timeout):
+                        await self.upstream.http(inner, receive, tracking, task.http_address)
+                except TimeoutError:
+                    if not started:
+                        await _text(
+                            send,
+                            504,
+                            f"The request ran past the app's request_timeout of {server.function.timeout:g} s\n",
+                            [(b"x-fal-request-timeout-type", b"user")],
+                        )
+        except NotFound as exc:
+            await _text(send, 404, f"{exc}\n")
+        except (LimitExceeded, ServerUnavailable) as exc:
+            await _text(send, 503, f"{exc}\n")
+        except UpstreamError as exc:
+            await _text(send, 502, f"Bad gateway: {exc}\n")
+
+
+async def _text(send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = text.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers += extra or []
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # a websocket scope, or the client left
+        return

@@ -1,0 +1,25 @@
+import fal
+from pydantic import BaseModel
+
+
+class Input(BaseModel):
+    name: str = "world"
+
+
+class Output(BaseModel):
+    greeting: str
+    setups: int
+
+
+class Hello(fal.App, keep_alive=60):
+    requirements = ["six==1.16.0"]  # noqa: RUF012 (as fal users write it)
+
+    def setup(self):
+        import six  # from the app's requirements
+
+        self.setups = getattr(self, "setups", 0) + 1
+        print("setup done", six.__version__)
+
+    @fal.endpoint("/")
+    def hello(self, request: Input) -> Output:
+        return Output(greeting=f"hello {request.name}", setups=self.setups)
