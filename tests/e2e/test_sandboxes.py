@@ -622,3 +622,22 @@ def test_wait_until_ready_follows_the_readiness_probe(app: modal.App, image: mod
     finally:
         tcp.terminate()
         marker.terminate()
+
+
+@pytest.mark.timeout(180)
+def test_sandboxes_share_files_through_a_volume(app: modal.App, image: modal.Image) -> None:
+    name = f"kiln-sandbox-vol-{uuid.uuid4().hex[:8]}"
+    volume = modal.Volume.from_name(name, create_if_missing=True)
+    writer = modal.Sandbox.create(app=app, image=image, volumes={"/data": volume})
+    try:
+        assert writer.exec("sh", "-c", "mkdir -p /data/out && echo shared > /data/out/f").wait() == 0
+        writer.reload_volumes()
+    finally:
+        writer.terminate()
+    reader = modal.Sandbox.create(app=app, image=image, volumes={"/mnt": volume})
+    try:
+        assert reader.exec("cat", "/mnt/out/f").stdout.read() == "shared\n"
+    finally:
+        reader.terminate()
+    assert b"".join(volume.read_file("out/f")) == b"shared\n"
+    modal.Volume.objects.delete(name)

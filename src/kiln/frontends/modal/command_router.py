@@ -167,6 +167,14 @@ class CommandRouter:
         )
         return sr_pb2.TaskSnapshotFilesystemResponse(image_id=image_id)
 
+    async def TaskReloadVolumes(
+        self, request: sr_pb2.TaskReloadVolumesRequest, ctx: Any
+    ) -> sr_pb2.TaskReloadVolumesResponse:
+        # A sandbox's Volumes are the volumes' own directories, bound in: always current.
+        _no_sidecar(request.container_id)
+        self.core.sandboxes.by_task(request.task_id)
+        return sr_pb2.TaskReloadVolumesResponse()
+
     # --- the sandbox's entrypoint
 
     async def SandboxStdioReadV2(

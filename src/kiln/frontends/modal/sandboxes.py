@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from grpclib.const import Status as GrpcStatus
 from modal_proto import api_pb2
@@ -24,6 +24,7 @@ from kiln.core.stdio import StdinClosed
 from kiln.errors import InvalidRequest, KilnError, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
 from kiln.frontends.modal.launcher import free_loopback_port
+from kiln.frontends.modal.volumes import mount_binds
 
 if TYPE_CHECKING:
     from kiln.frontends.modal.command_router import LoopbackRouter
@@ -139,8 +140,8 @@ class SandboxHandlers:
         self, definition: api_pb2.Sandbox, sources: list[api_pb2.SecretSource]
     ) -> tuple[ContainerSpec, dict[int, int]]:
         core = self.core
-        if definition.volume_mounts or definition.nfs_mounts or definition.cloud_bucket_mounts:
-            raise Unsupported("kiln's sandboxes do not mount Volumes, network file systems or buckets yet")
+        if definition.nfs_mounts or definition.cloud_bucket_mounts:
+            raise Unsupported("kiln's sandboxes do not mount network file systems or cloud buckets")
         if definition.pty_info.enabled:
             raise Unsupported(
                 "kiln does not run a sandbox's entrypoint on a terminal (pty=True at Sandbox.create); "
@@ -174,6 +175,8 @@ class SandboxHandlers:
         }
         argv = list(definition.entrypoint_args) or ["sleep", "2147483647"]
         resources = definition.resources
+        # A sandbox's definition carries its Volumes as a function's does (`volume_mounts`).
+        volumes = mount_binds(core, cast(api_pb2.Function, definition))
         spec = ContainerSpec(
             image=image_layers,
             mounts=list(reversed(mount_layers)),
@@ -185,6 +188,7 @@ class SandboxHandlers:
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
             hostname="modal",
+            binds=volumes,
         )
         return spec, tunnels
 
