@@ -426,6 +426,8 @@ def test_a_filesystem_snapshot_is_an_image_later_sandboxes_start_from(
     try:
         sb.exec("sh", "-c", "echo kept > /root/state.txt && rm /etc/hostname && mkdir -p /opt/new").wait()
         snapshot = sb.snapshot_filesystem()
+        # Paused while its files were copied (nothing changes them under the copy), then resumed.
+        assert sb.exec("echo", "alive").stdout.read() == "alive\n"
     finally:
         sb.terminate()
     later = modal.Sandbox.create(app=app, image=snapshot)

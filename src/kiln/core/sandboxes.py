@@ -18,9 +18,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from kiln.containers import Container, ContainerSpec, ExitStatus
@@ -183,6 +186,7 @@ class Sandbox(SandboxInfo):
     ready_interval: float = 0.1
     # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
     exec_server: asyncio.Future[ExecServer] | None = None
+    exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ended_by: str = ""
     ended_at: float = 0.0  # monotonic
     last_active: float = field(default_factory=time.monotonic)
@@ -470,6 +474,28 @@ class Sandboxes:
         for watcher in self._watchers.values():
             watcher.cancel()
 
+    # --- snapshots
+
+    @contextlib.asynccontextmanager
+    async def paused(self, task_id: str) -> AsyncIterator[Path]:
+        """The sandbox's writable layer (its overlay upper directory), with every process of the
+        sandbox stopped (SIGSTOP) and no exec starting until the block ends: whoever reads it as
+        root (a snapshot's copy) sees a tree nobody changes under it."""
+        sandbox = self.by_task(task_id)
+        container = sandbox.container
+        if container is None or sandbox.result is not None:
+            raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
+        async with sandbox.exec_lock:
+            stopped = await asyncio.to_thread(
+                _stop_all, container.cgroup.procs_files if container.cgroup else []
+            )
+            try:
+                yield container.scratch / "upper"
+            finally:
+                for pid in stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+
     # --- exec
 
     async def exec(self, task_id: str, exec_id: str, spec: ExecSpec, timeout: float = 0.0) -> Exec:
@@ -482,7 +508,8 @@ class Sandboxes:
         if sandbox.exec_server is None:
             sandbox.exec_server = _exec_server(sandbox.container)
         server = await asyncio.shield(sandbox.exec_server)
-        process = await server.run(spec)
+        async with sandbox.exec_lock:  # not while a snapshot has the sandbox paused
+            process = await server.run(spec)
         sandbox.touch()
         output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
         run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=process.terminal)
@@ -544,6 +571,35 @@ class Sandboxes:
             sandbox.touch()
             run.done.set()
             asyncio.get_running_loop().call_later(KEEP_EXEC_SECONDS, sandbox.execs.pop, run.exec_id, None)
+
+
+def _stop_all(procs_files: list[str]) -> list[int]:
+    """SIGSTOP every process of a container's cgroups until none is left running (a process
+    may fork while the others are being stopped); the pids stopped."""
+    stopped: set[int] = set()
+    for _ in range(100):
+        pids = set()
+        for procs in procs_files:
+            with contextlib.suppress(OSError), open(procs) as f:
+                pids |= {int(line) for line in f if line.strip()}
+        running = [pid for pid in pids if pid not in stopped or _state(pid) not in ("T", "t", "Z", "X", "")]
+        if not running:
+            break
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        time.sleep(0.002)
+    return sorted(stopped)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rfind(b")") + 2 :][:1].decode()
 
 
 def _exec_server(container: Container) -> asyncio.Future[ExecServer]:

@@ -29,7 +29,7 @@ from modal_proto import task_command_router_pb2 as sr_pb2
 from kiln import errors
 from kiln.containers.exec import ExecSpec
 from kiln.core.core import Core
-from kiln.core.sandboxes import Exec, Sandbox, SandboxFinished
+from kiln.core.sandboxes import Exec, Sandbox
 from kiln.core.stdio import OutputLog, StdinClosed
 from kiln.frontends.modal.dispatch import _Method, _methods, bounded, receive
 from kiln.frontends.modal.sandboxes import router_subject, secret_env, status_of
@@ -158,13 +158,10 @@ class CommandRouter:
         self, request: sr_pb2.TaskSnapshotFilesystemRequest, ctx: Any
     ) -> sr_pb2.TaskSnapshotFilesystemResponse:
         """The sandbox's files now, as an image later sandboxes and functions start from."""
-        sandbox = self.core.sandboxes.by_task(request.task_id)
         _no_sidecar(request.container_id)
-        if sandbox.container is None or sandbox.result is not None:
-            raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
-        image_id = await self.core.images.snapshot(
-            sandbox.container.scratch / "upper", sandbox.image_id, sandbox.sandbox_id
-        )
+        sandbox = self.core.sandboxes.by_task(request.task_id)
+        async with self.core.sandboxes.paused(request.task_id) as upper:
+            image_id = await self.core.images.snapshot(upper, sandbox.image_id, sandbox.sandbox_id)
         return sr_pb2.TaskSnapshotFilesystemResponse(image_id=image_id)
 
     async def TaskReloadVolumes(
