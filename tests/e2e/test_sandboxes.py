@@ -643,3 +643,36 @@ def test_sandboxes_share_files_through_a_volume(app: modal.App, image: modal.Ima
         reader.terminate()
     assert b"".join(volume.read_file("out/f")) == b"shared\n"
     modal.Volume.objects.delete(name)
+
+
+def test_a_sandboxs_processes_and_execs_are_an_unprivileged_host_uid(
+    app: modal.App, image: modal.Image
+) -> None:
+    entry, executed = str(600000 + os.getpid() % 1000), str(700000 + os.getpid() % 1000)
+    sb = modal.Sandbox.create("sleep", entry, app=app, image=image)
+    try:
+        process = sb.exec("sh", "-c", f"sleep {executed} & echo started; wait")
+        assert next(iter(process.stdout)) == "started\n"
+        found: dict[str, str] = {}
+        for _ in range(100):  # until the backgrounded sleep has exec'd
+            found = {argv: uid for argv, uid in _sleeps() if argv in (entry, executed)}
+            if len(found) == 2:
+                break
+            time.sleep(0.05)
+        unprivileged = "Uid:\t100000\t100000\t100000\t100000"
+        assert found == {entry: unprivileged, executed: unprivileged}
+    finally:
+        sb.terminate()
+
+
+def _sleeps() -> list[tuple[str, str]]:
+    """(argument, Uid line) of every `sleep` running on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, StopIteration):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if argv[0] == b"sleep":
+                    status = (proc / "status").read_text().splitlines()
+                    found.append((argv[1].decode(), next(x for x in status if x.startswith("Uid:"))))
+    return found
