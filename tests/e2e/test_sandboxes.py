@@ -676,3 +676,20 @@ def _sleeps() -> list[tuple[str, str]]:
                     status = (proc / "status").read_text().splitlines()
                     found.append((argv[1].decode(), next(x for x in status if x.startswith("Uid:"))))
     return found
+
+
+@pytest.mark.timeout(120)
+def test_the_filesystem_can_be_watched(app: modal.App, image: modal.Image) -> None:
+    from modal.types import FileWatchEventType
+
+    sb = modal.Sandbox.create(app=app, image=image)
+    try:
+        sb.filesystem.make_directory("/tmp/watched")
+        sb.exec("sh", "-c", "sleep 1; echo x > /tmp/watched/new.txt")  # while the watch runs
+        events = []
+        for event in sb.filesystem.watch("/tmp/watched", filter=[FileWatchEventType.Create], timeout=30):
+            events.append(event)
+            break
+        assert events and events[0].paths == ["/tmp/watched/new.txt"], events
+    finally:
+        sb.terminate()
