@@ -10,6 +10,7 @@ import json
 import os
 import re
 import select
+import ssl
 import subprocess
 import sys
 import time
@@ -395,25 +396,33 @@ def test_files_move_in_and_out_through_the_filesystem_api(app: modal.App, tmp_pa
 
 
 @pytest.mark.timeout(120)
-def test_a_tunnel_reaches_an_http_server_in_the_sandbox(app: modal.App, image: modal.Image) -> None:
+def test_a_tunnel_reaches_an_http_server_in_the_sandbox(
+    kiln: KilnServer, app: modal.App, image: modal.Image
+) -> None:
     sb = modal.Sandbox.create(
-        "sh", "-c", "mkdir -p /srv && echo tunnel-ok > /srv/ok.txt && cd /srv && exec python -m http.server 8000",
-        app=app, image=image, encrypted_ports=[8000],
+        "sh", "-c", "mkdir -p /srv && echo tunnel-ok > /srv/ok.txt && cd /srv && "
+        "(python -m http.server 8001 &) && exec python -m http.server 8000",
+        app=app, image=image, encrypted_ports=[8000], unencrypted_ports=[8001],
     )  # fmt: skip
     try:
         tunnel = sb.tunnels()[8000]
-        assert tunnel.host == "127.0.0.1"  # this machine's loopback, plain TCP (no TLS in between)
-        body = ""
-        for _ in range(100):  # until the server inside listens
-            try:
-                with urllib.request.urlopen(
-                    f"http://{tunnel.host}:{tunnel.port}/ok.txt", timeout=5
-                ) as response:
-                    body = response.read().decode()
-                    break
-            except OSError:
-                time.sleep(0.1)
-        assert body == "tunnel-ok\n"
+        assert tunnel.host == "127.0.0.1"  # this machine's loopback
+        trusted = ssl.create_default_context(cafile=str(kiln.home / "tls" / "bundle.pem"))  # kiln's CA
+        plain_host, plain_port = sb.tunnels()[8001].tcp_socket
+        bodies = []
+        for url, context in (
+            (f"{tunnel.url}/ok.txt", trusted),
+            (f"http://{plain_host}:{plain_port}/ok.txt", None),
+        ):
+            for _ in range(100):  # until the server inside listens
+                try:
+                    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+                        bodies.append(response.read().decode())
+                        break
+                except OSError:
+                    time.sleep(0.1)
+        assert bodies == ["tunnel-ok\n", "tunnel-ok\n"]
+        assert tunnel.url.startswith("https://127.0.0.1:")
     finally:
         sb.terminate()
 

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -187,6 +187,10 @@ class Sandbox(SandboxInfo):
     # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
     exec_server: asyncio.Future[ExecServer] | None = None
     exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What the frontend added around it (TLS in front of its ports), closed when it ends.
+    secure_tunnels: dict[int, int] = field(default_factory=dict)  # container port → TLS port
+    raw_ports: set[int] = field(default_factory=set)  # ports whose plain TCP view is offered too
+    on_end: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ended_by: str = ""
     ended_at: float = 0.0  # monotonic
     last_active: float = field(default_factory=time.monotonic)
@@ -317,6 +321,9 @@ class Sandboxes:
         sandbox.stdout.close()
         sandbox.stderr.close()
         sandbox.stdin.close()
+        for close in sandbox.on_end:
+            with contextlib.suppress(Exception):
+                await close()
         self._end(sandbox, result_of(exit, sandbox.ended_by, sandbox.timeout, sandbox.idle_timeout))
 
     def _end(self, sandbox: Sandbox, result: SandboxResult) -> None:

@@ -9,6 +9,7 @@ secrets, resources, network and port forwards) and owned by the core's `Sandboxe
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
@@ -19,12 +20,21 @@ from kiln.config import host_network_env
 from kiln.containers import MOUNT, ContainerSpec, Layer, PortForward, Runtime
 from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.core.sandboxes import SandboxFinished, SandboxInfo, SandboxNameTaken, SandboxResult, SandboxRuntime
+from kiln.core.sandboxes import (
+    Sandbox,
+    SandboxFinished,
+    SandboxInfo,
+    SandboxNameTaken,
+    SandboxResult,
+    SandboxRuntime,
+)
 from kiln.core.stdio import StdinClosed
 from kiln.errors import InvalidRequest, KilnError, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
 from kiln.frontends.modal.launcher import free_loopback_port
 from kiln.frontends.modal.volumes import mount_binds
+from kiln.gateway.tls import LoopbackTLS
+from kiln.gateway.tunnels import TlsTunnel, server_context
 
 if TYPE_CHECKING:
     from kiln.frontends.modal.command_router import LoopbackRouter
@@ -59,6 +69,7 @@ class SandboxHandlers:
         self.core = core
         self.runtime = runtime
         self.container_router = container_router
+        self._tls: ssl.SSLContext | None = None
 
     async def AuthTokenGet(
         self, request: api_pb2.AuthTokenGetRequest, ctx: CallContext
@@ -128,12 +139,19 @@ class SandboxHandlers:
             ready_interval=max(definition.readiness_probe.interval_ms, 10) / 1000,
         )
         sandbox_task.append(sandbox.task_id)
+        sandbox.raw_ports = {p.port for p in definition.open_ports.ports if p.unencrypted}
+        if sandbox.tunnels:
+            context = await asyncio.to_thread(self._tls_context)
+            for port, host_port in sandbox.tunnels.items():
+                tunnel = await TlsTunnel.open(context, host_port)
+                sandbox.secure_tunnels[port] = tunnel.port
+                sandbox.on_end.append(tunnel.close)
         return api_pb2.SandboxCreateV2Response(
             sandbox_id=sandbox.sandbox_id,
             task_id=sandbox.task_id,
             metadata=api_pb2.SandboxHandleMetadata(app_id=app.app_id),
             command_router_access=await self._router_access(sandbox.task_id, ctx),
-            tunnels=_tunnel_data(sandbox.tunnels),
+            tunnels=_tunnel_data(sandbox),
         )
 
     def _spec(
@@ -192,6 +210,13 @@ class SandboxHandlers:
         )
         return spec, tunnels
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Kiln's loopback certificate (`gateway/tls.py`, made once per KILN_HOME)."""
+        if self._tls is None:
+            tls = LoopbackTLS.load_or_create(self.core.config.home / "tls")
+            self._tls = server_context(str(tls.cert), str(tls.key))
+        return self._tls
+
     async def _router_access(self, task_id: str, ctx: CallContext) -> api_pb2.CommandRouterAccess:
         url = self.core.grpc_url
         if ctx.task_id and self.container_router is not None:
@@ -239,9 +264,7 @@ class SandboxHandlers:
         self, request: api_pb2.SandboxGetTunnelsRequest, ctx: CallContext
     ) -> api_pb2.SandboxGetTunnelsResponse:
         info = self.core.sandboxes.info(request.sandbox_id)
-        return api_pb2.SandboxGetTunnelsResponse(
-            tunnels=_tunnel_data(info.tunnels), result=_generic(info.result)
-        )
+        return api_pb2.SandboxGetTunnelsResponse(tunnels=_tunnel_data(info), result=_generic(info.result))
 
     async def SandboxListV2(
         self, request: api_pb2.SandboxListRequest, ctx: CallContext
@@ -319,18 +342,21 @@ def _tags(tags: dict[str, str]) -> list[api_pb2.SandboxTag]:
     return [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in tags.items()]
 
 
-def _tunnel_data(tunnels: dict[int, int]) -> list[api_pb2.TunnelData]:
-    # kiln forwards plain TCP from this machine's loopback: the same address serves both the
-    # "encrypted" and the unencrypted view of a port (there is no TLS in between).
+def _tunnel_data(info: SandboxInfo) -> list[api_pb2.TunnelData]:
+    """Each port's TLS view (kiln's loopback certificate in front) and, for `unencrypted_ports`,
+    its plain TCP view too, both on this machine's loopback."""
+    live = isinstance(info, Sandbox)
+    secure = info.secure_tunnels if isinstance(info, Sandbox) else {}
+    raw = info.raw_ports if isinstance(info, Sandbox) else set()
     return [
         api_pb2.TunnelData(
             host="127.0.0.1",
-            port=host,
-            unencrypted_host="127.0.0.1",
-            unencrypted_port=host,
+            port=secure.get(port, host),
+            unencrypted_host="127.0.0.1" if port in raw or not live else "",
+            unencrypted_port=host if port in raw or not live else 0,
             container_port=port,
         )
-        for port, host in tunnels.items()
+        for port, host in info.tunnels.items()
     ]
 
 
@@ -347,5 +373,5 @@ def _sandbox_info(info: SandboxInfo) -> api_pb2.SandboxInfo:
         idle_timeout_secs=int(info.idle_timeout),
         task_info=api_pb2.TaskInfo(id=info.task_id, result=result, sandbox_id=info.sandbox_id),
         metadata=api_pb2.SandboxHandleMetadata(app_id=info.app_id, result=result),
-        tunnels=_tunnel_data(info.tunnels),
+        tunnels=_tunnel_data(info),
     )
