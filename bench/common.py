@@ -38,6 +38,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("server_ready_ms", "server ready (ms)", "<= 500"),
     ("volume_put_mb_per_s", "Volume put 1 GiB (MB/s)", ">= 50% of cp + sync"),
     ("volume_get_mb_per_s", "Volume get 1 GiB (MB/s)", ">= 50% of cp"),
+    ("sandbox_first_byte_p50_ms", "Sandbox.create → exec output p50 (ms)", "<= 150"),
+    ("sandbox_exec_p50_ms", "sandbox exec round trip p50 (ms)", "<= 20"),
 ]
 
 

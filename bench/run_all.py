@@ -25,6 +25,7 @@ from common import BENCH, HOME, METRICS, REPO, RESULTS, print_table
 SCRIPTS = [  # (script, peer column it fills, size flags it accepts)
     ("bench_kiln.py", "kiln", ("calls", "map_inputs", "cold_samples")),
     ("bench_server_start.py", "kiln", ("starts",)),
+    ("bench_sandboxes.py", "kiln", ()),
     ("bench_baseline.py", "subprocess", ("calls", "map_inputs", "cold_samples")),
     ("bench_ray.py", "ray", ("calls", "map_inputs", "cold_samples")),
     ("bench_volumes.py", "kiln", ("size_mb",)),

@@ -184,6 +184,7 @@ class KilnServer:
         # serving wait in its backlog, so the server is ready as soon as gRPC is.
         self._http_task = asyncio.ensure_future(self._serve_http(core, http_sock))
         grpc_host, grpc_port = grpc_sock.getsockname()[:2]
+        core.grpc_url = f"{scheme}://{_url_host(grpc_host)}:{grpc_port}"
         self.endpoints = Endpoints(
             f"{scheme}://{_url_host(grpc_host)}:{grpc_port}",
             core.http_url,

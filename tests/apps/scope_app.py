@@ -28,12 +28,14 @@ async def probe(other_app_id: str, deployed_app: str) -> dict:
     """Raw requests on the container's own socket (MODAL_SERVER_URL), with the official client's
     grpclib stub, as any code in the container could send them."""
     import os
+    from urllib.parse import urlparse
 
     from grpclib.client import Channel
     from modal_proto import api_pb2
     from modal_proto.api_grpc import ModalClientStub
 
-    channel = Channel(path=os.environ["MODAL_SERVER_URL"].removeprefix("unix://"))
+    # unix://localhost/.kiln/modal.sock: the socket's path, parsed as the client parses it.
+    channel = Channel(path=urlparse(os.environ["MODAL_SERVER_URL"]).path)
     stub = ModalClientStub(channel)
     outcomes = {
         "AppList": await _outcome(stub.AppList(api_pb2.AppListRequest())),

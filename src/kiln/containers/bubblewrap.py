@@ -188,7 +188,7 @@ class BubblewrapRuntime:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-I", "-S", str(_HELPER), str(plan_fd),
                     env=_helper_env(),
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,

@@ -50,6 +50,11 @@ class Container:
     def status(self) -> ExitStatus | None:
         return self._status
 
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        """The command's stdin, when its spec asked for a pipe (`ContainerSpec.stdin`)."""
+        return self.process.stdin
+
     async def _pump(self, stream: asyncio.StreamReader | None, fd: int) -> None:
         if stream is None:
             return

@@ -16,6 +16,15 @@ which ids to map, how to mount the overlay and whether to start pasta. Then:
 5. the parent waits for the child, stops pasta (it does not exit by itself) and exits with the
    child's status.
 
+`namespaces.py --serve PLAN_FD` is a running container's exec server (a sandbox's `exec`): it
+opens the namespaces and root of the container's init (bubblewrap's PID 1) and its cgroups once,
+and for each request forks a child that joins the cgroups, the PID namespace, the IPC, UTS,
+network, cgroup and mount namespaces, chroots to that root, joins the user namespace, becomes its
+root (host 100000), keeps only Docker's capabilities (bounding, permitted, effective, inheritable
+and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same seccomp filter
+and execs the command. The server itself stays a plain root process of the host that only forks,
+waits and reports; its children die with it (PDEATHSIG).
+
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
 the helper's working directory: its parents (e.g. /root) need not be open to the unprivileged ids.
@@ -32,10 +41,8 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import stat
 import struct
-import subprocess
 import sys
 from typing import Any
 
@@ -52,6 +59,18 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+SECCOMP_MODE_FILTER = 2
+_CAPABILITY_VERSION_3 = 0x20080522
+TIOCSCTTY = 0x540E
+# The namespaces an exec joins, in order: all but the user namespace while still root of the
+# host (joining a mount namespace needs CAP_SYS_ADMIN over its owner), the user namespace last.
+_ENTER_ORDER = (("ipc", 0x08000000), ("uts", 0x04000000), ("net", CLONE_NEWNET), ("cgroup", 0x02000000),
+                ("mnt", CLONE_NEWNS))  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -167,6 +186,8 @@ def _open_without_links(path: str) -> int:
 
 def _loopback_up() -> None:
     """A network namespace without pasta has only `lo`, and it is down: bring it up."""
+    import socket  # imported by main() before any id change; here it is only bound
+
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh", b"lo", 0)
@@ -184,6 +205,8 @@ def _write_maps(pid: int, uid: int, gid: int, count: int) -> None:
 
 def _start_pasta(plan: dict[str, Any], pid: int) -> str | None:
     """Start pasta on the child's namespaces; returns an error text, or None."""
+    import subprocess  # imported by main() up front
+
     tcp = [arg for spec in plan["forwards"] for arg in ("-t", spec)] or ["-t", "none"]
     to_host = [arg for port in plan.get("host_ports", []) for arg in ("-T", port)] or ["-T", "none"]
     argv = [
@@ -220,6 +243,10 @@ def stop_pasta(pidfile: str) -> None:
 
 
 def main(plan_fd: int) -> None:
+    # Starting a container needs these; an exec (`enter`) does not, and starts faster without.
+    import socket  # noqa: F401
+    import subprocess  # noqa: F401
+
     with os.fdopen(plan_fd, "rb") as f:
         plan = json.loads(f.read())
     # A helper whose server is gone takes its container with it (bubblewrap dies with us).
@@ -266,10 +293,283 @@ def main(plan_fd: int) -> None:
     os._exit(os.WEXITSTATUS(status) if error is None else 125)
 
 
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _open_terminal(channel: int) -> None:
+    """Open a pseudo-terminal on the container's own devpts (as the container's root, inside its
+    root: nothing of the host is resolved), send its master side back to the server, and make
+    the slave side this process's controlling terminal and stdio."""
+    import socket  # imported before entering (enter()); here it is only bound
+
+    master, slave = os.openpty()
+    with socket.socket(fileno=channel) as sock:
+        socket.send_fds(sock, [b"t"], [master])
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def _keep_only_caps(keep: list[int]) -> None:
+    """Leave exactly `keep` in every capability set (bounding, permitted, effective,
+    inheritable, ambient): what bubblewrap's `--cap-drop ALL --cap-add …` leaves its command."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
+    mask = sum(1 << cap for cap in keep)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i] = _CapData(word, word, word)
+    _check(_libc.capset(ctypes.byref(header), data), "setting capabilities")
+    for cap in keep:
+        _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"raising capability {cap}")
+
+
+def _load_seccomp(program: bytes) -> None:
+    count = len(program) // 8
+    filters = (_SockFilter * count).from_buffer_copy(program)
+    prog = _SockFprog(count, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "loading seccomp")
+
+
+def _enter_child(
+    plan: dict[str, Any], namespaces: dict[str, int], root: int, user: int, program: bytes, tool: Any
+) -> None:
+    try:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        for name, flag in _ENTER_ORDER:
+            if name in namespaces:
+                _check(_libc.setns(namespaces[name], flag), f"joining the container's {name} namespace")
+        os.fchdir(root)
+        os.chroot(".")
+        _check(_libc.setns(user, CLONE_NEWUSER), "joining the container's user namespace")
+        _become(0, 0)
+        for fd in (*namespaces.values(), root, user):
+            os.close(fd)
+        if plan.get("pty", -1) >= 0:
+            _open_terminal(plan["pty"])
+        try:
+            os.chdir(plan["cwd"])
+        except OSError as exc:
+            _fail(126, f"cannot use {plan['cwd']} as the working directory: {exc.strerror}")
+        _keep_only_caps(plan["caps"])
+        _load_seccomp(program)
+    except OSError as exc:
+        _fail(125, str(exc))
+    env = plan["env"]
+    os.closerange(3, 1 << 16)  # the plan and filter descriptors stay with the helper
+    if tool is not None:  # a tool of kiln's own, run here under the same confinement
+        os._exit(tool.run(plan["argv"][1] if len(plan["argv"]) > 1 else ""))
+    try:
+        os.execvpe(plan["argv"][0], plan["argv"], env)
+    except OSError as exc:
+        _fail(127 if exc.errno == 2 else 126, f"cannot run {plan['argv'][0]}: {exc.strerror}")
+
+
+def _load_tool(name: str) -> Any:
+    """A tool module beside this file (`fs_tools`), loaded before entering: the container's
+    root has no copy of kiln."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # The command name may hold spaces and parentheses: fields follow the last ')'.
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 1 and int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _find_init(helper: int, wait: float = 10.0) -> int:
+    """The container's PID 1 (bubblewrap's init: the child of the helper's child), once it has
+    set up the root (it has started the command)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{helper}"):
+            break
+        monitors = _children(helper)
+        inits = _children(min(monitors)) if monitors else []
+        if inits and _children(min(inits)):
+            return min(inits)
+        time.sleep(0.002)
+    _fail(125, "the container ended, or did not finish starting within 10 s")
+    return 0
+
+
+def _prepare(plan: dict[str, Any]) -> tuple[dict[str, int], int, int, bytes, list[int]]:
+    """What every exec of one container needs, opened once by its exec server: the namespaces,
+    user namespace and root of the container's init, the seccomp program, and its cgroups."""
+    target = _find_init(plan["helper"])
+    namespaces = {
+        name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        for name, _ in _ENTER_ORDER
+        if os.path.exists(f"/proc/{target}/ns/{name}")
+    }
+    user = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The namespaces are read from the init's /proc entry: refuse if that pid was reused by a
+    # process outside the container (its user namespace would be the host's).
+    if os.fstat(user).st_ino == os.stat("/proc/self/ns/user").st_ino:
+        _fail(125, "the container has ended")
+    with open(plan["seccomp"], "rb") as f:
+        program = f.read()
+    cgroups = [os.open(procs, os.O_WRONLY | os.O_CLOEXEC) for procs in plan["cgroup_procs"]]
+    pid_ns = os.open(f"/proc/{target}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    _check(_libc.setns(pid_ns, 0x20000000), "joining the container's PID namespace")  # for children
+    os.close(pid_ns)
+    return namespaces, root, user, program, cgroups
+
+
+def serve(plan: dict[str, Any]) -> None:
+    """An exec server for one container (`namespaces.py --serve PLAN_FD`): prepared once, it
+    forks one confined child per request from the server (a JSON message on the channel with
+    the command's stdin, stdout, stderr and, for a pty, a socket to send the terminal back), and
+    reports each child's pid and exit status. It stays outside the container's cgroups and
+    namespaces itself; it ends when the server closes the channel (or dies: PDEATHSIG)."""
+    import select
+    import socket
+
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != plan["server_pid"]:
+        os._exit(125)
+    try:
+        namespaces, root, user, program, cgroups = _prepare(plan)
+    except OSError as exc:
+        _fail(125, f"cannot enter the container: {exc.strerror or exc}")
+        return
+    tools = {name: _load_tool(name) for name in ("fs_tools", "probes")}
+    channel = socket.socket(fileno=plan["channel"])
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+    running: dict[int, int] = {}  # pid → the server's key for it
+
+    def tell(message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            channel.send(json.dumps(message).encode())
+
+    while True:
+        try:
+            ready, _, _ = select.select([channel.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                key = running.pop(pid, None)
+                if key is not None:
+                    if os.WIFSIGNALED(status):
+                        tell({"exited": key, "signal": os.WTERMSIG(status)})
+                    else:
+                        tell({"exited": key, "code": os.WEXITSTATUS(status)})
+        if channel.fileno() not in ready:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 4)
+        except InterruptedError:
+            continue
+        if not message:  # the server is done with this container
+            for pid in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        request = json.loads(message)
+        if request["op"] == "kill":
+            pid = next((p for p, k in running.items() if k == request["key"]), 0)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, request.get("signal", signal.SIGKILL))
+            continue
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            tell(
+                {
+                    "failed": request["key"],
+                    "error": f"cannot start a process in the container: {exc.strerror}",
+                }
+            )
+            continue
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for n in range(3):
+                os.dup2(fds[n], n)
+            for fd in cgroups:  # "0": this process, in any PID namespace
+                os.write(fd, b"0")
+            child = {**plan, **request, "pty": fds[3] if request.get("pty") else -1}
+            _enter_child(child, namespaces, root, user, program, tools.get(request.get("tool", "")))
+            os._exit(127)
+        for fd in fds:
+            os.close(fd)
+        running[pid] = request["key"]
+        tell({"started": request["key"], "pid": pid})
+
+
 def _forward(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if sys.argv[1] == "--serve":
+        with os.fdopen(int(sys.argv[2]), "rb") as _plan:
+            serve(json.loads(_plan.read()))
+    else:
+        main(int(sys.argv[1]))

@@ -76,6 +76,7 @@ class ContainerSpec:
     cpu_limit: float = 0.0  # cores
     memory_limit_mb: int = 0  # 0 = the runtime's default ceiling
     gpus: list[int] = field(default_factory=list)  # indices of this machine's GPUs (placement chose them)
+    stdin: bool = False  # a pipe to the command's stdin (`Container.stdin`); else /dev/null
 
     @property
     def layers(self) -> list[Layer]:

@@ -29,6 +29,7 @@ from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
 from kiln.core.results import Result, Status
+from kiln.core.sandboxes import Sandboxes
 from kiln.core.schedules import next_run
 from kiln.core.servers import ServerPool
 from kiln.errors import InvalidRequest, KilnError, NotFound
@@ -90,6 +91,7 @@ class Core:
             max_partition_items=config.queue_max_items,
             max_item_bytes=config.queue_max_item_bytes,
         )
+        self.sandboxes = Sandboxes(state)
         # Volume files live beside the state that names them (`volumes_home`, default KILN_HOME)
         # and belong to the containers' root (`volume_owner`), which writes them too.
         volumes_home = volumes_home or config.home
@@ -101,6 +103,7 @@ class Core:
             ephemeral_grace=config.ephemeral_object_grace,
         )
         self.http_url = ""  # where blob uploads and downloads go (set once HTTP listens)
+        self.grpc_url = ""  # where the server's gRPC port listens (set once it does)
         # Signs blob URLs; the server sets one with its lasting key once HTTP listens.
         self.signed_urls = SignedUrls(secrets.token_bytes(32), "")
         self._journal = Journal(state)
@@ -149,6 +152,7 @@ class Core:
         heartbeat grace from now: a client still running reconnects, a gone one is stopped."""
         running = 0
         self._journal.end_unfinished_tasks("the kiln server stopped")
+        self.sandboxes.restore()
         for app in self._journal.load_apps():
             self._apps.add(app)
             if app.state == AppState.STOPPING:  # the server died while stopping it
@@ -249,6 +253,7 @@ class Core:
             self._calls.release(call.call_id)
         expired = self._journal.expire_calls(cutoff)
         apps = self._journal.expire_apps(cutoff)
+        self.sandboxes.expire(cutoff)
         for app_id in apps:
             self._apps.apps.pop(app_id, None)
             self._logs.remove(app_id)
@@ -269,6 +274,7 @@ class Core:
         for loop in (self._upkeep, self._schedule_loop):
             if loop is not None:
                 loop.cancel()
+        await self.sandboxes.shutdown()
         await self._scheduler.shutdown()
         self._logs.close()
 
@@ -419,6 +425,7 @@ class Core:
         if not app.running:
             return
         app.state = AppState.STOPPING
+        await self.sandboxes.stop_app(app.app_id)
         for call in list(self._calls.calls.values()):
             if call.app_id == app.app_id:
                 self._calls.cancel(call.call_id, reason)

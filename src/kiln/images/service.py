@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kiln.containers import Layer
 from kiln.errors import ImageBuildError, KilnError, NotFound
@@ -113,6 +116,32 @@ class ImageService:
                 f"Image {image_id} is not built: {build.error or 'its build is still running'}"
             )
         return build.top_key
+
+    async def snapshot(self, upper: Path, parent_image_id: str, label: str) -> str:
+        """A new image: `parent_image_id` with a container's writes (its overlay upper directory,
+        whiteouts and all) as one more layer in the same store. Returns its image ID."""
+        parent = self.top_key(parent_image_id)
+        config = self.config(parent_image_id)
+        key = hashlib.sha256(f"snapshot\n{parent}\n{label}\n{uuid.uuid4()}".encode()).hexdigest()
+        store = self.builder.store
+        with store.staging(key) as staging:
+            # As root: owners (the containers' ids), modes, overlay's whiteout devices and its
+            # user.* xattrs (opaque directories) come along.
+            copy = await asyncio.create_subprocess_exec(
+                "cp", "-a", "--no-target-directory", str(upper), str(staging / "fs"),
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, error = await copy.communicate()
+            if copy.returncode != 0:
+                raise ImageBuildError(
+                    f"cannot snapshot the sandbox's files: {error.decode(errors='replace')[-500:]}"
+                )
+            store.commit(staging, key, parent, f"snapshot: {label}", config)
+        build = ImageBuild(stable_id("im", key), key)
+        build.finish()
+        self._builds[build.image_id] = build
+        self._record(build)
+        return build.image_id
 
     def config(self, image_id: str) -> ImageConfig:
         """A built image's config (env, workdir, Python version, …)."""

@@ -180,6 +180,18 @@ def _execute_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+def _v10_sandboxes(db: sqlite3.Connection) -> None:
+    """Sandboxes: what each was, and how it ended (so `Sandbox.from_id` after a restart can say
+    why it is gone). (Idempotent: the step was v9 on the sandbox branch before the volumes' v9.)"""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, app_id TEXT NOT NULL, "
+        "environment TEXT NOT NULL, name TEXT, task_id TEXT NOT NULL, data TEXT NOT NULL, "
+        "created_at REAL NOT NULL, ended_at REAL NOT NULL DEFAULT 0, result TEXT)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS sandboxes_by_app ON sandboxes (app_id, created_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS sandboxes_by_task ON sandboxes (task_id)")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -191,6 +203,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v7_secret_owners,
     _v8_environments,
     _v9_volumes,
+    _v10_sandboxes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

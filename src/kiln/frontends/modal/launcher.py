@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,6 +68,8 @@ class ModalLauncher:
             os.chown(self.sockets_root, -1, runtime.ids.gid)
             os.chmod(self.sockets_root, 0o710)
         self._servers: dict[str, grpclib.server.Server] = {}
+        # The loopback port of the sandboxes' command router for containers (set by the frontend).
+        self.router_port: Callable[[], Awaitable[int]] | None = None
 
     async def launch(
         self, task: Task, upper: Path | None = None, sink: OutputSink | None = None
@@ -127,7 +129,9 @@ class ModalLauncher:
             **host_network_env(),
             **image_config.env,
             **core.secrets.env_of(list(function.secret_ids)),
-            "MODAL_SERVER_URL": f"unix://{_INSIDE}/modal.sock",
+            # "localhost" (ignored for a socket path) lets the client accept the plain-HTTP
+            # command router of the sandboxes it creates (`router_port`).
+            "MODAL_SERVER_URL": f"unix://localhost{_INSIDE}/modal.sock",
             "MODAL_IS_REMOTE": "1",
             "MODAL_CONTAINER_ARGUMENTS_PATH": f"{_INSIDE}/arguments.bin",
             "MODAL_TASK_ID": task.task_id,
@@ -169,7 +173,10 @@ class ModalLauncher:
             upper=upper,
             # Payloads over 2 MiB travel as blobs: the container fetches and uploads them at the
             # signed URLs of kiln's HTTP port, the one host port it may reach.
-            host_ports=_loopback_port(core.http_url),
+            # And the command router of sandboxes it creates: a port serving that service alone,
+            # where each request needs a token the server gave for one sandbox.
+            host_ports=_loopback_port(core.http_url)
+            + ([await self.router_port()] if self.router_port else []),
             forwards=forwards,
         )
         return await self.runtime.start(spec, sink or to_app_log)

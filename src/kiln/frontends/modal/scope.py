@@ -104,6 +104,15 @@ class ContainerScope:
         if found is not None:  # else the handler answers NOT_FOUND
             self.named_object_environment(found.environment)
 
+    def own_sandbox(self, sandbox_id: str, task_id: str = "") -> None:
+        sandboxes = self.core.sandboxes
+        try:
+            app_id = sandboxes.by_task(task_id).app_id if task_id else sandboxes.info(sandbox_id).app_id
+        except KilnError:
+            return
+        if app_id != self.app_id:
+            raise _denied("a container may use sandboxes of its own app only")
+
     def _app_in_environment(self, app_id: str) -> None:
         try:
             environment = self.core.app(app_id).environment
@@ -202,6 +211,14 @@ def _image(scope: ContainerScope, request: Any) -> None:
     scope.function_in_environment(request.build_function_id)
 
 
+def _sandbox(scope: ContainerScope, request: Any) -> None:
+    scope.own_sandbox(request.sandbox_id, getattr(request, "task_id", ""))
+
+
+_SANDBOX_BY_ID = (
+    "SandboxWaitV2", "SandboxTerminateV2", "SandboxGetTaskIdV2", "SandboxGetTunnelsV2", "SandboxTagsGetV2",
+    "SandboxTagsSetV2", "SandboxGetCommandRouterAccess",
+)  # fmt: skip
 _DICT_BY_ID = (
     "DictGetById", "DictDelete", "DictHeartbeat", "DictGet", "DictUpdate", "DictPop", "DictContains",
     "DictLen", "DictClear", "DictContents",
@@ -276,4 +293,12 @@ RULES: dict[str, Check] = {
     "TaskList": _task_list,
     "TaskGetInfo": _task,
     "ContainerStop": _task,
+    # Sandboxes of its own app (`Sandbox.create()` inside a function uses the function's app).
+    "AuthTokenGet": _any,
+    "AppGetOrCreate": _named,
+    "SandboxCreateV2": _own_app("create sandboxes for"),
+    "SandboxListV2": _own_app("list the sandboxes of"),
+    "SandboxGetFromNameV2": _named,
+    "SandboxGetFromName": _named,
+    **dict.fromkeys(_SANDBOX_BY_ID, _sandbox),
 }

@@ -16,6 +16,7 @@ from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.modal.apps import AppHandlers
 from kiln.frontends.modal.calls import CallHandlers
 from kiln.frontends.modal.client_deps import ClientDeps
+from kiln.frontends.modal.command_router import CommandRouter, LoopbackRouter, router_mapping
 from kiln.frontends.modal.container import ContainerHandlers
 from kiln.frontends.modal.dicts import DictHandlers
 from kiln.frontends.modal.dispatch import CallContext, Service, build_mapping
@@ -27,6 +28,7 @@ from kiln.frontends.modal.objects import ObjectHandlers
 from kiln.frontends.modal.proxy_tokens import ProxyTokenHandlers
 from kiln.frontends.modal.queues import QueueHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
+from kiln.frontends.modal.sandboxes import SandboxHandlers
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.servers import ServerHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
@@ -45,6 +47,9 @@ class ModalFrontend:
         # Containers' sockets serve these same handlers (the launcher holds the list).
         self.handlers: list[object] = []
         self._launcher = ModalLauncher(core, runtime, client_deps, self.registry, self.handlers)
+        self.router = CommandRouter(core)
+        self.container_router = LoopbackRouter(self.router, core.config.max_message_bytes)
+        self._launcher.router_port = self.container_router.ensure
         self.handlers += [
             AppHandlers(core, self.registry),
             LogHandlers(core),
@@ -59,6 +64,7 @@ class ModalFrontend:
             DictHandlers(core),
             QueueHandlers(core),
             ServerHandlers(core),
+            SandboxHandlers(core, runtime, self.container_router),
             VolumeHandlers(core, self.registry),
         ]
 
@@ -69,8 +75,12 @@ class ModalFrontend:
     def service(self, credentials: Credentials) -> Service:
         """The service for users' clients, who must present `credentials`' token pair
         (containers get their own service, per task, on their own socket)."""
+        limit = self.core.config.max_message_bytes
+        # Sandboxes' command routers are served on the same port (their own service path and
+        # their own bearer tokens).
         return Service(
-            build_mapping(self.handlers, _user_context(credentials), self.core.config.max_message_bytes)
+            build_mapping(self.handlers, _user_context(credentials), limit)
+            | router_mapping(self.router, limit)
         )
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
@@ -84,6 +94,7 @@ class ModalFrontend:
 
     async def shutdown(self) -> None:
         await self._launcher.shutdown()
+        await self.container_router.close()
 
 
 def _user_context(credentials: Credentials) -> Callable[[Any], CallContext]:

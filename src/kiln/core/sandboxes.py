@@ -1,0 +1,650 @@
+"""Sandboxes: containers created at run time, each owned here from start to end.
+
+A sandbox is one kiln container (the same hardened runtime as functions), not a function pool:
+no inputs, no autoscaling. `Sandboxes` starts it, keeps its entrypoint's stdio (output read by
+offset, stdin written by offset), runs `exec`s in it (`containers.exec`: the container's own
+confinement), enforces `timeout` and `idle_timeout`, ends it on `terminate`, when its app stops
+or when the server shuts down, and journals it: its record is written before its ID is returned
+and its end as it ends. A sandbox never outlives its server (its container dies with it); after
+a restart its record says so, and `result` tells the client why it is gone.
+
+The decisions (when a sandbox expires, what its end is called, which sandboxes a listing shows)
+are pure functions with the clock passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kiln.containers import Container, ContainerSpec, ExitStatus
+from kiln.containers.exec import ExecProcess, ExecServer, ExecSpec
+from kiln.core.results import Status
+from kiln.core.stdio import OutputLog, StdinPipe
+from kiln.errors import InvalidRequest, KilnError, NotFound
+from kiln.ids import new_id
+from kiln.storage.state import StateStore
+
+log = logging.getLogger("kiln.sandboxes")
+
+RESTARTED = (
+    "this sandbox ended when the kiln server restarted (a sandbox's container does not outlive "
+    "its server); create a new one"
+)
+# An ended sandbox's output (and its execs') stays readable this long, for this many sandboxes;
+# its record stays in the journal.
+KEEP_ENDED_SECONDS = 600.0
+KEEP_ENDED_COUNT = 100
+# A finished exec's output stays readable this long (a sandbox may run thousands).
+KEEP_EXEC_SECONDS = 300.0
+_EXEC_BUFFER = 8 << 20  # unread output an exec may have before it waits for its reader
+# A sandbox's task ID ends with "V": the client routes `modal container exec` of such a task
+# to the V2 sandbox protocol.
+TASK_MARKER = "V"
+
+
+class SandboxRuntime(Protocol):
+    """What sandboxes need of a runtime: containers that take an `exec`."""
+
+    async def start(
+        self, spec: ContainerSpec, sink: Callable[[int, bytes], None] | None = None
+    ) -> Container: ...
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How a sandbox ended."""
+
+    status: Status
+    exitcode: int = 0
+    message: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps([int(self.status), self.exitcode, self.message])
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxResult:
+        status, exitcode, message = json.loads(text)
+        return cls(Status(status), exitcode, message)
+
+
+# --- decisions
+
+
+def expired(
+    now: float,
+    started: float,
+    timeout: float,
+    last_active: float,
+    idle_timeout: float,
+    busy: bool,
+) -> str:
+    """Why a sandbox must end now ("timeout", "idle") or "" if it may run on. `busy`: an exec is
+    running; a sandbox is idle when no exec runs and nothing was written to it or read from it
+    for `idle_timeout` seconds (0: never idle)."""
+    if timeout > 0 and now - started >= timeout:
+        return "timeout"
+    if idle_timeout > 0 and not busy and now - last_active >= idle_timeout:
+        return "idle"
+    return ""
+
+
+def result_of(exit: ExitStatus, ended_by: str, timeout: float, idle_timeout: float) -> SandboxResult:
+    """What a sandbox's end is called: by whom it was ended, else how its entrypoint exited."""
+    if ended_by == "timeout":
+        return SandboxResult(Status.TIMEOUT, 124, f"the sandbox reached its timeout of {timeout:g} s")
+    if ended_by == "idle":
+        return SandboxResult(
+            Status.TIMEOUT, 124, f"the sandbox was idle for its idle_timeout of {idle_timeout:g} s"
+        )
+    if ended_by == "terminated":
+        return SandboxResult(Status.TERMINATED, 137, "the sandbox was terminated")
+    if ended_by:
+        return SandboxResult(Status.TERMINATED, 137, ended_by)
+    if exit.oom_killed:
+        return SandboxResult(Status.FAILURE, 137, exit.describe())
+    if exit.signal is not None:
+        return SandboxResult(Status.FAILURE, 128 + exit.signal, f"the entrypoint was {exit.describe()}")
+    code = exit.code or 0
+    return SandboxResult(Status.SUCCESS if code == 0 else Status.FAILURE, code)
+
+
+def to_forget(ended: list[tuple[str, float]], now: float, keep_seconds: float, keep_count: int) -> list[str]:
+    """Which ended sandboxes (id, when it ended) no longer keep their output in memory: those
+    ended more than `keep_seconds` ago, and the oldest beyond the newest `keep_count`."""
+    newest_first = sorted(ended, key=lambda item: item[1], reverse=True)
+    return [
+        sandbox_id
+        for n, (sandbox_id, ended_at) in enumerate(newest_first)
+        if n >= keep_count or now - ended_at > keep_seconds
+    ]
+
+
+def tags_match(tags: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(tags.get(k) == v for k, v in wanted.items())
+
+
+# --- live sandboxes
+
+
+@dataclass
+class Exec:
+    """One command run in a sandbox."""
+
+    exec_id: str
+    process: ExecProcess
+    stdout: OutputLog
+    stderr: OutputLog
+    stdin: StdinPipe
+    returncode: int | None = None
+    terminal: int | None = None  # a pty exec's master side (its output is stdout)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Future[None]] = field(default_factory=list)  # what pumps its stdio
+
+
+@dataclass
+class SandboxInfo:
+    """A sandbox as listings and lookups see it, live or from the journal."""
+
+    sandbox_id: str
+    task_id: str
+    app_id: str
+    environment: str
+    name: str
+    tags: dict[str, str]
+    created_at: float
+    image_id: str
+    timeout: float
+    idle_timeout: float
+    tunnels: dict[int, int]  # container port → host loopback port
+    result: SandboxResult | None
+
+
+@dataclass
+class Sandbox(SandboxInfo):
+    """A sandbox of this server's life: its container, stdio and execs."""
+
+    env: dict[str, str]
+    workdir: str
+    container: Container | None = None
+    stdout: OutputLog = field(default_factory=OutputLog)
+    stderr: OutputLog = field(default_factory=OutputLog)
+    stdin: StdinPipe = field(default_factory=lambda: StdinPipe(None))
+    execs: dict[str, Exec] = field(default_factory=dict)
+    # What says it is ready (`wait_ready`): a command to run in it, or a port of its own to accept.
+    ready_command: list[str] = field(default_factory=list)
+    ready_port: int = 0
+    ready_interval: float = 0.1
+    # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
+    exec_server: asyncio.Future[ExecServer] | None = None
+    exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What the frontend added around it (TLS in front of its ports), closed when it ends.
+    secure_tunnels: dict[int, int] = field(default_factory=dict)  # container port → TLS port
+    raw_ports: set[int] = field(default_factory=set)  # ports whose plain TCP view is offered too
+    on_end: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    ended_by: str = ""
+    ended_at: float = 0.0  # monotonic
+    last_active: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def running(self) -> bool:
+        return self.result is None
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+
+class Sandboxes:
+    """Every sandbox of this server: the live ones, and the journal of all."""
+
+    def __init__(self, state: StateStore, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._state = state
+        self._live: dict[str, Sandbox] = {}
+        self._by_task: dict[str, str] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._monotonic = monotonic
+
+    def restore(self) -> None:
+        """The sandboxes of a server that stopped ended with it."""
+        self._state.execute(
+            "UPDATE sandboxes SET ended_at = ?, result = ? WHERE ended_at = 0",
+            (time.time(), SandboxResult(Status.TERMINATED, 137, RESTARTED).to_json()),
+        )
+
+    def expire(self, before: float) -> None:
+        """Forget the records of sandboxes that ended before `before` (wall-clock time)."""
+        self._state.execute("DELETE FROM sandboxes WHERE ended_at > 0 AND ended_at < ?", (before,))
+
+    async def create(
+        self,
+        runtime: SandboxRuntime,
+        spec: ContainerSpec,
+        *,
+        app_id: str,
+        environment: str,
+        name: str = "",
+        tags: dict[str, str] | None = None,
+        timeout: float = 300.0,
+        idle_timeout: float = 0.0,
+        image_id: str = "",
+        tunnels: dict[int, int] | None = None,
+        sink: Callable[[int, bytes], None] | None = None,
+        ready_command: list[str] | None = None,
+        ready_port: int = 0,
+        ready_interval: float = 0.1,
+    ) -> Sandbox:
+        if name and any(s.name == name and s.app_id == app_id and s.running for s in self._live.values()):
+            raise SandboxNameTaken(
+                f"a running sandbox named {name!r} already exists in this app; terminate it or choose another name"
+            )
+        sandbox = Sandbox(
+            sandbox_id=new_id("sb") + "V",  # not the V1 shape (22 characters): the client uses V2 RPCs
+            task_id=new_id("ta") + TASK_MARKER,
+            app_id=app_id,
+            environment=environment,
+            name=name,
+            tags=dict(tags or {}),
+            created_at=time.time(),
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            env=dict(spec.env),
+            workdir=spec.cwd,
+            image_id=image_id,
+            tunnels=dict(tunnels or {}),
+            result=None,
+            ready_command=list(ready_command or []),
+            ready_port=ready_port,
+            ready_interval=ready_interval,
+        )
+        self._write(sandbox)
+
+        def output(fd: int, data: bytes) -> None:
+            (sandbox.stdout if fd == 1 else sandbox.stderr).append(data)
+            if sink is not None:
+                sink(fd, data)
+
+        spec.stdin = True
+        try:
+            container = await runtime.start(spec, output)
+        except KilnError as exc:
+            self._end(sandbox, SandboxResult(Status.INIT_FAILURE, 1, str(exc)))
+            raise
+        sandbox.container = container
+        sandbox.exec_server = _exec_server(container)
+        sandbox.stdin = StdinPipe(container.stdin)
+        sandbox.started = sandbox.last_active = self._monotonic()
+        self._live[sandbox.sandbox_id] = sandbox
+        self._by_task[sandbox.task_id] = sandbox.sandbox_id
+        self._watchers[sandbox.sandbox_id] = asyncio.ensure_future(self._watch(sandbox))
+        return sandbox
+
+    async def _watch(self, sandbox: Sandbox) -> None:
+        """Wait for the sandbox to end, ending it first if it expires."""
+        container = sandbox.container
+        assert container is not None
+        waiter = asyncio.ensure_future(container.wait())
+        while not waiter.done():
+            busy = any(e.returncode is None for e in sandbox.execs.values())
+            reason = expired(
+                self._monotonic(),
+                sandbox.started,
+                sandbox.timeout,
+                sandbox.last_active,
+                sandbox.idle_timeout,
+                busy,
+            )
+            if reason:
+                sandbox.ended_by = sandbox.ended_by or reason
+                await container.kill()
+                break
+            await asyncio.wait([waiter], timeout=0.5)
+        exit = await waiter
+        if sandbox.exec_server is not None:
+            sandbox.exec_server.cancel()
+            if (
+                sandbox.exec_server.done()
+                and not sandbox.exec_server.cancelled()
+                and not sandbox.exec_server.exception()
+            ):
+                await sandbox.exec_server.result().close()
+        sandbox.stdout.close()
+        sandbox.stderr.close()
+        sandbox.stdin.close()
+        for close in sandbox.on_end:
+            with contextlib.suppress(Exception):
+                await close()
+        self._end(sandbox, result_of(exit, sandbox.ended_by, sandbox.timeout, sandbox.idle_timeout))
+
+    def _end(self, sandbox: Sandbox, result: SandboxResult) -> None:
+        sandbox.result = result
+        self._state.execute(
+            "UPDATE sandboxes SET ended_at = ?, result = ? WHERE id = ?",
+            (time.time(), result.to_json(), sandbox.sandbox_id),
+        )
+        sandbox.ended_at = self._monotonic()
+        sandbox.ended.set()
+        ended = [(s.sandbox_id, s.ended_at) for s in self._live.values() if s.result is not None]
+        for sandbox_id in to_forget(ended, self._monotonic(), KEEP_ENDED_SECONDS, KEEP_ENDED_COUNT):
+            self._forget(sandbox_id)
+
+    def _forget(self, sandbox_id: str) -> None:
+        forgotten = self._live.pop(sandbox_id, None)
+        if forgotten is not None:
+            self._by_task.pop(forgotten.task_id, None)
+            self._watchers.pop(sandbox_id, None)
+
+    def _write(self, sandbox: Sandbox) -> None:
+        data = {
+            "tags": sandbox.tags,
+            "image_id": sandbox.image_id,
+            "timeout": sandbox.timeout,
+            "idle_timeout": sandbox.idle_timeout,
+            "tunnels": {str(k): v for k, v in sandbox.tunnels.items()},
+        }
+        self._state.execute(
+            "INSERT INTO sandboxes (id, app_id, environment, name, task_id, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            (
+                sandbox.sandbox_id,
+                sandbox.app_id,
+                sandbox.environment,
+                sandbox.name or None,
+                sandbox.task_id,
+                json.dumps(data),
+                sandbox.created_at,
+            ),
+        )
+
+    # --- lookups
+
+    def live(self, sandbox_id: str) -> Sandbox:
+        """A sandbox of this server's life; NotFound (saying why) otherwise."""
+        sandbox = self._live.get(sandbox_id)
+        if sandbox is not None:
+            return sandbox
+        info = self.info(sandbox_id)
+        if info.result is not None and info.result.message == RESTARTED:
+            raise NotFound(RESTARTED)
+        raise NotFound(f"sandbox {sandbox_id} has ended and its output is no longer kept")
+
+    def by_task(self, task_id: str) -> Sandbox:
+        sandbox_id = self._by_task.get(task_id)
+        if sandbox_id is None:
+            rows = self._state.query("SELECT id FROM sandboxes WHERE task_id = ?", (task_id,))
+            if not rows:
+                raise NotFound(f"no sandbox runs as task {task_id}")
+            return self.live(rows[0][0])
+        return self._live[sandbox_id]
+
+    def info(self, sandbox_id: str) -> SandboxInfo:
+        sandbox = self._live.get(sandbox_id)
+        if sandbox is not None:
+            return _info_of(sandbox)
+        rows = self._state.query(_SELECT + " WHERE id = ?", (sandbox_id,))
+        if not rows:
+            raise NotFound(f"no sandbox has the ID {sandbox_id}")
+        return _info_from_row(rows[0])
+
+    def list(
+        self, app_id: str = "", environment: str | None = None, tags: dict[str, str] | None = None,
+        before: float = 0.0, include_finished: bool = False, limit: int = 100,
+    ) -> list[SandboxInfo]:  # fmt: skip
+        """Newest first, created strictly before `before` (0: now)."""
+        where: list[str] = ["created_at < ?"]
+        params: list[object] = [before or time.time() + 1]
+        if app_id:
+            where.append("app_id = ?")
+            params.append(app_id)
+        elif environment is not None:
+            where.append("environment = ?")
+            params.append(environment)
+        if not include_finished:
+            where.append("ended_at = 0")
+        rows = self._state.query(
+            _SELECT + " WHERE " + " AND ".join(where) + " ORDER BY created_at DESC", params
+        )
+        found = []
+        for row in rows:
+            info = self.info(row[0]) if row[0] in self._live else _info_from_row(row)
+            if tags_match(info.tags, tags or {}):
+                found.append(info)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def by_name(self, app_id: str, name: str, include_terminated: bool = False) -> SandboxInfo:
+        for sandbox in self._live.values():
+            if sandbox.app_id == app_id and sandbox.name == name and sandbox.running:
+                return _info_of(sandbox)
+        if include_terminated:
+            rows = self._state.query(
+                _SELECT + " WHERE app_id = ? AND name = ? ORDER BY created_at DESC LIMIT 1", (app_id, name)
+            )
+            if rows:
+                return _info_from_row(rows[0])
+        raise NotFound(f"no running sandbox is named {name!r} in this app")
+
+    def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
+        sandbox = self._live.get(sandbox_id)
+        if sandbox is None:
+            self.info(sandbox_id)  # NotFound if unknown
+            raise InvalidRequest("the sandbox has ended: its tags can no longer change")
+        sandbox.tags = dict(tags)
+        self._write(sandbox)
+
+    # --- waiting and ending
+
+    async def wait(self, sandbox_id: str, timeout: float) -> SandboxResult | None:
+        """Its result, waiting up to `timeout` seconds for it to end; None if it still runs."""
+        sandbox = self._live.get(sandbox_id)
+        if sandbox is None:
+            return self.info(sandbox_id).result
+        if sandbox.result is None and timeout > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sandbox.ended.wait(), timeout)
+        return sandbox.result
+
+    async def terminate(self, sandbox_id: str, reason: str = "terminated") -> None:
+        sandbox = self._live.get(sandbox_id)
+        if sandbox is None:
+            self.info(sandbox_id)
+            return
+        if sandbox.result is None and sandbox.container is not None:
+            sandbox.ended_by = sandbox.ended_by or reason
+            await sandbox.container.kill(grace=0.0)
+            await sandbox.ended.wait()
+
+    async def stop_app(self, app_id: str) -> None:
+        """An app's sandboxes end with it (as on Modal)."""
+        ended = [s for s in self._live.values() if s.app_id == app_id and s.running]
+        await asyncio.gather(*(self.terminate(s.sandbox_id, "the sandbox's app was stopped") for s in ended))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(
+            *(
+                self.terminate(s.sandbox_id, "the kiln server shut down")
+                for s in self._live.values()
+                if s.running
+            )
+        )
+        for watcher in self._watchers.values():
+            watcher.cancel()
+
+    # --- snapshots
+
+    @contextlib.asynccontextmanager
+    async def paused(self, task_id: str) -> AsyncIterator[Path]:
+        """The sandbox's writable layer (its overlay upper directory), with every process of the
+        sandbox stopped (SIGSTOP) and no exec starting until the block ends: whoever reads it as
+        root (a snapshot's copy) sees a tree nobody changes under it."""
+        sandbox = self.by_task(task_id)
+        container = sandbox.container
+        if container is None or sandbox.result is not None:
+            raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
+        async with sandbox.exec_lock:
+            stopped = await asyncio.to_thread(
+                _stop_all, container.cgroup.procs_files if container.cgroup else []
+            )
+            try:
+                yield container.scratch / "upper"
+            finally:
+                for pid in stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+
+    # --- exec
+
+    async def exec(self, task_id: str, exec_id: str, spec: ExecSpec, timeout: float = 0.0) -> Exec:
+        sandbox = self.by_task(task_id)
+        existing = sandbox.execs.get(exec_id)
+        if existing is not None:
+            return existing  # the client re-sent its start (same exec ID): it runs once
+        if sandbox.result is not None or sandbox.container is None:
+            raise SandboxFinished("the sandbox has finished: exec needs a running sandbox")
+        if sandbox.exec_server is None:
+            sandbox.exec_server = _exec_server(sandbox.container)
+        server = await asyncio.shield(sandbox.exec_server)
+        async with sandbox.exec_lock:  # not while a snapshot has the sandbox paused
+            process = await server.run(spec)
+        sandbox.touch()
+        output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
+        run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=process.terminal)
+        sandbox.execs[exec_id] = run
+        run.tasks.append(asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.pty)))
+        return run
+
+    async def wait_ready(self, task_id: str, timeout: float) -> bool:
+        """Whether the sandbox's readiness probe succeeds within `timeout` seconds (a sandbox
+        without one is ready once it runs)."""
+        sandbox = self.by_task(task_id)
+        deadline = self._monotonic() + timeout
+        while True:
+            if sandbox.result is not None or sandbox.container is None:
+                raise SandboxFinished("the sandbox has finished")
+            if not sandbox.ready_command and not sandbox.ready_port:
+                return True
+            if sandbox.exec_server is None:
+                sandbox.exec_server = _exec_server(sandbox.container)
+            server = await asyncio.shield(sandbox.exec_server)
+            if sandbox.ready_port:
+                spec = ExecSpec(["probe", json.dumps({"TcpConnect": sandbox.ready_port})], tool="probes")
+            else:
+                spec = ExecSpec(list(sandbox.ready_command), env=dict(sandbox.env), cwd=sandbox.workdir)
+            spec.stdout = spec.stderr = "devnull"
+            probe = await server.run(spec)
+            if probe.stdin is not None:
+                probe.stdin.close()
+            if await probe.wait() == 0:
+                return True
+            if self._monotonic() + sandbox.ready_interval > deadline:
+                return False
+            await asyncio.sleep(sandbox.ready_interval)
+
+    async def _pump_exec(self, sandbox: Sandbox, run: Exec, timeout: float, terminal: bool) -> None:
+        process = run.process
+
+        async def pump(stream: asyncio.StreamReader | None, log: OutputLog) -> None:
+            if stream is not None:
+                while chunk := await stream.read(65536):
+                    await log.room()
+                    log.append(chunk)
+                log.close()
+
+        pumps = asyncio.gather(pump(process.stdout, run.stdout), pump(process.stderr, run.stderr))
+        try:
+            await asyncio.wait_for(process.wait(), timeout if timeout > 0 else None)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await pumps
+            if not terminal:  # a terminal's reader closes stdout once it has read the last output
+                run.stdout.close()
+            run.stderr.close()
+            run.stdin.close()
+            run.returncode = process.returncode
+            sandbox.touch()
+            run.done.set()
+            asyncio.get_running_loop().call_later(KEEP_EXEC_SECONDS, sandbox.execs.pop, run.exec_id, None)
+
+
+def _stop_all(procs_files: list[str]) -> list[int]:
+    """SIGSTOP every process of a container's cgroups until none is left running (a process
+    may fork while the others are being stopped); the pids stopped."""
+    stopped: set[int] = set()
+    for _ in range(100):
+        pids = set()
+        for procs in procs_files:
+            with contextlib.suppress(OSError), open(procs) as f:
+                pids |= {int(line) for line in f if line.strip()}
+        running = [pid for pid in pids if pid not in stopped or _state(pid) not in ("T", "t", "Z", "X", "")]
+        if not running:
+            break
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        time.sleep(0.002)
+    return sorted(stopped)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rfind(b")") + 2 :][:1].decode()
+
+
+def _exec_server(container: Container) -> asyncio.Future[ExecServer]:
+    starting = asyncio.ensure_future(ExecServer.start(container))
+    # A sandbox whose entrypoint ends at once has no exec server; its execs say so themselves.
+    starting.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return starting
+
+
+class SandboxNameTaken(InvalidRequest):
+    """A running sandbox of the app already has the name."""
+
+
+class SandboxFinished(InvalidRequest):
+    """An operation that needs a running sandbox, on one that has ended."""
+
+
+_SELECT = "SELECT id, task_id, app_id, environment, name, data, created_at, result FROM sandboxes"
+
+
+def _info_from_row(row: tuple[object, ...]) -> SandboxInfo:
+    sandbox_id, task_id, app_id, environment, name, data, created_at, result = row
+    fields = json.loads(str(data))
+    return SandboxInfo(
+        sandbox_id=str(sandbox_id),
+        task_id=str(task_id),
+        app_id=str(app_id),
+        environment=str(environment),
+        name=str(name or ""),
+        tags=dict(fields.get("tags", {})),
+        created_at=float(created_at),  # type: ignore[arg-type]
+        image_id=str(fields.get("image_id", "")),
+        timeout=float(fields.get("timeout", 0)),
+        idle_timeout=float(fields.get("idle_timeout", 0)),
+        tunnels={int(k): int(v) for k, v in fields.get("tunnels", {}).items()},
+        result=SandboxResult.from_json(str(result)) if result else None,
+    )
+
+
+def _info_of(sandbox: Sandbox) -> SandboxInfo:
+    return sandbox
