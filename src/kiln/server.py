@@ -24,7 +24,7 @@ from kiln.core.core import Core
 from kiln.frontends.fal.files import FalFiles
 from kiln.frontends.fal.keys import FalAuth
 from kiln.frontends.fal.queue import FalQueue
-from kiln.frontends.fal.routes import FalGateway, FalRoutes
+from kiln.frontends.fal.routes import FalGateway, FalRoutes, FalWsGateway
 from kiln.frontends.fal.service import FalFrontend
 from kiln.frontends.modal.client_deps import ClientDeps
 from kiln.frontends.modal.service import ModalFrontend
@@ -58,6 +58,7 @@ class Endpoints:
     fal_run_host: str = ""  # fal's HTTP data plane (host:port, https)
     fal_queue_host: str = ""  # fal's queue API (host:port, https)
     fal_rest_host: str = ""  # fal's REST host: app files (host:port, http)
+    fal_ws_host: str = ""  # fal's HTTP over websockets (host:port, wss)
     ca_bundle: str = ""  # the roots clients trust kiln's https with (SSL_CERT_FILE)
 
 
@@ -146,10 +147,14 @@ class KilnServer:
         fal_run_sock = _bind_remembered(ports, "fal_run", config.host, config.fal_run_port, owner)
         fal_queue_sock = _bind_remembered(ports, "fal_queue", config.host, 0, owner)
         fal_rest_sock = _bind_remembered(ports, "fal_rest", config.host, 0, owner)
+        fal_ws_sock = _bind_remembered(ports, "fal_ws", config.host, 0, owner)
         fal_run_host, fal_queue_host = _host_port(fal_run_sock), _host_port(fal_queue_sock)
         # fal_client speaks only https to these hosts: a certificate from kiln's own local CA.
         self.tls = LoopbackTLS.load_or_create(home / "tls")
-        self.fal_routes = FalRoutes(f"https://{fal_run_host}", f"https://{fal_queue_host}")
+        fal_ws_host = _host_port(fal_ws_sock)
+        self.fal_routes = FalRoutes(
+            f"https://{fal_run_host}", f"https://{fal_queue_host}", f"wss://{fal_ws_host}"
+        )
         fal_auth = FalAuth(credentials, state)
         self.fal = FalFrontend(core, runtime, self.fal_routes, fal_auth)
         self.frontends = [
@@ -169,11 +174,12 @@ class KilnServer:
             uvicorn_server(gateway, self.tls),
             uvicorn_server(self.fal_queue, self.tls),
             uvicorn_server(rest),
+            uvicorn_server(FalWsGateway(core, self.fal_routes, self.web.upstream, fal_auth), self.tls),
         ]
         self._fal_http_tasks = [
             asyncio.ensure_future(server.serve(sockets=[sock]))
             for server, sock in zip(
-                self._fal_http, (fal_run_sock, fal_queue_sock, fal_rest_sock), strict=True
+                self._fal_http, (fal_run_sock, fal_queue_sock, fal_rest_sock, fal_ws_sock), strict=True
             )
         ]
 
@@ -193,6 +199,7 @@ class KilnServer:
             fal_run_host=fal_run_host,
             fal_queue_host=fal_queue_host,
             fal_rest_host=_host_port(fal_rest_sock),
+            fal_ws_host=fal_ws_host,
             ca_bundle=str(self.tls.bundle),
         )
         self.ready_seconds = time.monotonic() - started

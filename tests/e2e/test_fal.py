@@ -291,6 +291,16 @@ def test_several_endpoints_a_stream_and_a_websocket_through_the_run_host(
                     return await socket.receive_str()
 
         assert asyncio.run(talk()) == "KILN"
+        over_ws = subprocess.run(
+            [str(FAL.parent / "python"), "fal_ws_script.py", "kiln/routes"],
+            cwd=APPS,
+            env=kiln.fal_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert over_ws.returncode == 0, over_ws.stdout + over_ws.stderr
+        assert "ws {'squares': [0, 1]}\nws {'squares': [0, 1, 4, 9]}" in over_ws.stdout
     finally:
         run.interrupt()
 

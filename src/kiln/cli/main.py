@@ -61,7 +61,7 @@ def fal_env(endpoints: Any) -> dict[str, str]:
         "FAL_KEY": f"{credentials.token_id}:{credentials.token_secret}",
         "FAL_REST_HOST": endpoints.fal_rest_host,
         "FAL_QUEUE_RUN_HOST": endpoints.fal_queue_host,
-        "FAL_WS_RUN_HOST": endpoints.fal_run_host,
+        "FAL_WS_RUN_HOST": endpoints.fal_ws_host,
         "SSL_CERT_FILE": endpoints.ca_bundle,
         "FAL_RUN_HOST": endpoints.fal_run_host,
     }

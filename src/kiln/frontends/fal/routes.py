@@ -9,17 +9,20 @@ take anyone, as on fal. Unknown apps get a 404 naming the apps this server runs.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import isolate_proto as fal_pb
 
 from kiln.core.core import Core
-from kiln.errors import LimitExceeded, NotFound, ServerUnavailable
+from kiln.errors import KilnError, LimitExceeded, NotFound, ServerUnavailable
 from kiln.frontends.fal.keys import FalAuth
 from kiln.gateway.proxy import Upstream, UpstreamError
 from kiln.gateway.types import Receive, Scope, Send
+from kiln.ids import new_id
 
 OWNER = "kiln"  # the account namespace in fal's URLs (kiln serves one user)
 
@@ -33,9 +36,10 @@ class Route:
 class FalRoutes:
     """The apps the run and queue hosts answer for, by `<owner>/<app>`, and their URLs."""
 
-    def __init__(self, run_url: str, queue_url: str = "") -> None:
+    def __init__(self, run_url: str, queue_url: str = "", ws_url: str = "") -> None:
         self.run_url = run_url
         self.queue_url = queue_url or run_url
+        self.ws_url = ws_url or run_url.replace("http", "ws", 1)
         self._routes: dict[str, Route] = {}
         self._shadowed: dict[str, list[Route]] = {}  # routes a `fal run` of the same name covers
 
@@ -52,7 +56,7 @@ class FalRoutes:
             playground=run,
             run=run,
             queue=f"{self.queue_url}/{OWNER}/{name}",
-            ws=run.replace("http", "ws", 1),
+            ws=f"{self.ws_url}/{OWNER}/{name}",
             log=run,
         )
 
@@ -147,3 +151,67 @@ async def _text(send: Send, status: int, text: str, extra: list[tuple[bytes, byt
         await send({"type": "http.response.body", "body": body})
     except Exception:  # a websocket scope, or the client left
         return
+
+
+class FalWsGateway:
+    """The ASGI app of the ws host: fal's HTTP over a websocket (`fal.apps.ws`). Each JSON text
+    frame the client sends is one request to the app's path; the answer comes back framed by
+    `{"type": "start", "request_id": …}` and `{"type": "end", "request_id": …}` text frames, the
+    response body as one frame between them (text when it decodes, else binary)."""
+
+    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
+        self.core = core
+        self.routes = routes
+        self.upstream = upstream
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            if scope["type"] == "http":
+                await _text(
+                    send, 400, "This host speaks fal's HTTP over websockets; use the run host for HTTP\n"
+                )
+            return
+        found = self.routes.find(scope["path"])
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if found is None:
+            await send({"type": "websocket.close", "code": 1008, "reason": "no such fal app"})
+            return
+        route, path = found
+        if not route.public and not self.auth.accepts_header(scope):
+            await send({"type": "websocket.close", "code": 1008, "reason": "this app is private: send a key"})
+            return
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            body = message.get("text") or (message.get("bytes") or b"").decode(errors="replace")
+            request_id = new_id("rq")
+            data = await self._request(route, path, body.encode(), request_id)
+            await send(
+                {"type": "websocket.send", "text": json.dumps({"type": "start", "request_id": request_id})}
+            )
+            try:
+                await send({"type": "websocket.send", "text": data.decode()})
+            except UnicodeDecodeError:
+                await send({"type": "websocket.send", "bytes": data})
+            await send(
+                {"type": "websocket.send", "text": json.dumps({"type": "end", "request_id": request_id})}
+            )
+
+    async def _request(self, route: Route, path: str, body: bytes, request_id: str) -> bytes:
+        try:
+            server = self.core.server(route.function_id)
+            async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
+                assert task.http_address is not None
+                host, port = task.http_address
+                headers = {"content-type": "application/json", "x-fal-request-id": request_id}
+                async with asyncio.timeout(server.function.timeout):
+                    async with self.upstream.session().post(
+                        f"http://{host}:{port}{path}", data=body, headers=headers
+                    ) as response:
+                        return await response.read()
+        except (KilnError, aiohttp.ClientError, TimeoutError) as exc:
+            return json.dumps({"type": "x-fal-error", "reason": str(exc) or type(exc).__name__}).encode()
