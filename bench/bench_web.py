@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -34,15 +33,18 @@ def main() -> None:
     rows, details = [], {}
     try:
         env = {**os.environ, **server.client_env(), "PYTHONPATH": str(BENCH)}
-        deployed = subprocess.run(
+        subprocess.run(
             [sys.executable, "-m", "modal", "deploy", str(BENCH / "web_app.py")],
             env=env, capture_output=True, text=True, check=True, cwd=BENCH,
         )  # fmt: skip
-        # The endpoint's and the server's URLs, in the order the client printed them (not the app page).
-        kiln_url, server_url = re.findall(r"http://127\.0\.0\.1:\d+", deployed.stdout)[:2]
+        kiln_url = lookup(env, "modal.Function.from_name('kiln-bench-web', 'hello').get_web_url()")
+        server_url = lookup(env, "modal.Server.from_name('kiln-bench-web', 'Server').get_url()")
         wait_ok(kiln_url)
         wait_ok(server_url)
         container_url = direct_url(env)
+        cold_samples = cold_starts(env, 3 if args.quick else 10)
+        details["cold endpoint, time to first byte"] = {"median_ms": ms(sorted(cold_samples)[len(cold_samples) // 2]),
+                                                        "max_ms": ms(max(cold_samples))}  # fmt: skip
         with plain_uvicorn() as plain_url:
             peers = (
                 ("kiln web endpoint (asgi_app)", kiln_url),
@@ -64,8 +66,36 @@ def main() -> None:
     print_table(
         "GET / of a Starlette app", ["server", "p50 (ms)", "p99 (ms)", "requests/s (8 clients)"], rows
     )
+    cold = details.get("cold endpoint, time to first byte", {})
+    print_table("A cold web endpoint (no container), request → first byte", ["median (ms)", "max (ms)"],
+                [[cold.get("median_ms"), cold.get("max_ms")]])  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps({"peer": "kiln", "metrics": {}, "details": details}, indent=2))
+
+
+def lookup(env: dict[str, str], expression: str) -> str:
+    """A URL the official client looks up (as a user would)."""
+    code = f"import modal; print({expression})"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def cold_starts(env: dict[str, str], samples: int) -> list[float]:
+    """Request → first byte of an endpoint whose containers have all scaled down."""
+    url = lookup(env, "modal.Function.from_name('kiln-bench-web', 'cold').get_web_url()")
+    results = []
+    for _ in range(samples):
+        time.sleep(5)  # past the 2 s scale-down window and the pool's 1 s tick
+        connection = connect(url)
+        started = time.perf_counter()
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read(1)
+        results.append(time.perf_counter() - started)
+        response.read()
+        connection.close()
+    return results
 
 
 def direct_url(env: dict[str, str]) -> str:

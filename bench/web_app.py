@@ -30,6 +30,13 @@ def hello():
     return make_app()
 
 
+@app.function(image=image, scaledown_window=2)
+@modal.asgi_app()
+def cold():
+    """Scales to zero two seconds after its last request: every sample is a cold start."""
+    return make_app()
+
+
 @app.server(image=image, port=8000, min_containers=1, unauthenticated=True)
 class Server:
     @modal.enter()
