@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -62,6 +63,7 @@ class Upstream:
                 allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             ) as response:
+                quick_ack(response)
                 await send(
                     {
                         "type": "http.response.start",
@@ -75,6 +77,7 @@ class Upstream:
                     }
                 )
                 async for chunk in response.content.iter_chunked(_CHUNK):
+                    quick_ack(response)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -112,6 +115,21 @@ class Upstream:
                     await send({"type": "websocket.close", "code": upstream.close_code or 1000, "reason": ""})
             finally:
                 to_server.cancel()
+
+
+def quick_ack(response: aiohttp.ClientResponse) -> None:
+    """Acknowledge what the upstream socket has received now, not after the delayed-ACK timer.
+
+    A forwarded container port is served by pasta, whose socket toward us keeps Nagle's
+    algorithm: the second segment of a response (the body after the headers) waits for our ACK,
+    which Linux delays up to 40 ms. Asking for a quick ACK once data has arrived sends the pending
+    ACK at once (measured: 44 ms → 0.25 ms per request on an idle machine)."""
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 async def listening(address: tuple[str, int], patience: float = 1.0) -> bool:

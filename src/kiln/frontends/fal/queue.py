@@ -28,7 +28,7 @@ from kiln.core.core import Core
 from kiln.errors import KilnError
 from kiln.frontends.fal.keys import FalAuth
 from kiln.frontends.fal.routes import FalRoutes, Route
-from kiln.gateway.proxy import Upstream
+from kiln.gateway.proxy import Upstream, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
 
@@ -129,6 +129,7 @@ class FalQueue:
                     data=request.body,
                     allow_redirects=False,
                 ) as response:
+                    quick_ack(response)
                     request.response_body = await response.read()
                     request.response_status = response.status
                     request.response_headers = [

@@ -20,7 +20,7 @@ import isolate_proto as fal_pb
 from kiln.core.core import Core
 from kiln.errors import KilnError, LimitExceeded, NotFound, ServerUnavailable
 from kiln.frontends.fal.keys import FalAuth
-from kiln.gateway.proxy import Upstream, UpstreamError
+from kiln.gateway.proxy import Upstream, UpstreamError, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
 
@@ -212,6 +212,7 @@ class FalWsGateway:
                     async with self.upstream.session().post(
                         f"http://{host}:{port}{path}", data=body, headers=headers
                     ) as response:
+                        quick_ack(response)
                         return await response.read()
         except (KilnError, aiohttp.ClientError, TimeoutError) as exc:
             return json.dumps({"type": "x-fal-error", "reason": str(exc) or type(exc).__name__}).encode()
