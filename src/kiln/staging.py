@@ -36,9 +36,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def process_dir(root: Path, prefix: str = "") -> Path:
+def process_dir(root: Path, prefix: str = "", group: int | None = None) -> Path:
     """`root/<prefix><pid>`: this process's scratch directory. Those of processes that are gone
-    (a server killed with SIGKILL cleans nothing up) are removed first."""
+    (a server killed with SIGKILL cleans nothing up) are removed first. With `group` (the
+    containers' gid), containers may walk through it to the directory each is given, and no further."""
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.glob(f"{prefix}*"):
         suffix = entry.name[len(prefix) :]
@@ -46,4 +47,7 @@ def process_dir(root: Path, prefix: str = "") -> Path:
             shutil.rmtree(entry, ignore_errors=True)
     mine = root / f"{prefix}{os.getpid()}"
     mine.mkdir(mode=0o700, exist_ok=True)
+    if group is not None:
+        os.chown(mine, -1, group)
+        os.chmod(mine, 0o710)
     return mine

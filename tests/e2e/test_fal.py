@@ -110,6 +110,20 @@ def test_an_unknown_app_gets_a_404_naming_the_apps(hello: tuple[FalRun, str]) ->
     assert status == 404 and "/kiln/hello" in body, body
 
 
+def fal_python(
+    kiln: KilnServer, *args: str, cwd: Path = APPS, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """A Python script run with the fal client's own interpreter, pointed at `kiln`."""
+    return subprocess.run(
+        [str(FAL.parent / "python"), *args],
+        cwd=cwd,
+        env=kiln.fal_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(FAL), *args], cwd=APPS, env=kiln.fal_env, capture_output=True, text=True, timeout=600
@@ -156,14 +170,7 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
 def test_a_fal_function_called_from_a_script_returns_its_value_raises_its_error_and_keeps_data(
     kiln: KilnServer,
 ) -> None:
-    result = subprocess.run(
-        [str(FAL.parent / "python"), "fal_function_script.py"],
-        cwd=APPS,
-        env=kiln.fal_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = fal_python(kiln, "fal_function_script.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "adding with six 1.16.0" in result.stdout  # the function's output, streamed back
     assert "result {'sum': 42}" in result.stdout
@@ -174,14 +181,7 @@ def test_a_fal_function_called_from_a_script_returns_its_value_raises_its_error_
 def test_fal_client_runs_submits_and_subscribes_over_https(
     kiln: KilnServer, hello: tuple[FalRun, str]
 ) -> None:
-    result = subprocess.run(
-        [str(FAL.parent / "python"), "fal_client_script.py", "kiln/hello"],
-        cwd=APPS,
-        env=kiln.fal_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = fal_python(kiln, "fal_client_script.py", "kiln/hello", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "run {'greeting': 'hello sync', 'setups': 1}" in result.stdout
     assert "get {'greeting': 'hello queued', 'setups': 1}" in result.stdout
@@ -291,14 +291,7 @@ def test_several_endpoints_a_stream_and_a_websocket_through_the_run_host(
                     return await socket.receive_str()
 
         assert asyncio.run(talk()) == "KILN"
-        over_ws = subprocess.run(
-            [str(FAL.parent / "python"), "fal_ws_script.py", "kiln/routes"],
-            cwd=APPS,
-            env=kiln.fal_env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        over_ws = fal_python(kiln, "fal_ws_script.py", "kiln/routes", timeout=120)
         assert over_ws.returncode == 0, over_ws.stdout + over_ws.stderr
         assert "ws {'squares': [0, 1]}\nws {'squares': [0, 1, 4, 9]}" in over_ws.stdout
     finally:
@@ -315,14 +308,7 @@ def test_a_bad_requirement_fails_the_build_naming_it_and_the_server_stays_up(
         "def f():\n    return 1\n\n"
         "f()\n"
     )
-    result = subprocess.run(
-        [str(FAL.parent / "python"), str(script)],
-        cwd=tmp_path,
-        env=kiln.fal_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = fal_python(kiln, str(script), cwd=tmp_path, timeout=300)
     assert result.returncode != 0
     assert "kiln-no-such-package-4242" in result.stdout + result.stderr
     secret = fal(kiln, "secrets", "set", "KILN_TEST_UNSET=1")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KilnServer
-from tests.e2e.test_fal import FAL
+from tests.e2e.test_fal import FAL, fal_python
 
 pytestmark = pytest.mark.e2e
 INDEX_PASSWORD = "index-pass-7f3a9c"
@@ -131,14 +131,7 @@ def test_every_requirement_form_builds_with_secrets_kept_out_of_the_log(
             f"kiln_from_git @ git+http://x:${{GIT_TOKEN}}@127.0.0.1:{git_port}/private/repo.git@main",
         ]
         script.write_text(SCRIPT.format(requirements=requirements))
-        result = subprocess.run(
-            [str(FAL.parent / "python"), str(script)],
-            cwd=tmp_path,
-            env=kiln.fal_env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        result = fal_python(kiln, str(script), cwd=tmp_path, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert (

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from kiln.core.autoscaler import Load
 from kiln.core.pool import MAX_STARTUP_FAILURES, Pool, Task
-from kiln.core.results import Result, Status
 from kiln.errors import LimitExceeded, NotFound, ServerUnavailable
 from kiln.ids import new_id
 from kiln.streams import Changed
@@ -261,7 +260,3 @@ class ServerPool(Pool):
             tail = "\n".join(f"  {line}" for line in task.output_tail[-10:])
             if tail and task.failure is None:
                 self.last_failure += f" Its last output:\n{tail}"
-
-    def terminate(self, task: Task, message: str) -> None:
-        if task.killed_for is None:
-            self._kill(task, Result(Status.TERMINATED, message))

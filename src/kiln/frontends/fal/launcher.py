@@ -35,10 +35,7 @@ class FalLauncher:
         self.core = core
         self.runtime = runtime
         self.files = files
-        self.root = process_dir(Path("/tmp"), "kiln-fal-")
-        if runtime.ids is not None:
-            os.chown(self.root, -1, runtime.ids.gid)
-            os.chmod(self.root, 0o710)
+        self.root = process_dir(Path("/tmp"), "kiln-fal-", runtime.ids.gid if runtime.ids else None)
         self._probes: dict[str, asyncio.Task[None]] = {}
 
     async def launch(self, task: Task) -> ContainerHandle:

@@ -27,7 +27,7 @@ import aiohttp
 from kiln.core.core import Core
 from kiln.errors import KilnError
 from kiln.frontends.fal.keys import FalAuth
-from kiln.frontends.fal.routes import FalRoutes, Route
+from kiln.frontends.fal.routes import FalHost, FalRoutes, Refusal, Route
 from kiln.gateway.proxy import Upstream, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
@@ -56,28 +56,22 @@ class QueuedRequest:
     finished_at: float = 0.0
 
 
-class FalQueue:
+class FalQueue(FalHost):
     """The ASGI app of the queue host."""
 
     def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
-        self.core = core
-        self.routes = routes
-        self.upstream = upstream
-        self.auth = auth
+        super().__init__(core, routes, upstream, auth)
         self.requests: dict[str, QueuedRequest] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         self._expire()
-        found = self.routes.find(scope["path"])
-        if found is None:
-            await _json(send, 404, {"detail": f"No fal app at {scope['path']}"})
+        admitted = self.admit(scope)
+        if isinstance(admitted, Refusal):
+            await _json(send, admitted.status, {"detail": admitted.reason})
             return
-        route, rest = found
-        if not route.public and not self.auth.accepts_header(scope):
-            await _json(send, 401, {"detail": "This app is private: send `Authorization: Key <FAL_KEY>`."})
-            return
+        route, rest = admitted
         app_path = scope["path"].lstrip("/").split("/", 2)[:2]
         base = f"{self.routes.queue_url}/{'/'.join(app_path)}"
         parts = rest.strip("/").split("/")

@@ -83,8 +83,14 @@ class FalRoutes:
         return "".join(f"  {self.run_url}/{key}\n" for key in sorted(self._routes)) or "  (none)\n"
 
 
-class FalGateway:
-    """The ASGI app of the run host."""
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+
+
+class FalHost:
+    """What fal's HTTP hosts share: the apps' routes, their key check, and the proxy to runners."""
 
     def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
         self.core = core
@@ -92,21 +98,29 @@ class FalGateway:
         self.upstream = upstream
         self.auth = auth
 
+    def admit(self, scope: Scope) -> tuple[Route, str] | Refusal:
+        """The app a request names and the path its runner sees, or why it may not reach it."""
+        found = self.routes.find(scope["path"])
+        if found is None:
+            listing = self.routes.listing()
+            return Refusal(404, f"No fal app at {scope['path']}. The apps of this kiln server:\n{listing}")
+        route, _ = found
+        if not route.public and not self.auth.accepts_header(scope):
+            return Refusal(401, "This app is private: send `Authorization: Key <FAL_KEY>`.")
+        return found
+
+
+class FalGateway(FalHost):
+    """The ASGI app of the run host."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
-        found = self.routes.find(scope["path"])
-        if found is None:
-            await _text(
-                send,
-                404,
-                f"No fal app at {scope['path']}. The apps of this kiln server:\n{self.routes.listing()}",
-            )
+        admitted = self.admit(scope)
+        if isinstance(admitted, Refusal):
+            await _text(send, admitted.status, admitted.reason + "\n")
             return
-        route, path = found
-        if not route.public and not self.auth.accepts_header(scope):
-            await _text(send, 401, "This app is private: send `Authorization: Key <FAL_KEY>`.\n")
-            return
+        route, path = admitted
         started = False
 
         async def tracking(message: MutableMapping[str, Any]) -> None:
@@ -153,17 +167,11 @@ async def _text(send: Send, status: int, text: str, extra: list[tuple[bytes, byt
         return
 
 
-class FalWsGateway:
+class FalWsGateway(FalHost):
     """The ASGI app of the ws host: fal's HTTP over a websocket (`fal.apps.ws`). Each JSON text
     frame the client sends is one request to the app's path; the answer comes back framed by
     `{"type": "start", "request_id": …}` and `{"type": "end", "request_id": …}` text frames, the
     response body as one frame between them (text when it decodes, else binary)."""
-
-    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
-        self.core = core
-        self.routes = routes
-        self.upstream = upstream
-        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -172,16 +180,13 @@ class FalWsGateway:
                     send, 400, "This host speaks fal's HTTP over websockets; use the run host for HTTP\n"
                 )
             return
-        found = self.routes.find(scope["path"])
+        admitted = self.admit(scope)
         if (await receive())["type"] != "websocket.connect":
             return
-        if found is None:
-            await send({"type": "websocket.close", "code": 1008, "reason": "no such fal app"})
+        if isinstance(admitted, Refusal):
+            await send({"type": "websocket.close", "code": 1008, "reason": admitted.reason[:120]})
             return
-        route, path = found
-        if not route.public and not self.auth.accepts_header(scope):
-            await send({"type": "websocket.close", "code": 1008, "reason": "this app is private: send a key"})
-            return
+        route, path = admitted
         await send({"type": "websocket.accept"})
         while True:
             message = await receive()

@@ -146,16 +146,16 @@ class RunHandlers:
         self.core.publish_app(
             app.app_id, name=name, state=None, function_ids={name: function.function_id}, class_ids={}
         )
-        urls = self.routes.add(
-            name, function.function_id, public=req.auth_mode != fal_pb.ApplicationAuthMode.PRIVATE
-        )
+        urls = self.routes.add(name, function.function_id, public=definition.public)
+        warm: asyncio.Future[None] | None = None
         try:
             yield fal_pb.HostedRunResult(run_id=app.app_id, status=_RUNNING, service_urls=urls, env_id=env_id)
             warm = asyncio.ensure_future(self._warm(function.function_id))
             async for logs in self._logs(app.app_id):
                 yield fal_pb.HostedRunResult(run_id=app.app_id, status=_RUNNING, logs=logs)
-            warm.cancel()
         finally:
+            if warm is not None:  # a Ctrl-C ends the stream here, with the runner maybe still starting
+                warm.cancel()
             self.routes.remove(name, function.function_id)
             with contextlib.suppress(NotFound):
                 await self.core.stop_app(app.app_id, "The fal run ended.")

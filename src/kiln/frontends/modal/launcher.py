@@ -9,7 +9,6 @@ is the container's identity: requests on it are from this task and no other.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -62,11 +61,8 @@ class ModalLauncher:
         self.handlers = handlers
         # Unix socket paths are limited to 108 bytes: keep the per-task directories short. A
         # killed server's directory is removed by the next one.
-        self.sockets_root = process_dir(Path("/tmp"), "kiln-")
-        if runtime.ids is not None:
-            # The container (an unprivileged id) reaches its own task directory, not the others.
-            os.chown(self.sockets_root, -1, runtime.ids.gid)
-            os.chmod(self.sockets_root, 0o710)
+        # The container (an unprivileged id) reaches its own task directory, not the others.
+        self.sockets_root = process_dir(Path("/tmp"), "kiln-", runtime.ids.gid if runtime.ids else None)
         self._servers: dict[str, grpclib.server.Server] = {}
         # The loopback port of the sandboxes' command router for containers (set by the frontend).
         self.router_port: Callable[[], Awaitable[int]] | None = None
