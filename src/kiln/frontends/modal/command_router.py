@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import logging
 import os
 import struct
 import termios
@@ -31,10 +30,8 @@ from kiln.containers.exec import ExecSpec
 from kiln.core.core import Core
 from kiln.core.sandboxes import Exec, Sandbox
 from kiln.core.stdio import OutputLog, StdinClosed
-from kiln.frontends.modal.dispatch import _Method, _methods, bounded, receive
-from kiln.frontends.modal.sandboxes import router_subject, secret_env, status_of
-
-log = logging.getLogger("kiln.modal")
+from kiln.frontends.modal.dispatch import _Method, _methods, receive, translated_errors
+from kiln.frontends.modal.sandboxes import router_subject, secret_env
 
 SERVICE = sr_pb2.DESCRIPTOR.services_by_name["TaskCommandRouter"]
 _WAIT_POLL = 50.0  # the client waits 60 s per TaskExecWait, and asks again on DEADLINE_EXCEEDED
@@ -351,7 +348,7 @@ def _wrap(method: _Method, impl: Any, check: Callable[[str, str], bool], max_byt
             )
         if not ctx.token:
             ctx.authorize("")
-        try:
+        with translated_errors(name):
             if SERVICE.methods_by_name[name].client_streaming:
                 await stream.send_message(await impl(_requests(stream, method, max_bytes), ctx))
                 return
@@ -362,15 +359,6 @@ def _wrap(method: _Method, impl: Any, check: Callable[[str, str], bool], max_byt
                     await stream.send_message(response)
             else:
                 await stream.send_message(await impl(request, ctx))
-        except errors.KilnError as exc:
-            raise GRPCError(status_of(exc), bounded(str(exc))) from exc
-        except GRPCError as exc:
-            raise GRPCError(exc.status, bounded(exc.message or ""), exc.details) from exc
-        except Exception as exc:
-            log.exception("%s failed (a kiln bug)", name)
-            raise GRPCError(
-                GrpcStatus.FAILED_PRECONDITION, bounded(f"kiln failed to handle {name}: {exc!r} (a kiln bug)")
-            ) from exc
 
     return handle
 

@@ -9,11 +9,12 @@ KilnErrors become the status codes the client maps to its own exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +154,7 @@ def _wrap(
         request = await receive(stream, method.request, name, max_message_bytes)
         if guard is not None:
             guard(name, request, ctx)
-        try:
+        with translated_errors(name):
             if method.server_streaming:
                 responses: AsyncIterator[Any] = impl(request, ctx)
                 async for response in responses:
@@ -167,25 +168,35 @@ def _wrap(
                         return
             else:
                 await stream.send_message(await impl(request, ctx))
-        except errors.KilnError as exc:
-            status = next((s for cls, s in _STATUS_OF.items() if type(exc) is cls), None)
-            if status is None:
-                status = next(
-                    (s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)),
-                    GrpcStatus.FAILED_PRECONDITION,
-                )
-            raise GRPCError(status, bounded(str(exc))) from exc
-        except GRPCError as exc:
-            raise GRPCError(exc.status, bounded(exc.message or ""), exc.details) from exc
-        except Exception as exc:
-            log.error("%s failed (a kiln bug):\n%s", name, _traceback(exc))
-            # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
-            raise GRPCError(
-                GrpcStatus.FAILED_PRECONDITION,
-                bounded(f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)"),
-            ) from exc
 
     return handle
+
+
+def status_of(exc: errors.KilnError) -> GrpcStatus:
+    """The status a KilnError maps to (its exact class first, then its closest base)."""
+    exact = _STATUS_OF.get(type(exc))
+    if exact is not None:
+        return exact
+    return next((s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)), GrpcStatus.FAILED_PRECONDITION)
+
+
+@contextlib.contextmanager
+def translated_errors(name: str) -> Iterator[None]:
+    """A handler's errors as its client sees them: kiln's by their status, a GRPCError with its
+    message bounded, anything else as a kiln bug (logged, never INTERNAL)."""
+    try:
+        yield
+    except errors.KilnError as exc:
+        raise GRPCError(status_of(exc), bounded(str(exc))) from exc
+    except GRPCError as exc:
+        raise GRPCError(exc.status, bounded(exc.message or ""), exc.details) from exc
+    except Exception as exc:
+        log.error("%s failed (a kiln bug):\n%s", name, _traceback(exc))
+        # FAILED_PRECONDITION, not INTERNAL: the client re-sends INTERNAL, and a bug repeats.
+        raise GRPCError(
+            GrpcStatus.FAILED_PRECONDITION,
+            bounded(f"kiln failed to handle {name}: {exc!r} (a kiln bug; see the server log)"),
+        ) from exc
 
 
 def _traceback(exc: BaseException) -> str:

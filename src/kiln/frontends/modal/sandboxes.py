@@ -29,7 +29,7 @@ from kiln.core.sandboxes import (
     SandboxRuntime,
 )
 from kiln.core.stdio import StdinClosed
-from kiln.errors import InvalidRequest, KilnError, NotFound, Unsupported
+from kiln.errors import InvalidRequest, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
 from kiln.frontends.modal.launcher import free_loopback_port
 from kiln.frontends.modal.volumes import mount_binds
@@ -49,14 +49,6 @@ _NETWORK = api_pb2.NetworkAccess.NetworkAccessType
 _STATUS_OF[SandboxFinished] = GrpcStatus.FAILED_PRECONDITION
 _STATUS_OF[StdinClosed] = GrpcStatus.FAILED_PRECONDITION
 _STATUS_OF[SandboxNameTaken] = GrpcStatus.ALREADY_EXISTS
-
-
-def status_of(exc: KilnError) -> GrpcStatus:
-    """The status a KilnError maps to (its exact class first, then its closest base)."""
-    exact = _STATUS_OF.get(type(exc))
-    if exact is not None:
-        return exact
-    return next((s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)), GrpcStatus.FAILED_PRECONDITION)
 
 
 def router_subject(task_id: str) -> str:
