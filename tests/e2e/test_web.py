@@ -24,9 +24,16 @@ def deploy(kiln: KilnServer, app_file: str = "web_app.py") -> dict[str, str]:
     result = run_modal(kiln, "deploy", app_file)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    return printed_urls(output)
+
+
+def printed_urls(output: str) -> dict[str, str]:
+    """The URL the client printed under each function, server, or class method (`Cls.m -> url`)."""
     urls, name = {}, ""
     for line in output.splitlines():
-        if created := re.search(r"Created (?:web )?(?:[Ff]unction|Server) (\w+)", line):
+        if method := re.search(r"([\w.]+) -> (http://127\.0\.0\.1:\d+)", line):
+            urls[method.group(1)] = method.group(2)
+        elif created := re.search(r"Created (?:web )?(?:[Ff]unction|Server) ([\w.*]+)", line):
             name = created.group(1)
         elif url := re.search(r"(http://127\.0\.0\.1:\d+)", line):
             if name:

@@ -35,6 +35,7 @@ import httpx
 import pytest
 
 from tests.conftest import KilnServer, RestartableServer, run_client, run_modal
+from tests.e2e.test_web import printed_urls
 
 pytestmark = pytest.mark.e2e
 APP = "kiln-test-web-more"
@@ -47,20 +48,6 @@ def deploy(server: KilnServer, module: str) -> dict[str, str]:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     return printed_urls(output)
-
-
-def printed_urls(output: str) -> dict[str, str]:
-    urls, name = {}, ""
-    for line in output.splitlines():
-        if method := re.search(r"([\w.]+) -> (http://127\.0\.0\.1:\d+)", line):
-            urls[method.group(1)] = method.group(2)
-        elif created := re.search(r"Created (?:web )?[Ff]unction ([\w.*]+)", line):
-            name = created.group(1)
-        elif url := re.search(r"(http://127\.0\.0\.1:\d+)", line):
-            if name:
-                urls[name] = url.group(1)
-            name = ""
-    return urls
 
 
 def endpoint_keys(server: KilnServer) -> dict[int, str]:

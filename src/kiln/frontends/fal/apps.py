@@ -84,9 +84,7 @@ class AppHandlers:
         self, req: fal_pb.UpdateApplicationRequest, ctx: CallContext
     ) -> fal_pb.UpdateApplicationResult:
         """`fal apps scale`: change the set fields, keep the others; runners restart with them."""
-        app = self._deployed(req.application_name, req.environment_name or "main")
-        if app is None:
-            raise NotFound(f"No fal app named {req.application_name!r} is deployed on this kiln server")
+        app = self._require(req.application_name, req.environment_name or "main")
         function = self.core.function(app.function_ids[app.name])
         definition = RunnerDefinition.from_bytes(function.definition)
         changes: dict[str, Any] = {
@@ -103,9 +101,7 @@ class AppHandlers:
     async def ListAliasRunners(
         self, req: fal_pb.ListAliasRunnersRequest, ctx: CallContext
     ) -> fal_pb.ListAliasRunnersResponse:
-        app = self._deployed(req.alias, req.environment_name or "main")
-        if app is None:
-            raise NotFound(f"No fal app named {req.alias!r} is deployed on this kiln server")
+        app = self._require(req.alias, req.environment_name or "main")
         return fal_pb.ListAliasRunnersResponse(runners=self._runner_infos([app]))
 
     async def ListRunners(
@@ -176,14 +172,20 @@ class AppHandlers:
         return result
 
     async def DeleteAlias(self, req: fal_pb.DeleteAliasRequest, ctx: CallContext) -> fal_pb.DeleteAliasResult:
-        app = self._deployed(req.alias, req.environment_name or "main")
-        if app is None:
-            raise NotFound(f"No fal app named {req.alias!r} is deployed on this kiln server")
+        app = self._require(req.alias, req.environment_name or "main")
         function_id = app.function_ids.get(req.alias, "")
         definition = RunnerDefinition.from_bytes(self.core.function(function_id).definition)
         self.routes.remove(req.alias, function_id)
         await self.core.stop_app(app.app_id, "The fal app was deleted.")
         return fal_pb.DeleteAliasResult(revision=definition.revision)
+
+    def _require(self, alias: str, environment: str) -> App:
+        app = self._deployed(alias, environment)
+        if app is None:
+            raise NotFound(
+                f"No fal app named {alias!r} is deployed on this kiln server; deploy it with `fal deploy`"
+            )
+        return app
 
     def _deployed(self, alias: str, environment: str) -> App | None:
         app = self.core.deployed_app(alias, environment)
