@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KilnServer
+from kiln.images.layer_store import LayerStore
+from tests.conftest import KilnServer, run_modal
 from tests.e2e.test_fal import FAL, fal_python
 
 pytestmark = pytest.mark.e2e
@@ -140,3 +141,33 @@ def test_every_requirement_form_builds_with_secrets_kept_out_of_the_log(
     )
     assert INDEX_PASSWORD not in output and GIT_TOKEN not in output
     assert INDEX_PASSWORD not in kiln.log() and GIT_TOKEN not in kiln.log()
+
+
+SHARED_SCRIPT = """
+import fal
+
+@fal.function(requirements=["toml==0.10.2"])
+def version():
+    import toml
+    return toml.__version__
+
+print("fal sees toml", version())
+"""
+
+
+def test_a_requirement_set_shares_its_layer_with_a_modal_uv_pip_install_of_the_same_packages(
+    kiln: KilnServer, tmp_path: Path
+) -> None:
+    modal = run_modal(kiln, "run", "shared_layers_app.py")
+    assert "modal sees toml 0.10.2" in modal.stdout, modal.stdout + modal.stderr
+    script = tmp_path / "script.py"
+    script.write_text(SHARED_SCRIPT)
+    result = fal_python(kiln, str(script), cwd=tmp_path)
+    assert "fal sees toml 0.10.2" in result.stdout, result.stdout + result.stderr
+    # One layer installs the package, whichever built it first and whatever was cached before.
+    installs = [
+        layer.step for layer in LayerStore(kiln.home / "layers").all() if "toml==0.10.2" in layer.step
+    ]
+    assert installs == [
+        "RUN /.uv/uv pip install --python $(command -v python) --compile-bytecode toml==0.10.2"
+    ]

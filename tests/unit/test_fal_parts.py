@@ -7,9 +7,10 @@ import subprocess
 import pytest
 
 from kiln.errors import InvalidRequest, Unsupported
-from kiln.frontends.fal.environments import FalEnvironment
+from kiln.frontends.fal.environments import AGENT_DIR, FalEnvironment
 from kiln.frontends.fal.machines import resources
 from kiln.frontends.fal.routes import FalRoutes
+from kiln.frontends.modal.standard_images import debian_slim, uv_pip_install
 
 CONFIG = {"requirements": ["six==1.16.0"], "resolver": "uv", "python_version": "3.11"}
 
@@ -29,9 +30,11 @@ def test_the_env_id_is_isolates_own_key_and_ignores_force() -> None:
 def test_a_layer_naming_a_secret_writes_it_to_a_file_never_to_argv() -> None:
     items = ["pkg==1", "--extra-index-url", "https://u:${TOKEN}@index.example/simple", 'odd$"`\\name']
     env = FalEnvironment.from_definition("virtualenv", {**CONFIG, "requirements": items})
-    run = env.dockerfile()[2].removeprefix("RUN ")
-    assert "TOKEN" in env.secret_names() and "${TOKEN}" in run
-    shown = run.replace('/.uv/uv pip install --python $(command -v python) -r "$f"', 'cat "$f"')
+    run = next(line for line in env.dockerfile() if "${TOKEN}" in line).removeprefix("RUN ")
+    assert "TOKEN" in env.secret_names()
+    shown = run.replace(
+        '/.uv/uv pip install --python $(command -v python) --compile-bytecode -r "$f"', 'cat "$f"'
+    )
     out = subprocess.run(["sh", "-c", shown], env={"TOKEN": "s3cret", "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert out.splitlines() == [
@@ -39,6 +42,26 @@ def test_a_layer_naming_a_secret_writes_it_to_a_file_never_to_argv() -> None:
         "--extra-index-url https://u:s3cret@index.example/simple",
         'odd$"`\\name',
     ]
+
+
+def test_plain_layers_are_written_as_modal_writes_uv_pip_install_on_debian_slim() -> None:
+    # The layer keys follow the text: identical lines share layers with Modal images.
+    env = FalEnvironment.from_definition(
+        "virtualenv", {**CONFIG, "requirements": [["six==1.16.0", "idna"], ["--pre", "x @ https://h/x.whl"]]}
+    )
+    lines = env.dockerfile()
+    assert lines[:6] == debian_slim("3.11")
+    assert lines[6:8] == uv_pip_install(["idna", "six==1.16.0"])
+    assert (
+        lines[7]
+        == "RUN /.uv/uv pip install --python $(command -v python) --compile-bytecode idna six==1.16.0"
+    )
+    assert lines[9] == (
+        "RUN /.uv/uv pip install --python $(command -v python) --compile-bytecode --pre 'x @ https://h/x.whl'"
+    )
+    assert lines[-1].endswith(f"--target {AGENT_DIR} cloudpickle==3.1.1 'grpcio>=1.64,<2'")
+    bare = FalEnvironment.from_definition("virtualenv", {**CONFIG, "requirements": []}).dockerfile()
+    assert bare[-2] == uv_pip_install([])[0]  # uv is there for the agent's layer
 
 
 def test_loopback_ports_named_by_requirements_are_the_only_ones_a_build_may_reach() -> None:

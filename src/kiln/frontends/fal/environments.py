@@ -1,7 +1,7 @@
 """fal environments (`requirements`) as kiln images.
 
-A fal `virtualenv` definition becomes an image recipe: a Python base of the requested minor
-version, then one `uv pip install` layer per requirements layer (fal sends a flat list as one
+A fal `virtualenv` definition becomes an image recipe: Modal's `Image.debian_slim` of the
+requested Python minor version, then one `uv pip install` layer per requirements layer (fal sends a flat list as one
 layer, a list of lists as several), then the runner's agent packages in a directory of their own
 (`/opt/kiln-fal-agent`, on `PYTHONPATH` after the user's packages, so a user's pin always wins).
 Each list item is one argument of `uv pip install`, as fal's client documents (options and their
@@ -9,7 +9,8 @@ values are separate items, or joined with `=`), so options anywhere in a layer a
 
 The environment's ID (`env_id`) is isolate's own key for the definition (computed by isolate's
 code, so it is exactly what fal's client expects); the image's layers are keyed by kiln's
-planner as every image is, so an unchanged requirement set builds nothing.
+planner as every image is, so an unchanged requirement set builds nothing, and a layer of plain
+packages is shared with a Modal image that installs them with `uv_pip_install` on debian_slim.
 
 `${NAME}` in a requirement is replaced at build time by the value of the fal secret NAME: after the
 keys are computed (a secret's value never enters a key), passed to the build in the environment
@@ -18,7 +19,6 @@ of its RUN step only (never on a command line, in a layer, or in the log).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import shlex
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import InvalidRequest, Unsupported
+from kiln.frontends.modal.standard_images import UV_ROOT, debian_slim, uv_pip_install
 
 AGENT_DIR = "/opt/kiln-fal-agent"
 # What the runner needs beside the user's environment to unpickle and start a fal App: fal's
@@ -103,13 +104,13 @@ class FalEnvironment:
         return {m.group(1) for layer in self.layers for item in layer for m in _SECRET.finditer(item)}
 
     def dockerfile(self) -> list[str]:
-        """The image's Dockerfile. `${NAME}` stays as a shell expansion of the RUN step's
+        """The image's Dockerfile: Modal's `Image.debian_slim(python_version)`, then each layer as
+        `.uv_pip_install(...)` writes it (bytecode compiled, whatever `compile_bytecode` says), so
+        a layer of plain packages is the very layer a Modal image installing them on debian_slim
+        has (`frontends/modal/standard_images.py`). A layer with options keeps its items' order
+        (an option's value follows it). `${NAME}` stays as a shell expansion of the RUN step's
         environment, where the build puts the secret's value."""
-        uv = f"/.uv/uv pip install --python $(command -v python){' --compile-bytecode' if self.compile_bytecode else ''}"
-        lines = [
-            f"FROM python:{self.python_version}-slim-bookworm",
-            f"COPY --from=ghcr.io/astral-sh/uv:{importlib.metadata.version('uv')} /uv /.uv/uv",
-        ]
+        lines = debian_slim(self.python_version)
         if self.needs_git():  # uv clones `git+…` requirements with git, which the base lacks
             lines.append(
                 "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends git ca-certificates"
@@ -118,12 +119,19 @@ class FalEnvironment:
         local = self.local_find_links()
         for raw in self.layers:
             layer = [_relink(item, local) for item in raw]
-            if layer and any(_SECRET.search(item) for item in layer):
-                lines.append(f"RUN {_with_secrets(uv, layer)}")
+            if any(_SECRET.search(item) for item in layer):
+                copy_uv, run = uv_pip_install([])
+                lines += [copy_uv, f"RUN {_with_secrets(run.removeprefix('RUN '), layer)}"]
+            elif any(item.startswith("-") for item in layer):
+                lines += uv_pip_install([], options=" ".join(shlex.quote(item) for item in layer))
             elif layer:
-                lines.append(f"RUN {uv} {' '.join(shlex.quote(item) for item in layer)}")
+                lines += uv_pip_install(layer)
+        if not any(line.startswith("COPY --from=ghcr.io/astral-sh/uv") for line in lines):
+            lines.append(uv_pip_install([])[0])  # no requirements: uv only for the agent
         agent = " ".join(shlex.quote(p) for p in AGENT_PACKAGES)
-        lines.append(f"RUN {uv} --target {AGENT_DIR} {agent}")
+        lines.append(
+            f"RUN {UV_ROOT}/uv pip install --python $(command -v python) --target {AGENT_DIR} {agent}"
+        )
         return lines
 
 
