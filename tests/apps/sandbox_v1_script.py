@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import ssl
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +18,7 @@ from grpclib.client import Channel
 from modal.sandbox._common import _is_v1_sandbox_id
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientStub
+from sandbox_tunnels import fetch_through_tunnels
 
 APP_NAME = "kiln-test-sandboxes-v1"
 app = modal.App.lookup(APP_NAME, create_if_missing=True)
@@ -95,7 +93,7 @@ def running() -> None:
             sb.filesystem.read_text("/data/f.txt"),
             sb.exec("cat", "/data/f.txt").stdout.read(),
         ]
-        report["tunnels"] = _fetch_through_tunnels(sb)
+        report["tunnels"] = fetch_through_tunnels(sb, os.environ["KILN_CA_BUNDLE"], 8000, 8001, "/ok.txt")
         sb.set_tags({"role": "v1", "team": name})
         report["tags"] = sb.get_tags()
         by_id = modal.Sandbox.from_id(sb.object_id)
@@ -123,22 +121,6 @@ def running() -> None:
     report["snapshots"] = later
     timed = modal.Sandbox.create("sleep", "600", app=app, image=image, timeout=2)
     report["timeout"] = [raises(timed.wait), timed.returncode]
-
-
-def _fetch_through_tunnels(sb: modal.Sandbox) -> list[str]:
-    tunnels = sb.tunnels()
-    trusted = ssl.create_default_context(cafile=os.environ["KILN_CA_BUNDLE"])
-    host, port = tunnels[8001].tcp_socket
-    bodies = []
-    for url, context in ((f"{tunnels[8000].url}/ok.txt", trusted), (f"http://{host}:{port}/ok.txt", None)):
-        for _ in range(100):  # until the server inside listens
-            try:
-                with urllib.request.urlopen(url, timeout=5, context=context) as response:
-                    bodies.append(response.read().decode())
-                    break
-            except OSError:
-                time.sleep(0.1)
-    return bodies
 
 
 def left_running() -> None:

@@ -10,11 +10,9 @@ import json
 import os
 import re
 import select
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -408,20 +406,8 @@ def test_a_tunnel_reaches_an_http_server_in_the_sandbox(
     try:
         tunnel = sb.tunnels()[8000]
         assert tunnel.host == "127.0.0.1"  # this machine's loopback
-        trusted = ssl.create_default_context(cafile=str(kiln.home / "tls" / "bundle.pem"))  # kiln's CA
-        plain_host, plain_port = sb.tunnels()[8001].tcp_socket
-        bodies = []
-        for url, context in (
-            (f"{tunnel.url}/ok.txt", trusted),
-            (f"http://{plain_host}:{plain_port}/ok.txt", None),
-        ):
-            for _ in range(100):  # until the server inside listens
-                try:
-                    with urllib.request.urlopen(url, timeout=5, context=context) as response:
-                        bodies.append(response.read().decode())
-                        break
-                except OSError:
-                    time.sleep(0.1)
+        fetch = importlib.import_module("sandbox_tunnels").fetch_through_tunnels
+        bodies = fetch(sb, str(kiln.home / "tls" / "bundle.pem"), 8000, 8001, "/ok.txt")  # kiln's CA
         assert bodies == ["tunnel-ok\n", "tunnel-ok\n"]
         assert tunnel.url.startswith("https://127.0.0.1:")
     finally:
