@@ -192,14 +192,14 @@ def modal_client(kiln: KilnServer, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_client(
-    kiln: KilnServer, script: str, *args: str, timeout: float = 120
+    kiln: KilnServer, script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """A Python script that uses the official client's API, in a process of its own (cwd: tests/apps):
     nothing of the client (its cached channel, its app) outlives the script."""
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=APPS,
-        env={**kiln.env, "PYTHONUNBUFFERED": "1"},
+        env={**kiln.env, "PYTHONUNBUFFERED": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -103,6 +103,7 @@ class InMemoryContainer:
     def __init__(self, spec: ContainerSpec, sink: OutputSink | None = None) -> None:
         self.spec = spec
         self.sink = sink
+        self.stdin: asyncio.StreamWriter | None = None  # it reads nothing
         self.killed = False
         self._status: ExitStatus | None = None
         self._exited = asyncio.Event()

@@ -113,7 +113,7 @@ class _Writer:
 def test_stdin_applies_a_resent_write_once_and_refuses_a_gap() -> None:
     async def scenario() -> None:
         writer = _Writer()
-        stdin = StdinPipe(writer)  # type: ignore[arg-type]
+        stdin = StdinPipe(writer)
         await stdin.write(0, b"hello", False)
         await stdin.write(0, b"hello", False)  # lost acknowledgement: the same bytes again
         await stdin.write(3, b"lo world", False)

@@ -24,7 +24,7 @@ from kiln.core.apps import App, Apps, AppState
 from kiln.core.autoscaler import check_settings
 from kiln.core.calls import Calls, DataChunk, FunctionCall, Input, Invocation, Output
 from kiln.core.frontend import Frontend
-from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord
+from kiln.core.functions import Autoscaling, FunctionDef, FunctionRecord, Resources
 from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
@@ -91,7 +91,6 @@ class Core:
             max_partition_items=config.queue_max_items,
             max_item_bytes=config.queue_max_item_bytes,
         )
-        self.sandboxes = Sandboxes(state)
         # Volume files live beside the state that names them (`volumes_home`, default KILN_HOME)
         # and belong to the containers' root (`volume_owner`), which writes them too.
         volumes_home = volumes_home or config.home
@@ -109,6 +108,7 @@ class Core:
         self._journal = Journal(state)
         self._logs = LogFiles(logs_dir or config.logs_dir)
         self._placer = placer or Placer()
+        self.sandboxes = Sandboxes(state, placer=self._placer)
         self._apps = Apps()
         self._calls = Calls(log=self._journal)
         self._scheduler = Scheduler(
@@ -505,17 +505,33 @@ class Core:
             scaling = function.autoscaling
             scaling.max_containers = min(scaling.max_containers or fit, fit)
         elif self.config.gpu_fallback_cpu:
-            request = gpus.describe(*(gpu_request(function.resources) or ("", 1)))
-            have = self._placer.describe_machines()
-            log.warning(
-                "%s asks for gpu=%r; this machine has %s: running it on the CPU", function.tag, request, have
-            )
-            self.app_logs(function.app_id).append(
-                f"kiln: warning: {function.tag} asks for gpu={request!r} but this machine has {have}; "
-                "running it on the CPU (the server was started with KILN_GPU_FALLBACK=cpu).\n",
-                INFO,
-            )
-            function.resources.gpu_type, function.resources.gpu_count = "", 0
+            self._run_on_cpu(function.tag, function.app_id, function.resources)
+
+    def _run_on_cpu(self, who: str, app_id: str, resources: Resources) -> None:
+        """The CPU fallback: drop a GPU request this machine cannot serve, saying so in the log
+        and the app's log."""
+        request = gpus.describe(*(gpu_request(resources) or ("", 1)))
+        have = self._placer.describe_machines()
+        log.warning("%s asks for gpu=%r; this machine has %s: running it on the CPU", who, request, have)
+        self.app_logs(app_id).append(
+            f"kiln: warning: {who} asks for gpu={request!r} but this machine has {have}; "
+            "running it on the CPU (the server was started with KILN_GPU_FALLBACK=cpu).\n",
+            INFO,
+        )
+        resources.gpu_type, resources.gpu_count = "", 0
+
+    def sandbox_resources(self, resources: Resources, app_id: str) -> Resources:
+        """What a sandbox runs with: its GPUs placed as a function's are (`Sandboxes.create`
+        holds them until it ends); a GPU this machine lacks is refused with the fix, or dropped
+        with the CPU fallback (KILN_GPU_FALLBACK=cpu)."""
+        if not resources.gpu_type:
+            return resources
+        gpus.validate(resources.gpu_type, resources.gpu_count or 1)
+        if not self._placer.servable(resources):
+            if not self.config.gpu_fallback_cpu:
+                raise self._no_gpu_for("A sandbox", resources)
+            self._run_on_cpu("a sandbox", app_id, resources)
+        return resources
 
     def gpu_servable(self, function: FunctionDef | Any) -> bool:
         """Whether this machine can run a function with these resources now or later."""
@@ -568,14 +584,17 @@ class Core:
         )
 
     def _check_servable(self, function: FunctionDef) -> None:
-        if self._placer.servable(function.resources):
-            return
-        wanted = gpu_request(function.resources)
+        if not self._placer.servable(function.resources):
+            raise self._no_gpu_for(function.tag, function.resources)
+
+    def _no_gpu_for(self, who: str, resources: Resources) -> InvalidRequest:
+        wanted = gpu_request(resources)
         assert wanted is not None
-        raise InvalidRequest(
-            f"{function.tag} asks for gpu={gpus.describe(*wanted)!r}, but this kiln server has "
+        return InvalidRequest(
+            f"{who} asks for gpu={gpus.describe(*wanted)!r}, but this kiln server has "
             f"{self._placer.describe_machines()}. Run it on a machine with such a GPU, or start kiln with "
-            "KILN_GPU_FALLBACK=cpu (`kiln server --gpu-fallback cpu`) to run GPU functions on the CPU."
+            "KILN_GPU_FALLBACK=cpu (`kiln server --gpu-fallback cpu`) to run GPU functions and sandboxes "
+            "on the CPU."
         )
 
     def put_inputs(self, call: FunctionCall, items: list[tuple[int, bytes, str, bool]]) -> list[Input]:
@@ -638,11 +657,26 @@ class Core:
         if record is None:
             task = self._scheduler.task(task_id)
             if task is None:
-                raise NotFound(f"Container {task_id} not found on this kiln server")
+                return self._sandbox_task(task_id)
             return TaskRecord(
                 task.task_id, task.function.app_id, task.function.function_id, task.enqueued_at, 0.0
             )
         return record
+
+    async def snapshot_sandbox(self, task_id: str) -> str:
+        """The files of the sandbox running as `task_id`, now, as an image (its ID) that later
+        sandboxes and functions start from."""
+        sandbox = self.sandboxes.by_task(task_id)
+        async with self.sandboxes.paused(task_id) as upper:
+            return await self.images.snapshot(upper, sandbox.image_id, sandbox.sandbox_id)
+
+    def _sandbox_task(self, task_id: str) -> TaskRecord:
+        try:
+            info = self.sandboxes.info_by_task(task_id)
+        except NotFound:
+            raise NotFound(f"Container {task_id} not found on this kiln server") from None
+        ended = info.result.message or f"exit code {info.result.exitcode}" if info.result else ""
+        return TaskRecord(task_id, info.app_id, "", info.created_at, info.created_at, info.finished_at, ended)
 
     async def next_inputs(
         self, task_id: str, max_items: int, linger: float, wait: float
@@ -682,7 +716,7 @@ class Core:
         """Ask a container to finish (graceful) or kill it now; False if there is no such container."""
         found = self._scheduler.find(task_id)
         if found is None:
-            return False
+            return self.sandboxes.stop(task_id)
         pool, task = found
         if graceful:
             pool.drain(task)

@@ -28,9 +28,11 @@ from typing import Protocol
 
 from kiln.containers import Container, ContainerSpec, ExitStatus
 from kiln.containers.exec import ExecProcess, ExecServer, ExecSpec
+from kiln.core.functions import Resources
+from kiln.core.placement import Placement, Placer
 from kiln.core.results import Status
-from kiln.core.stdio import OutputLog, StdinPipe
-from kiln.errors import InvalidRequest, KilnError, NotFound
+from kiln.core.stdio import OutputLog, StdinPipe, Terminal
+from kiln.errors import ContainerStartError, InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
 from kiln.storage.state import StateStore
 
@@ -48,8 +50,11 @@ KEEP_ENDED_COUNT = 100
 KEEP_EXEC_SECONDS = 300.0
 _EXEC_BUFFER = 8 << 20  # unread output an exec may have before it waits for its reader
 # A sandbox's task ID ends with "V": the client routes `modal container exec` of such a task
-# to the V2 sandbox protocol.
+# to the V2 sandbox protocol. A sandbox created over the V1 protocol has IDs of the V1 shape.
 TASK_MARKER = "V"
+# What a sandbox whose entrypoint runs on a terminal runs as its container's command: the
+# entrypoint itself is started beside it on a terminal of the sandbox's own (as a pty exec is).
+_HOLD = ["sleep", "2147483647"]
 
 
 class SandboxRuntime(Protocol):
@@ -167,6 +172,7 @@ class SandboxInfo:
     idle_timeout: float
     tunnels: dict[int, int]  # container port → host loopback port
     result: SandboxResult | None
+    finished_at: float  # wall-clock time it ended (0: running)
 
 
 @dataclass
@@ -184,6 +190,10 @@ class Sandbox(SandboxInfo):
     ready_command: list[str] = field(default_factory=list)
     ready_port: int = 0
     ready_interval: float = 0.1
+    placement: Placement = field(default_factory=Placement)  # the GPUs it holds
+    # An entrypoint on a terminal (`pty`): its process, and its terminal's pump.
+    entrypoint: ExecProcess | None = None
+    terminal_closed: asyncio.Future[None] | None = None
     # Started beside the container (execs are what sandboxes are for), awaited by the first exec.
     exec_server: asyncio.Future[ExecServer] | None = None
     exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -208,8 +218,12 @@ class Sandbox(SandboxInfo):
 class Sandboxes:
     """Every sandbox of this server: the live ones, and the journal of all."""
 
-    def __init__(self, state: StateStore, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, state: StateStore, monotonic: Callable[[], float] = time.monotonic, placer: Placer | None = None
+    ) -> None:
         self._state = state
+        self._placer = placer or Placer()
+        self._stopping: set[asyncio.Task[None]] = set()
         self._live: dict[str, Sandbox] = {}
         self._by_task: dict[str, str] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -243,14 +257,22 @@ class Sandboxes:
         ready_command: list[str] | None = None,
         ready_port: int = 0,
         ready_interval: float = 0.1,
+        resources: Resources | None = None,
+        pty: tuple[int, int] | None = None,
+        v1_ids: bool = False,
     ) -> Sandbox:
+        """Start a sandbox. `resources`: the GPUs to place it on (held until it ends); `pty`:
+        (rows, cols) of a terminal its entrypoint runs on, which is then its stdin and stdout;
+        `v1_ids`: IDs of the client's V1 shape, so the client drives it (and later handles to
+        it) over the V1 protocol it was created with."""
         if name and any(s.name == name and s.app_id == app_id and s.running for s in self._live.values()):
             raise SandboxNameTaken(
                 f"a running sandbox named {name!r} already exists in this app; terminate it or choose another name"
             )
+        sandbox_id, task_id = _new_ids(v1_ids)
         sandbox = Sandbox(
-            sandbox_id=new_id("sb") + "V",  # not the V1 shape (22 characters): the client uses V2 RPCs
-            task_id=new_id("ta") + TASK_MARKER,
+            sandbox_id=sandbox_id,
+            task_id=task_id,
             app_id=app_id,
             environment=environment,
             name=name,
@@ -263,6 +285,7 @@ class Sandboxes:
             image_id=image_id,
             tunnels=dict(tunnels or {}),
             result=None,
+            finished_at=0.0,
             ready_command=list(ready_command or []),
             ready_port=ready_port,
             ready_interval=ready_interval,
@@ -274,27 +297,71 @@ class Sandboxes:
             if sink is not None:
                 sink(fd, data)
 
-        spec.stdin = True
+        entrypoint = ExecSpec(list(spec.argv), dict(spec.env), spec.cwd, pty=True) if pty else None
+        if entrypoint is not None:
+            spec.argv = list(_HOLD)
+        spec.stdin = entrypoint is None
         try:
+            sandbox.placement = self._placer.place(resources or Resources())
+            spec.gpus = list(sandbox.placement.gpus)
             container = await runtime.start(spec, output)
         except KilnError as exc:
+            self._placer.release(sandbox.placement)
             self._end(sandbox, SandboxResult(Status.INIT_FAILURE, 1, str(exc)))
             raise
         sandbox.container = container
         sandbox.exec_server = _exec_server(container)
         sandbox.stdin = StdinPipe(container.stdin)
+        if entrypoint is not None and pty is not None:
+            try:
+                await self._start_on_terminal(sandbox, entrypoint, pty, lambda data: output(1, data))
+            except BaseException as exc:
+                await container.kill()
+                await _close_exec_server(sandbox)
+                self._placer.release(sandbox.placement)
+                self._end(sandbox, SandboxResult(Status.INIT_FAILURE, 1, str(exc)))
+                raise
         sandbox.started = sandbox.last_active = self._monotonic()
         self._live[sandbox.sandbox_id] = sandbox
         self._by_task[sandbox.task_id] = sandbox.sandbox_id
         self._watchers[sandbox.sandbox_id] = asyncio.ensure_future(self._watch(sandbox))
         return sandbox
 
+    async def _start_on_terminal(
+        self, sandbox: Sandbox, entrypoint: ExecSpec, window: tuple[int, int], output: Callable[[bytes], None]
+    ) -> None:
+        """Run the entrypoint as a pty exec runs: on a terminal of the sandbox's own devpts,
+        under exactly the sandbox's confinement."""
+        assert sandbox.exec_server is not None
+        server = await asyncio.shield(sandbox.exec_server)
+        process = await server.run(entrypoint)
+        if process.terminal is None:
+            process.kill()
+            raise ContainerStartError(
+                f"could not open a terminal for the sandbox's entrypoint {entrypoint.argv[0]!r}"
+            )
+        terminal = Terminal(process.terminal, output, *window)
+        sandbox.entrypoint = process
+        sandbox.stdin = StdinPipe(terminal)
+        sandbox.terminal_closed = asyncio.ensure_future(terminal.closed_after(process.wait()))
+
     async def _watch(self, sandbox: Sandbox) -> None:
-        """Wait for the sandbox to end, ending it first if it expires."""
+        """Wait for the sandbox to end, ending it first if it expires (or, for an entrypoint on
+        a terminal, once that has exited: it is what the sandbox runs)."""
         container = sandbox.container
         assert container is not None
         waiter = asyncio.ensure_future(container.wait())
+        entrypoint = sandbox.entrypoint
+        entry_exit: ExitStatus | None = None
+        watched = [waiter] + ([asyncio.ensure_future(entrypoint.wait())] if entrypoint else [])
         while not waiter.done():
+            if entrypoint is not None and entrypoint.returncode is not None and not sandbox.ended_by:
+                code = entrypoint.returncode
+                entry_exit = ExitStatus(code=None, signal=-code) if code < 0 else ExitStatus(code, None)
+                if sandbox.terminal_closed is not None:
+                    await asyncio.shield(sandbox.terminal_closed)
+                await container.kill()
+                break
             busy = any(e.returncode is None for e in sandbox.execs.values())
             reason = expired(
                 self._monotonic(),
@@ -308,16 +375,15 @@ class Sandboxes:
                 sandbox.ended_by = sandbox.ended_by or reason
                 await container.kill()
                 break
-            await asyncio.wait([waiter], timeout=0.5)
+            await asyncio.wait(watched, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         exit = await waiter
-        if sandbox.exec_server is not None:
-            sandbox.exec_server.cancel()
-            if (
-                sandbox.exec_server.done()
-                and not sandbox.exec_server.cancelled()
-                and not sandbox.exec_server.exception()
-            ):
-                await sandbox.exec_server.result().close()
+        if entry_exit is not None and not sandbox.ended_by:
+            exit = entry_exit
+        if sandbox.terminal_closed is not None:
+            with contextlib.suppress(Exception):
+                await sandbox.terminal_closed
+        self._placer.release(sandbox.placement)
+        await _close_exec_server(sandbox)
         sandbox.stdout.close()
         sandbox.stderr.close()
         sandbox.stdin.close()
@@ -328,9 +394,10 @@ class Sandboxes:
 
     def _end(self, sandbox: Sandbox, result: SandboxResult) -> None:
         sandbox.result = result
+        sandbox.finished_at = time.time()
         self._state.execute(
             "UPDATE sandboxes SET ended_at = ?, result = ? WHERE id = ?",
-            (time.time(), result.to_json(), sandbox.sandbox_id),
+            (sandbox.finished_at, result.to_json(), sandbox.sandbox_id),
         )
         sandbox.ended_at = self._monotonic()
         sandbox.ended.set()
@@ -386,6 +453,16 @@ class Sandboxes:
                 raise NotFound(f"no sandbox runs as task {task_id}")
             return self.live(rows[0][0])
         return self._live[sandbox_id]
+
+    def info_by_task(self, task_id: str) -> SandboxInfo:
+        """The sandbox that runs (or ran) as task `task_id`, live or from the journal."""
+        sandbox_id = self._by_task.get(task_id)
+        if sandbox_id is not None:
+            return _info_of(self._live[sandbox_id])
+        rows = self._state.query(_SELECT + " WHERE task_id = ?", (task_id,))
+        if not rows:
+            raise NotFound(f"no sandbox runs as task {task_id}")
+        return _info_from_row(rows[0])
 
     def info(self, sandbox_id: str) -> SandboxInfo:
         sandbox = self._live.get(sandbox_id)
@@ -465,6 +542,19 @@ class Sandboxes:
             await sandbox.container.kill(grace=0.0)
             await sandbox.ended.wait()
 
+    def stop(self, task_id: str) -> bool:
+        """Begin ending the running sandbox of task `task_id` (`modal container stop`); False
+        if no sandbox runs as that task."""
+        sandbox = self._live.get(self._by_task.get(task_id, ""))
+        if sandbox is None or not sandbox.running:
+            return False
+        stopping = asyncio.ensure_future(
+            self.terminate(sandbox.sandbox_id, "the sandbox's container was stopped (modal container stop)")
+        )
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        return True
+
     async def stop_app(self, app_id: str) -> None:
         """An app's sandboxes end with it (as on Modal)."""
         ended = [s for s in self._live.values() if s.app_id == app_id and s.running]
@@ -505,7 +595,16 @@ class Sandboxes:
 
     # --- exec
 
-    async def exec(self, task_id: str, exec_id: str, spec: ExecSpec, timeout: float = 0.0) -> Exec:
+    async def exec(
+        self,
+        task_id: str,
+        exec_id: str,
+        spec: ExecSpec,
+        timeout: float = 0.0,
+        window: tuple[int, int] = (0, 0),
+    ) -> Exec:
+        """Run `spec` in the sandbox (once per `exec_id`); a pty exec's terminal, of `window`
+        (rows, cols), is its stdout and its stdin."""
         sandbox = self.by_task(task_id)
         existing = sandbox.execs.get(exec_id)
         if existing is not None:
@@ -520,6 +619,10 @@ class Sandboxes:
         sandbox.touch()
         output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
         run = Exec(exec_id, process, *output, StdinPipe(process.stdin), terminal=process.terminal)
+        if process.terminal is not None:
+            terminal = Terminal(process.terminal, run.stdout.append, *window)
+            run.stdin = StdinPipe(terminal)
+            run.tasks.append(asyncio.ensure_future(_close_after(terminal, process, run.stdout)))
         sandbox.execs[exec_id] = run
         run.tasks.append(asyncio.ensure_future(self._pump_exec(sandbox, run, timeout, terminal=spec.pty)))
         return run
@@ -580,6 +683,19 @@ class Sandboxes:
             asyncio.get_running_loop().call_later(KEEP_EXEC_SECONDS, sandbox.execs.pop, run.exec_id, None)
 
 
+async def _close_exec_server(sandbox: Sandbox) -> None:
+    starting = sandbox.exec_server
+    if starting is not None:
+        starting.cancel()
+        if starting.done() and not starting.cancelled() and not starting.exception():
+            await starting.result().close()
+
+
+async def _close_after(terminal: Terminal, process: ExecProcess, output: OutputLog) -> None:
+    await terminal.closed_after(process.wait())
+    output.close()
+
+
 def _stop_all(procs_files: list[str]) -> list[int]:
     """SIGSTOP every process of a container's cgroups until none is left running (a process
     may fork while the others are being stopped); the pids stopped."""
@@ -624,11 +740,23 @@ class SandboxFinished(InvalidRequest):
     """An operation that needs a running sandbox, on one that has ended."""
 
 
-_SELECT = "SELECT id, task_id, app_id, environment, name, data, created_at, result FROM sandboxes"
+_SELECT = "SELECT id, task_id, app_id, environment, name, data, created_at, result, ended_at FROM sandboxes"
+
+
+def _new_ids(v1: bool) -> tuple[str, str]:
+    """A new sandbox's ID and task ID. The client picks the protocol of a sandbox by its ID:
+    `sb-` + 22 characters is V1, anything else V2 (kiln adds a "V"); a task ID ending in "V" is
+    a V2 sandbox's, so a V1 sandbox's must not."""
+    if not v1:
+        return new_id("sb") + "V", new_id("ta") + TASK_MARKER
+    task_id = new_id("ta")
+    while task_id.endswith(TASK_MARKER):
+        task_id = new_id("ta")
+    return new_id("sb"), task_id
 
 
 def _info_from_row(row: tuple[object, ...]) -> SandboxInfo:
-    sandbox_id, task_id, app_id, environment, name, data, created_at, result = row
+    sandbox_id, task_id, app_id, environment, name, data, created_at, result, ended_at = row
     fields = json.loads(str(data))
     return SandboxInfo(
         sandbox_id=str(sandbox_id),
@@ -643,6 +771,7 @@ def _info_from_row(row: tuple[object, ...]) -> SandboxInfo:
         idle_timeout=float(fields.get("idle_timeout", 0)),
         tunnels={int(k): int(v) for k, v in fields.get("tunnels", {}).items()},
         result=SandboxResult.from_json(str(result)) if result else None,
+        finished_at=float(ended_at or 0),  # type: ignore[arg-type]
     )
 
 

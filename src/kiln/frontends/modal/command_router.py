@@ -10,10 +10,6 @@ the caller: the token is the capability to drive that one sandbox.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import struct
-import termios
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,7 +27,7 @@ from kiln.core.core import Core
 from kiln.core.sandboxes import Exec, Sandbox
 from kiln.core.stdio import OutputLog, StdinClosed
 from kiln.frontends.modal.dispatch import _Method, _methods, receive, translated_errors
-from kiln.frontends.modal.sandboxes import router_subject, secret_env
+from kiln.frontends.modal.sandboxes import router_subject, secret_env, terminal_env
 
 SERVICE = sr_pb2.DESCRIPTOR.services_by_name["TaskCommandRouter"]
 _WAIT_POLL = 50.0  # the client waits 60 s per TaskExecWait, and asks again on DEADLINE_EXCEEDED
@@ -72,16 +68,11 @@ class CommandRouter:
         )
         if request.pty_info.enabled:
             spec.pty = True
-            spec.env.setdefault("TERM", request.pty_info.env_term or "xterm-256color")
-            if request.pty_info.env_colorterm:
-                spec.env.setdefault("COLORTERM", request.pty_info.env_colorterm)
-        fresh = request.exec_id not in sandbox.execs
-        run = await self.core.sandboxes.exec(
-            request.task_id, request.exec_id, spec, float(request.timeout_secs)
+            terminal_env(spec.env, request.pty_info)
+        window = (request.pty_info.winsz_rows, request.pty_info.winsz_cols)
+        await self.core.sandboxes.exec(
+            request.task_id, request.exec_id, spec, float(request.timeout_secs), window
         )
-        if fresh and run.terminal is not None:
-            _set_window(run.terminal, request.pty_info.winsz_rows, request.pty_info.winsz_cols)
-            _attach_terminal(run, run.terminal)
         return sr_pb2.TaskExecStartResponse()
 
     def _exec(self, task_id: str, exec_id: str) -> tuple[Sandbox, Exec]:
@@ -156,9 +147,7 @@ class CommandRouter:
     ) -> sr_pb2.TaskSnapshotFilesystemResponse:
         """The sandbox's files now, as an image later sandboxes and functions start from."""
         _no_sidecar(request.container_id)
-        sandbox = self.core.sandboxes.by_task(request.task_id)
-        async with self.core.sandboxes.paused(request.task_id) as upper:
-            image_id = await self.core.images.snapshot(upper, sandbox.image_id, sandbox.sandbox_id)
+        image_id = await self.core.snapshot_sandbox(request.task_id)
         return sr_pb2.TaskSnapshotFilesystemResponse(image_id=image_id)
 
     async def TaskReloadVolumes(
@@ -223,54 +212,6 @@ def _exit_status(returncode: int | None) -> dict[str, int]:
     if returncode < 0:
         return {"signal": -returncode}
     return {"code": returncode}
-
-
-def _set_window(fd: int, rows: int, cols: int) -> None:
-    if rows and cols:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _attach_terminal(run: Exec, terminal: int) -> None:
-    """A pty exec: its terminal's output is its stdout, and stdin writes go to the terminal."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(terminal, False)
-
-    def readable() -> None:
-        try:
-            data = os.read(terminal, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            run.stdout.append(data)
-        else:
-            loop.remove_reader(terminal)
-
-    loop.add_reader(terminal, readable)
-
-    class _Terminal:
-        def write(self, data: bytes) -> None:
-            os.write(terminal, data)
-
-        async def drain(self) -> None:
-            return None
-
-        def close(self) -> None:
-            pass
-
-    run.stdin._writer = _Terminal()  # type: ignore[assignment]
-    run.stdin.closed = False
-
-    async def close_when_done() -> None:
-        await run.process.wait()
-        await asyncio.sleep(0.05)  # the last output the terminal holds
-        readable()
-        loop.remove_reader(terminal)
-        os.close(terminal)
-        run.stdout.close()
-
-    run.tasks.append(asyncio.ensure_future(close_when_done()))
 
 
 # --- the service

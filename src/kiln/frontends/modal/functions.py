@@ -57,7 +57,7 @@ class FunctionHandlers:
             ranked = [r.function for r in sorted(req.function_data.ranked_functions, key=lambda r: r.rank)]
             if not ranked:
                 raise InvalidRequest("FunctionCreate: function_data has no ranked_functions")
-            servable = (f for f in ranked if self.core.gpu_servable(_resources(f.resources)))
+            servable = (f for f in ranked if self.core.gpu_servable(resources_of(f.resources)))
             function = api_pb2.Function()
             function.CopyFrom(next(servable, ranked[0]))
         else:
@@ -266,7 +266,7 @@ def to_core(function_id: str, app_id: str, function: api_pb2.Function) -> Functi
             buffer_containers=settings.buffer_containers if settings.HasField("buffer_containers") else 0,
             scaledown_window=float(settings.scaledown_window or function.task_idle_timeout_secs or 60),
         ),
-        resources=_resources(function.resources),
+        resources=resources_of(function.resources),
         definition=function.SerializeToString(),
         schedule=_schedule(function.schedule) if function.HasField("schedule") else None,
         # A FunctionInput without args is a call with no arguments (the client's `((), {})`).
@@ -286,7 +286,7 @@ def _schedule(schedule: api_pb2.Schedule) -> Schedule | None:
     return None
 
 
-def _resources(resources: api_pb2.Resources) -> Resources:
+def resources_of(resources: api_pb2.Resources) -> Resources:
     gpu = resources.gpu_config
     gpu_type = gpu.gpu_type or (api_pb2.GPUType.Name(gpu.type).removeprefix("GPU_TYPE_") if gpu.type else "")
     return Resources(

@@ -1,14 +1,16 @@
-"""The Modal client's sandbox control plane (the V2 RPCs): create, look up, list, tag, wait for
-and terminate sandboxes, and hand out access to their command router
-(`frontends/modal/command_router.py`), where exec and stdio happen.
+"""The Modal client's sandbox control plane: create, look up, list, tag, wait for and terminate
+sandboxes, and hand out access to their command router (`frontends/modal/command_router.py`),
+where exec and stdio happen. These are the V2 RPCs, and the V1 RPCs that take the same messages
+(the V1 protocol's own are in `sandboxes_v1.py`): one kind of sandbox underneath.
 
 A sandbox is translated here into a `ContainerSpec` (its image's layers, mounts, environment,
-secrets, resources, network and port forwards) and owned by the core's `Sandboxes`.
+secrets, resources, GPUs, network and port forwards) and owned by the core's `Sandboxes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
@@ -31,6 +33,7 @@ from kiln.core.sandboxes import (
 from kiln.core.stdio import StdinClosed
 from kiln.errors import InvalidRequest, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
+from kiln.frontends.modal.functions import resources_of
 from kiln.frontends.modal.launcher import free_loopback_port
 from kiln.frontends.modal.volumes import mount_binds
 from kiln.gateway.tls import LoopbackTLS
@@ -90,24 +93,37 @@ class SandboxHandlers:
             )
         return api_pb2.AppGetOrCreateResponse(app_id=app.app_id)
 
-    async def SandboxCreate(self, request: api_pb2.SandboxCreateRequest, ctx: CallContext) -> object:
-        # The client falls back to the V1 protocol for what V2 lacks: a GPU, network file systems.
-        raise Unsupported(
-            "kiln serves sandboxes over the client's V2 protocol only: gpu= and network_file_systems= "
-            "at Sandbox.create (which the client sends over V1) are not supported"
-        )
-
     async def SandboxCreateV2(
         self, request: api_pb2.SandboxCreateV2Request, ctx: CallContext
     ) -> api_pb2.SandboxCreateV2Response:
+        sandbox = await self.create(request.app_id, request.definition, request.secret_sources, request.tags)
+        return api_pb2.SandboxCreateV2Response(
+            sandbox_id=sandbox.sandbox_id,
+            task_id=sandbox.task_id,
+            metadata=api_pb2.SandboxHandleMetadata(app_id=sandbox.app_id),
+            command_router_access=await self.router_access(sandbox.task_id, ctx),
+            tunnels=_tunnel_data(sandbox),
+        )
+
+    async def create(
+        self,
+        app_id: str,
+        definition: api_pb2.Sandbox,
+        secret_sources: Iterable[api_pb2.SecretSource],
+        tags: Iterable[api_pb2.SandboxTag],
+        v1: bool = False,
+    ) -> Sandbox:
+        """A new sandbox of `definition`, running once this returns (`v1`: created over the V1
+        protocol, whose IDs it gets)."""
         core = self.core
-        app = core.app(request.app_id)
+        app = core.app(app_id)
         if not app.running:
             raise InvalidRequest(
                 f"app {app.app_id} has stopped; sandboxes need a running app (App.lookup(...))"
             )
-        definition = request.definition
-        spec, tunnels = await asyncio.to_thread(self._spec, definition, list(request.secret_sources))
+        spec, tunnels = await asyncio.to_thread(self._spec, definition, list(secret_sources))
+        resources = core.sandbox_resources(resources_of(definition.resources), app.app_id)
+        pty = definition.pty_info
         logs = core.app_logs(app.app_id)
         sandbox_task: list[str] = []
 
@@ -120,7 +136,7 @@ class SandboxHandlers:
             app_id=app.app_id,
             environment=app.environment,
             name=definition.name,
-            tags={t.tag_name: t.tag_value for t in request.tags},
+            tags={t.tag_name: t.tag_value for t in tags},
             timeout=float(definition.timeout_secs or 300),
             idle_timeout=float(definition.idle_timeout_secs),
             image_id=definition.image_id,
@@ -129,6 +145,9 @@ class SandboxHandlers:
             ready_command=list(definition.readiness_probe.exec_command.argv),
             ready_port=definition.readiness_probe.tcp_port,
             ready_interval=max(definition.readiness_probe.interval_ms, 10) / 1000,
+            resources=resources,
+            pty=(pty.winsz_rows, pty.winsz_cols) if pty.enabled else None,
+            v1_ids=v1,
         )
         sandbox_task.append(sandbox.task_id)
         sandbox.raw_ports = {p.port for p in definition.open_ports.ports if p.unencrypted}
@@ -138,27 +157,17 @@ class SandboxHandlers:
                 tunnel = await TlsTunnel.open(context, host_port)
                 sandbox.secure_tunnels[port] = tunnel.port
                 sandbox.on_end.append(tunnel.close)
-        return api_pb2.SandboxCreateV2Response(
-            sandbox_id=sandbox.sandbox_id,
-            task_id=sandbox.task_id,
-            metadata=api_pb2.SandboxHandleMetadata(app_id=app.app_id),
-            command_router_access=await self._router_access(sandbox.task_id, ctx),
-            tunnels=_tunnel_data(sandbox),
-        )
+        return sandbox
 
     def _spec(
         self, definition: api_pb2.Sandbox, sources: list[api_pb2.SecretSource]
     ) -> tuple[ContainerSpec, dict[int, int]]:
         core = self.core
         if definition.nfs_mounts or definition.cloud_bucket_mounts:
-            raise Unsupported("kiln's sandboxes do not mount network file systems or cloud buckets")
-        if definition.pty_info.enabled:
             raise Unsupported(
-                "kiln does not run a sandbox's entrypoint on a terminal (pty=True at Sandbox.create); "
-                "create it without pty and use sb.exec(..., pty=True) for an interactive terminal"
+                "kiln's sandboxes do not mount network file systems or cloud buckets; use a "
+                "modal.Volume (volumes={...}) to share files between sandboxes"
             )
-        if definition.resources.gpu_config.count or definition.resources.gpu_config.gpu_type:
-            raise Unsupported("kiln's sandboxes do not take GPUs yet")
         access = definition.network_access.network_access_type
         if access == _NETWORK.ALLOWLIST:
             raise Unsupported(
@@ -183,6 +192,8 @@ class SandboxHandlers:
             **config.env,
             **secret_env(core, sources, definition.secret_ids),
         }
+        if definition.pty_info.enabled:
+            terminal_env(env, definition.pty_info)
         argv = list(definition.entrypoint_args) or ["sleep", "2147483647"]
         resources = definition.resources
         # A sandbox's definition carries its Volumes as a function's does (`volume_mounts`).
@@ -209,7 +220,7 @@ class SandboxHandlers:
             self._tls = server_context(str(tls.cert), str(tls.key))
         return self._tls
 
-    async def _router_access(self, task_id: str, ctx: CallContext) -> api_pb2.CommandRouterAccess:
+    async def router_access(self, task_id: str, ctx: CallContext) -> api_pb2.CommandRouterAccess:
         url = self.core.grpc_url
         if ctx.task_id and self.container_router is not None:
             # A container reaches the router's own loopback port at its 127.0.0.1 (pasta maps it).
@@ -224,7 +235,7 @@ class SandboxHandlers:
         sandbox = (
             sandboxes.by_task(request.task_id) if request.task_id else sandboxes.live(request.sandbox_id)
         )
-        access = await self._router_access(sandbox.task_id, ctx)
+        access = await self.router_access(sandbox.task_id, ctx)
         return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
 
     async def SandboxWaitV2(
@@ -246,7 +257,12 @@ class SandboxHandlers:
     async def SandboxGetTaskIdV2(
         self, request: api_pb2.SandboxGetTaskIdRequest, ctx: CallContext
     ) -> api_pb2.SandboxGetTaskIdResponse:
-        info = self.core.sandboxes.info(request.sandbox_id)
+        sandboxes = self.core.sandboxes
+        info = sandboxes.info(request.sandbox_id)
+        if request.wait_until_ready and info.result is None:
+            with contextlib.suppress(SandboxFinished):
+                await sandboxes.wait_ready(info.task_id, min(request.timeout or MAX_LONG_POLL, MAX_LONG_POLL))
+            info = sandboxes.info(request.sandbox_id)
         response = api_pb2.SandboxGetTaskIdResponse(task_id=info.task_id)
         if info.result is not None:
             response.task_result.CopyFrom(_generic(info.result))
@@ -286,7 +302,7 @@ class SandboxHandlers:
         info = core.sandboxes.by_name(app.app_id, request.sandbox_name, request.include_terminated)
         return api_pb2.SandboxGetFromNameResponse(sandbox_id=info.sandbox_id, metadata=_metadata(info))
 
-    # kiln has one kind of sandbox: the client's V1 fallback of a name lookup finds the same ones.
+    # kiln has one kind of sandbox: the V1 RPCs that take the V2 ones' messages are the same.
     SandboxGetFromName = SandboxGetFromNameV2
 
     async def SandboxTagsGetV2(
@@ -298,6 +314,14 @@ class SandboxHandlers:
     async def SandboxTagsSetV2(self, request: api_pb2.SandboxTagsSetRequest, ctx: CallContext) -> object:
         self.core.sandboxes.set_tags(request.sandbox_id, {t.tag_name: t.tag_value for t in request.tags})
         return empty()
+
+    SandboxWait = SandboxWaitV2
+    SandboxTerminate = SandboxTerminateV2
+    SandboxGetTaskId = SandboxGetTaskIdV2
+    SandboxGetTunnels = SandboxGetTunnelsV2
+    SandboxList = SandboxListV2
+    SandboxTagsGet = SandboxTagsGetV2
+    SandboxTagsSet = SandboxTagsSetV2
 
 
 def _as_sandbox_runtime(runtime: Runtime) -> SandboxRuntime:
@@ -317,6 +341,13 @@ def secret_env(
         elif source.HasField("env"):
             env.update(source.env.contents)
     return env
+
+
+def terminal_env(env: dict[str, str], pty: api_pb2.PTYInfo) -> None:
+    """What a program on a terminal reads of it: the client's TERM (and COLORTERM)."""
+    env.setdefault("TERM", pty.env_term or "xterm-256color")
+    if pty.env_colorterm:
+        env.setdefault("COLORTERM", pty.env_colorterm)
 
 
 def _generic(result: SandboxResult | None) -> api_pb2.GenericResult:

@@ -212,12 +212,15 @@ def _image(scope: ContainerScope, request: Any) -> None:
 
 
 def _sandbox(scope: ContainerScope, request: Any) -> None:
-    scope.own_sandbox(request.sandbox_id, getattr(request, "task_id", ""))
+    scope.own_sandbox(getattr(request, "sandbox_id", ""), getattr(request, "task_id", ""))
 
 
 _SANDBOX_BY_ID = (
     "SandboxWaitV2", "SandboxTerminateV2", "SandboxGetTaskIdV2", "SandboxGetTunnelsV2", "SandboxTagsGetV2",
     "SandboxTagsSetV2", "SandboxGetCommandRouterAccess",
+    # The V1 protocol's (`gpu=`, `pty=True`, MODAL_SANDBOX_V2=0)
+    "SandboxWait", "SandboxTerminate", "SandboxGetTaskId", "SandboxGetTunnels", "SandboxTagsGet",
+    "SandboxTagsSet", "SandboxGetLogs", "SandboxStdinWrite", "SandboxSnapshotFs", "TaskGetCommandRouterAccess",
 )  # fmt: skip
 _DICT_BY_ID = (
     "DictGetById", "DictDelete", "DictHeartbeat", "DictGet", "DictUpdate", "DictPop", "DictContains",
@@ -297,7 +300,9 @@ RULES: dict[str, Check] = {
     "AuthTokenGet": _any,
     "AppGetOrCreate": _named,
     "SandboxCreateV2": _own_app("create sandboxes for"),
+    "SandboxCreate": _own_app("create sandboxes for"),
     "SandboxListV2": _own_app("list the sandboxes of"),
+    "SandboxList": _own_app("list the sandboxes of"),
     "SandboxGetFromNameV2": _named,
     "SandboxGetFromName": _named,
     **dict.fromkeys(_SANDBOX_BY_ID, _sandbox),

@@ -29,6 +29,7 @@ from kiln.frontends.modal.proxy_tokens import ProxyTokenHandlers
 from kiln.frontends.modal.queues import QueueHandlers
 from kiln.frontends.modal.registry import Registry, decode_meta
 from kiln.frontends.modal.sandboxes import SandboxHandlers
+from kiln.frontends.modal.sandboxes_v1 import SandboxV1Handlers
 from kiln.frontends.modal.scheduling import SchedulingHandlers
 from kiln.frontends.modal.servers import ServerHandlers
 from kiln.frontends.modal.tasks import TaskHandlers
@@ -50,6 +51,7 @@ class ModalFrontend:
         self.router = CommandRouter(core)
         self.container_router = LoopbackRouter(self.router, core.config.max_message_bytes)
         self._launcher.router_port = self.container_router.ensure
+        sandboxes = SandboxHandlers(core, runtime, self.container_router)
         self.handlers += [
             AppHandlers(core, self.registry),
             LogHandlers(core),
@@ -64,7 +66,8 @@ class ModalFrontend:
             DictHandlers(core),
             QueueHandlers(core),
             ServerHandlers(core),
-            SandboxHandlers(core, runtime, self.container_router),
+            sandboxes,
+            SandboxV1Handlers(core, sandboxes),
             VolumeHandlers(core, self.registry),
         ]
 

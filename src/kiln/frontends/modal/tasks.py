@@ -14,18 +14,26 @@ class TaskHandlers:
         self.core = core
 
     async def TaskList(self, req: api_pb2.TaskListRequest, ctx: CallContext) -> api_pb2.TaskListResponse:
+        """Running containers: functions' and sandboxes' (a sandbox is its task's container)."""
+        running = [
+            (t.task_id, t.function.app_id, t.started_at, t.enqueued_at) for t in self.core.tasks(req.app_id)
+        ]
+        running += [
+            (s.task_id, s.app_id, s.created_at, s.created_at)
+            for s in self.core.sandboxes.list(app_id=req.app_id)
+        ]
         response = api_pb2.TaskListResponse()
-        for task in self.core.tasks(req.app_id):
-            app = self.core.app(task.function.app_id)
+        for task_id, app_id, started_at, enqueued_at in running:
+            app = self.core.app(app_id)
             if req.environment_name and app.environment and app.environment != req.environment_name:
                 continue
             response.tasks.append(
                 api_pb2.TaskStats(
-                    task_id=task.task_id,
+                    task_id=task_id,
                     app_id=app.app_id,
                     app_description=app.description,
-                    started_at=task.started_at,
-                    enqueued_at=task.enqueued_at,
+                    started_at=started_at,
+                    enqueued_at=enqueued_at,
                 )
             )
         return response
