@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from modal_proto import api_pb2
 
-from kiln.containers.egress import TABLE, parse_allowlist, resolvers, ruleset
+from kiln.containers.egress import TABLE, nft_binary, parse_allowlist, resolvers, ruleset
 from kiln.containers.exec import docker_cap_numbers
-from kiln.errors import InvalidRequest, Unsupported
+from kiln.errors import InvalidRequest, SandboxUnavailable, Unsupported
 from kiln.frontends.modal.network_access import outbound_allowlist
 
 _TYPE = api_pb2.NetworkAccess.NetworkAccessType
@@ -123,3 +123,11 @@ def test_the_clients_network_access_becomes_an_allowlist_or_none() -> None:
         outbound_allowlist(access(_TYPE.ALLOWLIST, (), ("api.example.com",)))
     with pytest.raises(InvalidRequest, match="'nope'"):
         outbound_allowlist(access(_TYPE.ALLOWLIST, ("nope",)))
+
+
+def test_a_machine_without_nft_refuses_an_allowlist_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(SandboxUnavailable, match=r"apt-get install -y nftables"):
+        nft_binary()
