@@ -27,6 +27,7 @@ from pathlib import Path
 from kiln.containers.cgroups import Cgroups
 from kiln.containers.container import Container
 from kiln.containers.devices import container_devices, present
+from kiln.containers.egress import CAP_BYPASSING_FILTERS, EgressFilter, nft_binary, resolvers
 from kiln.containers.idmap import IdMap
 from kiln.containers.namespaces import stop_pasta
 from kiln.containers.readonly import read_only_paths
@@ -136,6 +137,7 @@ class BubblewrapRuntime:
 
     async def start(self, spec: ContainerSpec, sink: OutputSink | None = None) -> Container:
         ids = self.isolation.ids
+        egress = _egress_filter(spec)  # first: it refuses when this machine lacks nft
         scratch = self.scratch_root / uuid.uuid4().hex[:16]
         merged = scratch / "merged"
         work = scratch / "work"
@@ -156,7 +158,7 @@ class BubblewrapRuntime:
         )
         fds = _Descriptors()
         try:
-            args = self._bwrap_args(spec, read_only, fds)
+            args = self._bwrap_args(spec, read_only, fds, filtered=egress is not None)
             args_fd = fds.memfd("kiln-bwrap-args", b"".join(a.encode() + b"\0" for a in args))
             pasta_pidfile = str(PASTA_PIDS / f"{os.getpid()}-{scratch.name}.pid") if spec.network else ""
             plan: dict[str, object] = {
@@ -178,6 +180,9 @@ class BubblewrapRuntime:
                 "pasta_runas": f"{ids.uid}:{ids.gid}",
                 "forwards": [f"127.0.0.1/{f.host_port}:{f.container_port}" for f in spec.forwards],
                 "host_ports": [str(port) for port in spec.host_ports],
+                # Loaded into the container's network namespace before its command runs.
+                "nft": egress.nft if egress else "",
+                "egress": egress.ruleset(spec.egress_allowlist) if egress else "",
             }
             memory = spec.memory_limit_mb or self.isolation.memory_mb
             cgroup = self.cgroups.create(scratch.name, spec.cpu_limit, memory, self.isolation.pids_max)
@@ -201,7 +206,7 @@ class BubblewrapRuntime:
                 raise
         finally:
             fds.close()
-        container = Container(process, scratch, sink, cgroup, pasta_pidfile=pasta_pidfile)
+        container = Container(process, scratch, sink, cgroup, pasta_pidfile=pasta_pidfile, egress=egress)
         self._live[container] = asyncio.ensure_future(self._forget_when_done(container, leased))
         return container
 
@@ -218,8 +223,11 @@ class BubblewrapRuntime:
         relative = os.path.relpath(path, self.overlay_root)
         return str(path) if relative.startswith("..") else relative
 
-    def _bwrap_args(self, spec: ContainerSpec, read_only: list[str], fds: _Descriptors) -> list[str]:
+    def _bwrap_args(
+        self, spec: ContainerSpec, read_only: list[str], fds: _Descriptors, filtered: bool = False
+    ) -> list[str]:
         merged = str(SANDBOX_ROOT)
+        caps = [cap for cap in DOCKER_CAPS if not (filtered and cap == CAP_BYPASSING_FILTERS)]
         args = [
             "--bind", merged, "/",
             *(arg for path in read_only for arg in ("--ro-bind", f"{merged}{path}", path)),
@@ -230,7 +238,7 @@ class BubblewrapRuntime:
             "--hostname", spec.hostname,
             "--die-with-parent",
             "--cap-drop", "ALL",
-            *(arg for cap in DOCKER_CAPS for arg in ("--cap-add", cap)),
+            *(arg for cap in caps for arg in ("--cap-add", cap)),
             "--seccomp", str(fds.memfd("kiln-seccomp", filter_bpf())),
             "--clearenv",
         ]  # fmt: skip
@@ -286,6 +294,19 @@ class _Descriptors:
         for fd in self.all:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _egress_filter(spec: ContainerSpec) -> EgressFilter | None:
+    """The filter a spec with an allowlist gets (None: open egress, or no network at all); DNS
+    stays open to the resolvers of the resolv.conf the container is given."""
+    if not spec.network or spec.egress_allowlist is None:
+        return None
+    try:
+        with open("/etc/resolv.conf") as f:
+            conf = f.read()
+    except OSError:
+        conf = ""
+    return EgressFilter(nft_binary(), resolvers(conf))
 
 
 def stop_stale_networks() -> None:

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from kiln.containers.cgroups import Cgroup
+from kiln.containers.egress import EgressFilter
 from kiln.containers.namespaces import stop_pasta
 from kiln.containers.spec import ExitStatus, OutputSink
 
@@ -29,8 +30,11 @@ class Container:
         sink: OutputSink | None,
         cgroup: Cgroup | None = None,
         pasta_pidfile: str = "",
+        egress: EgressFilter | None = None,
     ) -> None:
         self.process = process
+        # Set when its egress is filtered: its processes lack CAP_NET_RAW, its rules can change.
+        self.egress = egress
         self.pasta_pidfile = pasta_pidfile
         self.cgroup = cgroup
         self.scratch = scratch

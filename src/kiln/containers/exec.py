@@ -25,8 +25,9 @@ from pathlib import Path
 
 from kiln.containers.bubblewrap import DOCKER_CAPS
 from kiln.containers.container import Container
+from kiln.containers.egress import CAP_BYPASSING_FILTERS
 from kiln.containers.seccomp import filter_bpf
-from kiln.errors import ContainerStartError
+from kiln.errors import ContainerStartError, SandboxUnavailable
 
 _HELPER = Path(__file__).with_name("namespaces.py")
 _CAP_NUMBERS = {
@@ -55,8 +56,11 @@ class ExecSpec:
     tool: str = ""
 
 
-def docker_cap_numbers() -> list[int]:
-    return sorted(_CAP_NUMBERS[name] for name in DOCKER_CAPS)
+def docker_cap_numbers(filtered: bool = False) -> list[int]:
+    """Docker's capabilities; without CAP_NET_RAW in a container whose egress is `filtered`."""
+    return sorted(
+        _CAP_NUMBERS[name] for name in DOCKER_CAPS if not (filtered and name == CAP_BYPASSING_FILTERS)
+    )
 
 
 class ExecProcess:
@@ -107,7 +111,7 @@ class ExecServer:
                 "helper": container.pid,
                 "cgroup_procs": container.cgroup.procs_files if container.cgroup else [],
                 "seccomp": f"/proc/self/fd/{_memfd('kiln-seccomp', filter_bpf(), fds)}",
-                "caps": docker_cap_numbers(),
+                "caps": docker_cap_numbers(filtered=container.egress is not None),
                 "channel": fds[0],
             }
             plan_fd = _memfd("kiln-exec", json.dumps(plan).encode(), fds)
@@ -191,6 +195,15 @@ class ExecServer:
             raise
         return run
 
+    async def netfilter(self, nft: str, rules: str) -> None:
+        """Load `rules` (an nft script) into the container's network namespace; it replaces the
+        container's egress rules in one transaction."""
+        key = next(self._keys)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._started[key] = done
+        self.send({"op": "netfilter", "key": key, "nft": nft, "rules": rules})
+        await asyncio.wait_for(done, _SETUP_WAIT)
+
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -202,6 +215,9 @@ class ExecServer:
                 elif "failed" in news:
                     self._resolve(news["failed"], ContainerStartError(news["error"]))
                     self._finish(news["failed"], 126)
+                elif "netfilter" in news:
+                    error = news["error"]
+                    self._resolve(news["netfilter"], SandboxUnavailable(error) if error else None)
                 elif "exited" in news:
                     self._finish(news["exited"], news["code"] if "code" in news else -news["signal"])
         except (OSError, ValueError):

@@ -11,8 +11,9 @@ which ids to map, how to mount the overlay and whether to start pasta. Then:
 3. the child makes its mount and network namespaces, mounts the overlay (`userxattr`: the
    namespace cannot write `trusted.*` attributes) and the binds, and waits;
 4. the parent starts pasta on the child's network namespace (as the unprivileged id, with no
-   way back to the host's loopback) and lets the child exec bubblewrap, whose arguments
-   (environment included) come from a descriptor too;
+   way back to the host's loopback), loads its egress rules there when the plan has an
+   allowlist (`nft`, joining that network namespace alone: `egress.py`), and lets the child
+   exec bubblewrap, whose arguments (environment included) come from a descriptor too;
 5. the parent waits for the child, stops pasta (it does not exit by itself) and exits with the
    child's status.
 
@@ -23,7 +24,8 @@ network, cgroup and mount namespaces, chroots to that root, joins the user names
 root (host 100000), keeps only Docker's capabilities (bounding, permitted, effective, inheritable
 and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same seccomp filter
 and execs the command. The server itself stays a plain root process of the host that only forks,
-waits and reports; its children die with it (PDEATHSIG).
+waits and reports; its children die with it (PDEATHSIG). It also replaces a filtered sandbox's
+egress rules when asked (`netfilter`: nft in the container's network namespace alone).
 
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
@@ -223,6 +225,27 @@ def _start_pasta(plan: dict[str, Any], pid: int) -> str | None:
     return None
 
 
+def _load_rules(nft: str, netns: int, rules: str) -> str | None:
+    """Load an nft script into the network namespace `netns` (a descriptor); an error text, or
+    None. nft runs as this process (root of the host) having joined that namespace alone: it
+    reads nothing of the container's files and runs under none of its ids, and the container's
+    own processes, which lack CAP_NET_ADMIN, cannot undo what it loads."""
+    import subprocess  # imported up front by main() and serve()
+
+    def join() -> None:
+        _check(_libc.setns(netns, CLONE_NEWNET), "joining the container's network namespace")
+
+    try:
+        result = subprocess.run(
+            [nft, "-f", "-"], input=rules, capture_output=True, text=True, check=False, preexec_fn=join
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run {nft}: {exc}"
+    if result.returncode != 0:
+        return f"nft could not load the egress rules ({result.returncode}): {result.stderr.strip()}"
+    return None
+
+
 def stop_pasta(pidfile: str) -> None:
     """Kill the pasta a pid file names (pasta outlives the namespace it serves)."""
     try:
@@ -282,6 +305,12 @@ def main(plan_fd: int) -> None:
         if error is None and os.read(parent_r, 1) == b"n":
             if plan["pasta"]:
                 error = _start_pasta(plan, pid)
+            if error is None and plan.get("egress"):
+                netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    error = _load_rules(plan["nft"], netns, plan["egress"])
+                finally:
+                    os.close(netns)
             os.write(parent_w, b"g" if error is None else b"x")
     if error is not None:
         os.write(2, f"kiln sandbox: {error}\n".encode())
@@ -475,6 +504,7 @@ def serve(plan: dict[str, Any]) -> None:
     namespaces itself; it ends when the server closes the channel (or dies: PDEATHSIG)."""
     import select
     import socket
+    import subprocess  # noqa: F401  (for _load_rules)
 
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != plan["server_pid"]:
@@ -528,6 +558,12 @@ def serve(plan: dict[str, Any]) -> None:
                     os.kill(pid, signal.SIGKILL)
             os._exit(0)
         request = json.loads(message)
+        if request["op"] == "netfilter":  # the sandbox's egress rules, replaced
+            for fd in fds:
+                os.close(fd)
+            error = _load_rules(request["nft"], namespaces["net"], request["rules"])
+            tell({"netfilter": request["key"], "error": error or ""})
+            continue
         if request["op"] == "kill":
             pid = next((p for p, k in running.items() if k == request["key"]), 0)
             if pid:

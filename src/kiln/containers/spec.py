@@ -67,6 +67,9 @@ class ContainerSpec:
     binds: list[Bind] = field(default_factory=list)
     upper: Path | None = None
     network: bool = True  # False: no network at all (only the container's own loopback)
+    # With `network`: the only networks (canonical CIDRs, `egress.parse_allowlist`) the container
+    # may open connections to, besides DNS to the host's resolvers; None: any. See `egress.py`.
+    egress_allowlist: tuple[str, ...] | None = None
     forwards: list[PortForward] = field(default_factory=list)  # host loopback → container ports
     # Ports of the host's loopback the container may reach at its own 127.0.0.1 (kiln's blob
     # server, whose URLs are signed); nothing else on the host's loopback is reachable.

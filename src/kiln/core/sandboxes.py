@@ -593,6 +593,27 @@ class Sandboxes:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGCONT)
 
+    # --- egress
+
+    async def set_egress(self, task_id: str, allowlist: tuple[str, ...] | None) -> None:
+        """Replace a running sandbox's egress rules: only the networks of `allowlist` (None: any).
+        Only a sandbox created with an allowlist has rules to replace (see `containers/egress.py`)."""
+        sandbox = self.by_task(task_id)
+        container = sandbox.container
+        if sandbox.result is not None or container is None:
+            raise SandboxFinished("the sandbox has finished: its network policy can no longer change")
+        if container.egress is None:
+            raise InvalidRequest(
+                "only a sandbox created with an outbound CIDR allowlist can change its egress later: one "
+                "created with open egress keeps CAP_NET_RAW, whose packet sockets pass any filter, and "
+                "one created with block_network=True has no network. Create the sandbox with "
+                "outbound_cidr_allowlist=[...] (an empty list for no egress yet)"
+            )
+        if sandbox.exec_server is None:
+            sandbox.exec_server = _exec_server(container)
+        server = await asyncio.shield(sandbox.exec_server)
+        await server.netfilter(container.egress.nft, container.egress.ruleset(allowlist))
+
     # --- exec
 
     async def exec(

@@ -19,6 +19,7 @@ import grpclib.const
 import grpclib.server
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
+from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as sr_pb2
 
 from kiln import errors
@@ -27,6 +28,7 @@ from kiln.core.core import Core
 from kiln.core.sandboxes import Exec, Sandbox
 from kiln.core.stdio import OutputLog, StdinClosed
 from kiln.frontends.modal.dispatch import _Method, _methods, receive, translated_errors
+from kiln.frontends.modal.network_access import outbound_allowlist
 from kiln.frontends.modal.sandboxes import router_subject, secret_env, terminal_env
 
 SERVICE = sr_pb2.DESCRIPTOR.services_by_name["TaskCommandRouter"]
@@ -157,6 +159,19 @@ class CommandRouter:
         _no_sidecar(request.container_id)
         self.core.sandboxes.by_task(request.task_id)
         return sr_pb2.TaskReloadVolumesResponse()
+
+    async def TaskSetNetworkAccess(
+        self, request: sr_pb2.TaskSetNetworkAccessRequest, ctx: Any
+    ) -> sr_pb2.TaskSetNetworkAccessResponse:
+        """`Sandbox._experimental_set_outbound_network_policy`: the sandbox's egress rules, replaced."""
+        access = request.network_access
+        if access.network_access_type == api_pb2.NetworkAccess.NetworkAccessType.BLOCKED:
+            raise errors.InvalidRequest(
+                "a running sandbox's network cannot be removed; set an empty outbound_cidr_allowlist=[] "
+                "to allow no egress"
+            )
+        await self.core.sandboxes.set_egress(request.task_id, outbound_allowlist(access))
+        return sr_pb2.TaskSetNetworkAccessResponse()
 
     # --- the sandbox's entrypoint
 

@@ -35,6 +35,7 @@ from kiln.errors import InvalidRequest, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
 from kiln.frontends.modal.functions import resources_of
 from kiln.frontends.modal.launcher import free_loopback_port
+from kiln.frontends.modal.network_access import outbound_allowlist
 from kiln.frontends.modal.volumes import mount_binds
 from kiln.gateway.tls import LoopbackTLS
 from kiln.gateway.tunnels import TlsTunnel, server_context
@@ -169,11 +170,7 @@ class SandboxHandlers:
                 "modal.Volume (volumes={...}) to share files between sandboxes"
             )
         access = definition.network_access.network_access_type
-        if access == _NETWORK.ALLOWLIST:
-            raise Unsupported(
-                "kiln cannot limit a sandbox's egress to a CIDR or domain allowlist (cidr_allowlist / "
-                "outbound_domain_allowlist): use block_network=True for no network, or leave egress open"
-            )
+        allowlist = outbound_allowlist(definition.network_access)
         if definition.HasField("experimental_outbound_policy"):
             raise Unsupported("kiln does not enforce outbound policies; use block_network=True")
         blocked = definition.block_network or access == _NETWORK.BLOCKED
@@ -205,6 +202,7 @@ class SandboxHandlers:
             env=env,
             cwd=definition.workdir or config.workdir or "/",
             network=not blocked,
+            egress_allowlist=None if blocked else allowlist,
             forwards=[PortForward(host, container) for container, host in tunnels.items()],
             cpu_limit=(resources.milli_cpu_max or resources.milli_cpu) / 1000,
             memory_limit_mb=resources.memory_mb_max or resources.memory_mb,
