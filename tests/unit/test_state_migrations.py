@@ -89,3 +89,24 @@ def test_a_version_5_database_gains_dicts_and_queues_with_its_records_kept(tmp_p
     Queues(state).put(q.object_id, [b"item"])
     assert Queues(state).take(q.object_id) == [b"item"]
     state.close()
+
+
+def test_a_version_10_database_gains_fal_queue_requests_with_its_records_kept(tmp_path: Path) -> None:
+    from kiln.storage.fal_requests import FalRequest, FalRequests
+    from kiln.storage.state import MIGRATIONS
+
+    path = tmp_path / "state.sqlite3"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:10]:
+        step(db)
+    db.execute("INSERT INTO schedules VALUES ('fu-1', 1.0, 2.0)")
+    db.execute("PRAGMA user_version = 10")
+    db.commit()
+    db.close()
+    state = StateStore(path)
+    assert state.version_found == 10
+    assert state.query("SELECT * FROM schedules") == [("fu-1", 1.0, 2.0)]
+    requests = FalRequests(state, tmp_path / "fal-requests")
+    requests.add(FalRequest("rq-1", "fu-1", "kiln/app", "/", "POST", []), b"{}")
+    assert [r.request_id for r in requests.unfinished()] == ["rq-1"]
+    state.close()
