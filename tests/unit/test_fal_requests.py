@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kiln.core.apps import AppState
+from kiln.frontends.fal.queue import why_not_resumed
 from kiln.storage.fal_requests import (
     COMPLETED,
     IN_PROGRESS,
@@ -133,3 +135,11 @@ def test_a_sweep_removes_the_files_a_crash_left_without_a_row(tmp_path: Path) ->
         "rq-kept.request",
     ]
 
+
+def test_only_a_deployed_apps_requests_run_again_after_a_restart() -> None:
+    assert why_not_resumed("kiln/app", AppState.DEPLOYED) == ""
+    gone = why_not_resumed("kiln/app", None)
+    assert "kiln/app was deleted or stopped" in gone and "fal deploy" in gone
+    ephemeral = why_not_resumed("kiln/app", AppState.EPHEMERAL)
+    assert "`fal run` of kiln/app" in ephemeral and "ended when the kiln server restarted" in ephemeral
+    assert "fal deploy" in ephemeral
