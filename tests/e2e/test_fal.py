@@ -156,6 +156,7 @@ def test_a_private_deploy_answers_with_the_key_survives_kill_9_with_its_queue_re
     kiln = restartable_server.restart()
     assert kiln.fal_exports["FAL_RUN_HOST"] in url  # the same port, so the same URL
     assert post(url + "/", {"name": "again"}, key) == (200, '{"greeting":"hello again","setups":1}')
+    assert "fal queue: 3 unfinished requests run again, 0 ended with their app" in kiln.log()
     collected = fal_python(kiln, "fal_queue_script.py", "collect", "kiln/queued", request_ids, timeout=300)
     assert collected.returncode == 0, collected.stdout + collected.stderr + restartable_server.log()
     assert collected.stdout.splitlines() == [
