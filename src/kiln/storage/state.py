@@ -194,17 +194,18 @@ def _v10_sandboxes(db: sqlite3.Connection) -> None:
 
 def _v11_fal_requests(db: sqlite3.Connection) -> None:
     """fal's queue requests (`storage/fal_requests.py`): submitted, running and finished ones, in
-    submission order (`seq`). A NULL body is in a file of its own beside the database."""
+    submission order (`seq`). A NULL body is in a file of its own beside the database.
+    (Idempotent, so the step can move to another number if a parallel branch also took v11.)"""
     _execute_script(
         db,
         """
-        CREATE TABLE fal_requests (
+        CREATE TABLE IF NOT EXISTS fal_requests (
             seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
             function_id TEXT NOT NULL, app_path TEXT NOT NULL, path TEXT NOT NULL, method TEXT NOT NULL,
             headers TEXT NOT NULL, body BLOB, status TEXT NOT NULL, submitted_at REAL NOT NULL,
             response_status INTEGER NOT NULL DEFAULT 0, response_headers TEXT NOT NULL DEFAULT '[]',
             response_body BLOB, error TEXT NOT NULL DEFAULT '', finished_at REAL NOT NULL DEFAULT 0);
-        CREATE INDEX fal_requests_unfinished ON fal_requests (finished_at, seq);
+        CREATE INDEX IF NOT EXISTS fal_requests_unfinished ON fal_requests (finished_at, seq);
         """,
     )
 
