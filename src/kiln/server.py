@@ -38,6 +38,7 @@ from kiln.images.service import ImageService
 from kiln.locks import hold_exclusive
 from kiln.staging import process_dir
 from kiln.storage.blobs import BlobStore
+from kiln.storage.fal_requests import FalRequests
 from kiln.storage.mounts import MountStore
 from kiln.storage.state import StateStore
 
@@ -167,7 +168,12 @@ class KilnServer:
         self._fal_grpc = grpclib.server.Server([self.fal.service()])
         await self._fal_grpc.start(sock=fal_sock)
         gateway = FalGateway(core, self.fal_routes, self.web.upstream, fal_auth)
-        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, fal_auth)
+        # Queue requests live beside the state that names them (a second process: its scratch).
+        fal_requests = FalRequests(state, state_db.parent / "fal-requests")
+        self.fal_queue = FalQueue(core, self.fal_routes, self.web.upstream, fal_auth, fal_requests)
+        resumed, ended = self.fal_queue.restore()
+        if resumed or ended:
+            log.info("fal queue: %d unfinished requests run again, %d ended with their app", resumed, ended)
         # The REST host stays plain http: fal's client speaks http to it in test mode.
         rest = FalFiles(self.fal.files, fal_auth)
         self._fal_http = [
@@ -240,6 +246,8 @@ class KilnServer:
 
     async def stop(self) -> None:
         core = self.core
+        if self.fal_queue is not None:  # first: its requests stay unfinished for the next server
+            await self.fal_queue.shutdown()
         if core is not None:
             await core.stop_ephemeral_apps("The kiln server is shutting down.")
             await core.shutdown()
@@ -256,8 +264,6 @@ class KilnServer:
         if self._fal_grpc is not None:
             self._fal_grpc.close()
             await self._fal_grpc.wait_closed()
-        if self.fal_queue is not None:
-            await self.fal_queue.shutdown()
         for fal_http in self._fal_http:
             fal_http.should_exit = True
         for task in self._fal_http_tasks:

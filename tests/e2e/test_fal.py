@@ -130,13 +130,15 @@ def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_deleted(
+def test_a_private_deploy_answers_with_the_key_survives_kill_9_with_its_queue_requests_and_is_deleted(
     restartable_server: RestartableServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kiln = restartable_server.server
     monkeypatch.setenv("KILN_TEST_CA_BUNDLE", kiln.fal_exports["SSL_CERT_FILE"])
     deployed = fal(kiln, "deploy", "fal_hello_app.py::Hello", "--auth", "private")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    queued = fal(kiln, "deploy", "fal_queue_app.py::Queued", "--auth", "private")
+    assert queued.returncode == 0, queued.stdout + queued.stderr
     url = f"https://{kiln.fal_exports['FAL_RUN_HOST']}/kiln/hello"
     assert url in deployed.stdout
     listed = fal(kiln, "apps", "list")
@@ -144,10 +146,25 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     key = {"authorization": f"Key {kiln.fal_exports['FAL_KEY']}"}
     assert post(url + "/", {"name": "x"})[0] == 401
     assert post(url + "/", {"name": "x"}, key) == (200, '{"greeting":"hello x","setups":1}')
-    restartable_server.kill_9()
+    submitted = fal_python(kiln, "fal_queue_script.py", "submit", "kiln/queued", timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "fetched {'greeting': 'hello fetched'}" in submitted.stdout
+    assert "positions 0 1" in submitted.stdout  # both wait behind the slow request, in order
+    request_ids = submitted.stdout.split("ids ", 1)[1].strip()
+    _holds_no_credential(restartable_server.home, kiln.fal_exports["FAL_KEY"])
+    restartable_server.kill_9()  # with the slow queue request in progress, two waiting behind it
     kiln = restartable_server.restart()
     assert kiln.fal_exports["FAL_RUN_HOST"] in url  # the same port, so the same URL
     assert post(url + "/", {"name": "again"}, key) == (200, '{"greeting":"hello again","setups":1}')
+    assert "fal queue: 3 unfinished requests run again, 0 ended with their app" in kiln.log()
+    collected = fal_python(kiln, "fal_queue_script.py", "collect", "kiln/queued", request_ids, timeout=300)
+    assert collected.returncode == 0, collected.stdout + collected.stderr + restartable_server.log()
+    assert collected.stdout.splitlines() == [
+        "fetched Completed hello fetched",  # fetched before the restart, and still there
+        "slow Completed hello slow",  # interrupted mid-run: run again
+        f"big Completed hello b… {6 + 300_000}",
+        "last Completed hello last",
+    ]
     created = fal(kiln, "keys", "create", "--preset", "API", "--desc", "tests")
     assert created.returncode == 0, created.stdout + created.stderr
     user_key = re.search(r"FAL_KEY='([^']+)'", created.stdout)
@@ -165,6 +182,16 @@ def test_a_private_deploy_is_listed_answers_with_the_key_survives_kill_9_and_is_
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404
+
+
+def _holds_no_credential(home: Path, fal_key: str) -> None:
+    """Nothing kiln keeps on disk about queue requests (the state database, its WAL, the bodies'
+    files) holds the caller's key, which `fal_client` sent with each submit."""
+    stored = [home / "state.sqlite3", home / "state.sqlite3-wal", *(home / "fal-requests").iterdir()]
+    assert any(path.name.endswith(".request") for path in stored)  # the large body is a file
+    secret = fal_key.split(":", 1)[1].encode()
+    for path in stored:
+        assert path.exists() and secret not in path.read_bytes(), path
 
 
 def test_a_fal_function_called_from_a_script_returns_its_value_raises_its_error_and_keeps_data(

@@ -67,25 +67,42 @@ def test_a_new_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_a_version_5_database_gains_dicts_and_queues_with_its_records_kept(tmp_path: Path) -> None:
-    from kiln.storage.dicts import Dicts
-    from kiln.storage.queues import Queues
+def _upgraded_from(path: Path, version: int) -> StateStore:
+    """A database as kiln left it at schema `version` (with a schedule in it), opened by this
+    kiln: upgraded, the schedule kept."""
     from kiln.storage.state import MIGRATIONS
 
-    path = tmp_path / "state.sqlite3"
     db = sqlite3.connect(path)
-    for step in MIGRATIONS[:5]:
+    for step in MIGRATIONS[:version]:
         step(db)
     db.execute("INSERT INTO schedules VALUES ('fu-1', 1.0, 2.0)")
-    db.execute("PRAGMA user_version = 5")
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
     state = StateStore(path)
-    assert state.version_found == 5
+    assert state.version_found == version
     assert state.query("SELECT * FROM schedules") == [("fu-1", 1.0, 2.0)]
+    return state
+
+
+def test_a_version_5_database_gains_dicts_and_queues_with_its_records_kept(tmp_path: Path) -> None:
+    from kiln.storage.dicts import Dicts
+    from kiln.storage.queues import Queues
+
+    state = _upgraded_from(tmp_path / "state.sqlite3", 5)
     d, _ = Dicts(state).create("d", "main")
     q, _ = Queues(state).create("q", "main")
     assert Dicts(state).put(d.object_id, [(b"k", b"v")])
     Queues(state).put(q.object_id, [b"item"])
     assert Queues(state).take(q.object_id) == [b"item"]
+    state.close()
+
+
+def test_a_version_10_database_gains_fal_queue_requests_with_its_records_kept(tmp_path: Path) -> None:
+    from kiln.storage.fal_requests import FalRequest, FalRequests
+
+    state = _upgraded_from(tmp_path / "state.sqlite3", 10)
+    requests = FalRequests(state, tmp_path / "fal-requests")
+    requests.add(FalRequest("rq-1", "fu-1", "kiln/app", "/", "POST", []), b"{}")
+    assert [r.request_id for r in requests.unfinished()] == ["rq-1"]
     state.close()

@@ -192,6 +192,24 @@ def _v10_sandboxes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS sandboxes_by_task ON sandboxes (task_id)")
 
 
+def _v11_fal_requests(db: sqlite3.Connection) -> None:
+    """fal's queue requests (`storage/fal_requests.py`): submitted, running and finished ones, in
+    submission order (`seq`). A NULL body is in a file of its own beside the database.
+    (Idempotent, so the step can move to another number if a parallel branch also took v11.)"""
+    _execute_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS fal_requests (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
+            function_id TEXT NOT NULL, app_path TEXT NOT NULL, path TEXT NOT NULL, method TEXT NOT NULL,
+            headers TEXT NOT NULL, body BLOB, status TEXT NOT NULL, submitted_at REAL NOT NULL,
+            response_status INTEGER NOT NULL DEFAULT 0, response_headers TEXT NOT NULL DEFAULT '[]',
+            response_body BLOB, error TEXT NOT NULL DEFAULT '', finished_at REAL NOT NULL DEFAULT 0);
+        CREATE INDEX IF NOT EXISTS fal_requests_unfinished ON fal_requests (finished_at, seq);
+        """,
+    )
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -204,6 +222,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v8_environments,
     _v9_volumes,
     _v10_sandboxes,
+    _v11_fal_requests,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

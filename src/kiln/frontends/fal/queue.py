@@ -7,61 +7,114 @@
     GET  /<owner>/<app>/requests/<id>           → the runner's status code, headers and body
     PUT  /<owner>/<app>/requests/<id>/cancel    → 202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED
 
-A submitted request waits for a runner with room like a synchronous one (runners start on
-demand and scale), then its response is kept for the caller. Requests live in this server's
-memory: a restart forgets those not yet fetched (a known limit, written down).
+No acknowledged request is lost: a submit is answered once the request is stored
+(`storage/fal_requests.py`, credentials stripped), and its moves to IN_PROGRESS and COMPLETED
+(with the response) are stored as they happen. Requests of an app wait their turn in submission
+order (the first one waits for a runner with room; runners start on demand and scale), so
+`queue_position` is the number of the app's requests ahead.
+
+After a restart (`restore`), the unfinished requests of a still-deployed app run again in
+submission order — one interrupted mid-run runs again from the start: at least once, as fal's
+own queue. Those of an app that is gone, and those of a `fal run` app (ephemeral: it ends with
+the server that ran it), finish as errors whose message says why (410). Finished responses are
+kept `KEEP` seconds after they finish, then removed from disk too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.errors import KilnError
+from kiln.errors import KilnError, NotFound
 from kiln.frontends.fal.keys import FalAuth
 from kiln.frontends.fal.routes import FalHost, FalRoutes, Refusal, Route
 from kiln.gateway.proxy import Upstream, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
+from kiln.storage.fal_requests import COMPLETED, IN_PROGRESS, IN_QUEUE, FalRequest, FalRequests, FalResponse
+from kiln.streams import Changed
 
 MAX_BODY = 64 * 2**20  # bytes of a queued request's body
 KEEP = 3600.0  # seconds a finished request's result is kept
+_EXPIRY_EVERY = 10.0  # seconds between removals of expired results
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class QueuedRequest:
-    request_id: str
-    route: Route
-    app_path: str  # "<owner>/<app>"
-    path: str  # what the runner sees
-    method: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    submitted: float = field(default_factory=time.monotonic)
-    status: str = "IN_QUEUE"
-    response_status: int = 0
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    response_body: bytes = b""
-    error: str = ""
+    """An unfinished request of this server: its stored record and the task that runs it."""
+
+    record: FalRequest
     work: asyncio.Task[None] | None = None
-    finished_at: float = 0.0
+    cancelled: bool = False  # by its caller (a stopping server's cancel leaves it to the next one)
+    finishing: bool = False  # its response is being stored: too late to cancel
+
+
+def why_not_resumed(app_path: str, state: AppState | None) -> str:
+    """Why an unfinished request found at start cannot run again ('' when it can: its app is
+    still deployed). `state` is its app's, None when the app no longer runs here."""
+    if state == AppState.DEPLOYED:
+        return ""
+    if state is None:
+        return (
+            f"The fal app {app_path} was deleted or stopped before this request finished; deploy it "
+            "(`fal deploy`) and submit the request again."
+        )
+    return (
+        f"This request was for `fal run` of {app_path}, which ended when the kiln server restarted: "
+        "a `fal run` app's requests end with it. Deploy the app (`fal deploy`) for queue requests "
+        "that outlive a restart, and submit the request again."
+    )
 
 
 class FalQueue(FalHost):
     """The ASGI app of the queue host."""
 
-    def __init__(self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth) -> None:
+    def __init__(
+        self, core: Core, routes: FalRoutes, upstream: Upstream, auth: FalAuth, store: FalRequests
+    ) -> None:
         super().__init__(core, routes, upstream, auth)
-        self.requests: dict[str, QueuedRequest] = {}
+        self.store = store
+        self.live: dict[str, QueuedRequest] = {}  # unfinished requests; finished ones are in the store
+        self._moved = Changed()  # a live request started or finished: the next of its app may go
+        self._closing = False
+        self._expired_at = 0.0
+
+    def restore(self) -> tuple[int, int]:
+        """Once, before serving: run the unfinished requests of deployed apps again, in submission
+        order, and finish the others as errors that say why. Returns (run again, ended)."""
+        self.store.sweep()
+        self.store.expire(KEEP)
+        resumed = ended = 0
+        for record in self.store.unfinished():
+            reason = why_not_resumed(record.app_path, self._app_state(record.function_id))
+            if reason:
+                self.store.finish(record.request_id, FalResponse.failure(410, reason))
+                ended += 1
+                continue
+            if record.status != IN_QUEUE:  # interrupted mid-run: it runs again from the start
+                self.store.set_status(record.request_id, IN_QUEUE)
+                record.status = IN_QUEUE
+            self._start(record)
+            resumed += 1
+        return resumed, ended
+
+    def _app_state(self, function_id: str) -> AppState | None:
+        try:
+            return self.core.app(self.core.function(function_id).app_id).state
+        except NotFound:
+            return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,6 +138,9 @@ class FalQueue(FalHost):
     async def _submit(
         self, scope: Scope, receive: Receive, send: Send, route: Route, app_path: str, path: str, base: str
     ) -> None:
+        if self._closing:
+            await _json(send, 503, {"detail": "This kiln server is stopping; submit again once it is back"})
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -95,93 +151,113 @@ class FalQueue(FalHost):
             if not message.get("more_body"):
                 break
         headers = [
-            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
-            for k, v in scope.get("headers", [])
-            if bytes(k).lower() not in (b"host", b"authorization", b"content-length", b"connection")
+            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in scope.get("headers", [])
         ]
-        request = QueuedRequest(new_id("rq"), route, app_path, path, "POST", headers, bytes(body))
-        headers.append(("x-fal-request-id", request.request_id))
-        self.requests[request.request_id] = request
+        record = FalRequest(new_id("rq"), route.function_id, app_path, path, "POST", headers)
+        try:  # stored (credentials stripped) before the caller has the ID
+            await asyncio.to_thread(self.store.add, record, bytes(body))
+        except (OSError, sqlite3.Error) as exc:
+            log.exception("could not store fal queue request %s", record.request_id)
+            detail = (
+                f"kiln could not store the request ({exc}); check the disk under KILN_HOME, then submit again"
+            )
+            await _json(send, 503, {"detail": detail})
+            return
+        self._start(record)
+        document = {**self._urls(record.request_id, base), "status": IN_QUEUE}
+        await _json(send, 200, {**document, "queue_position": self._position(record)})
+
+    def _start(self, record: FalRequest) -> None:
+        request = QueuedRequest(record)
+        self.live[record.request_id] = request
         request.work = asyncio.ensure_future(self._run(request))
-        await _json(
-            send,
-            200,
-            {**self._urls(request, base), "status": "IN_QUEUE", "queue_position": self._position(request)},
-        )
 
     async def _run(self, request: QueuedRequest) -> None:
+        record = request.record
         try:
-            server = self.core.server(request.route.function_id)
+            while self._position(record):  # the app's requests submitted earlier go first
+                await self._moved.wait(None)
+            body = await asyncio.to_thread(self.store.body, record.request_id)
+            server = self.core.server(record.function_id)
             async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
                 assert task.http_address is not None
-                request.status = "IN_PROGRESS"
+                self.store.set_status(record.request_id, IN_PROGRESS)
+                record.status = IN_PROGRESS
+                self._moved.notify()
                 host, port = task.http_address
                 async with self.upstream.session().request(
-                    request.method,
-                    f"http://{host}:{port}{request.path}",
-                    headers=request.headers,
-                    data=request.body,
+                    record.method,
+                    f"http://{host}:{port}{record.path}",
+                    headers=[*record.headers, ("x-fal-request-id", record.request_id)],
+                    data=body,
                     allow_redirects=False,
                 ) as response:
                     quick_ack(response)
-                    request.response_body = await response.read()
-                    request.response_status = response.status
-                    request.response_headers = [
-                        (k, v) for k, v in response.headers.items() if k.lower() not in _HOP
-                    ]
+                    data = await response.read()
+                    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
+                    result = FalResponse(response.status, headers, data)
         except (KilnError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            request.error = str(exc) or type(exc).__name__
-            request.response_status = 503 if isinstance(exc, KilnError) else 502
-            request.response_body = json.dumps({"detail": request.error}).encode()
-            request.response_headers = [("content-type", "application/json")]
+            status = 503 if isinstance(exc, KilnError) else 502
+            result = FalResponse.failure(status, str(exc) or type(exc).__name__)
         except asyncio.CancelledError:
-            request.error = "The request was cancelled."
-            request.response_status = 499
-            request.response_body = json.dumps({"detail": request.error}).encode()
-            request.response_headers = [("content-type", "application/json")]
+            if not request.cancelled:
+                raise  # the server is stopping: the request stays unfinished for the next one
+            result = FalResponse.failure(499, "The request was cancelled.")
+        request.finishing = True
+        try:
+            finished = asyncio.to_thread(self.store.finish, record.request_id, result)
+            record.finished_at = await asyncio.shield(finished)
+        except (OSError, sqlite3.Error):  # it stays unfinished on disk: the next server runs it again
+            log.exception("could not store the response of fal queue request %s", record.request_id)
         finally:
-            request.status = "COMPLETED"
-            request.finished_at = time.monotonic()
+            record.status = COMPLETED
+            self.live.pop(record.request_id, None)
+            self._moved.notify()
 
     async def _about(self, scope: Scope, send: Send, request_id: str, what: list[str], base: str) -> None:
-        request = self.requests.get(request_id)
-        if request is None:
+        live = self.live.get(request_id)
+        record = live.record if live is not None else self.store.get(request_id)
+        if record is None:
             await _json(
                 send, 404, {"detail": f"Request {request_id} not found (results are kept {KEEP:g} s)"}
             )
             return
         if what == ["status"] and scope["method"] == "GET":
-            document = self._status(request, base)
-            await _json(send, 200 if request.status == "COMPLETED" else 202, document)
+            document = self._status(record, base)
+            await _json(send, 200 if record.status == COMPLETED else 202, document)
         elif what == ["status", "stream"] and scope["method"] == "GET":
-            await self._stream_status(send, request, base)
+            await self._stream_status(send, record, base)
         elif what == ["cancel"] and scope["method"] == "PUT":
-            if request.status == "COMPLETED":
+            if live is None or live.finishing:
                 await _json(send, 400, {"status": "ALREADY_COMPLETED"})
                 return
-            if request.work is not None:
-                request.work.cancel()
+            live.cancelled = True
+            if live.work is not None:
+                live.work.cancel()
             await _json(send, 202, {"status": "CANCELLATION_REQUESTED"})
         elif not what and scope["method"] == "GET":
-            if request.status != "COMPLETED":
-                await _json(send, 400, {"detail": "Request is still in progress", "status": request.status})
+            response = await asyncio.to_thread(self.store.response, request_id)
+            if response is None:
+                await _json(send, 400, {"detail": "Request is still in progress", "status": record.status})
                 return
-            headers = [(k.encode(), v.encode()) for k, v in request.response_headers]
-            headers += [(b"content-length", str(len(request.response_body)).encode()),
-                        (b"x-fal-request-id", request.request_id.encode())]  # fmt: skip
-            await send({"type": "http.response.start", "status": request.response_status, "headers": headers})
-            await send({"type": "http.response.body", "body": request.response_body})
+            headers = [(k.encode(), v.encode()) for k, v in response.headers]
+            headers += [(b"content-length", str(len(response.body)).encode()),
+                        (b"x-fal-request-id", request_id.encode())]  # fmt: skip
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
         else:
             await _json(
                 send, 405, {"detail": "Use GET …/status, GET …/status/stream, GET …, or PUT …/cancel"}
             )
 
-    async def _stream_status(self, send: Send, request: QueuedRequest, base: str) -> None:
+    async def _stream_status(self, send: Send, record: FalRequest, base: str) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         last = ""
         while True:
-            document = json.dumps(self._status(request, base))
+            if record.status == COMPLETED:  # its error, if any, is in the stored record
+                record = self.store.get(record.request_id) or record
+            document = json.dumps(self._status(record, base))
             if document != last:
                 await send(
                     {
@@ -191,41 +267,50 @@ class FalQueue(FalHost):
                     }
                 )
                 last = document
-            if request.status == "COMPLETED":
+            if record.status == COMPLETED:
                 break
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
 
-    def _status(self, request: QueuedRequest, base: str) -> dict[str, Any]:
-        document: dict[str, Any] = {"status": request.status, "request_id": request.request_id, "logs": []}
-        document.update(self._urls(request, base))
-        if request.status == "IN_QUEUE":
-            document["queue_position"] = self._position(request)
-        if request.status == "COMPLETED" and request.error:
-            document["error"] = request.error
+    def _status(self, record: FalRequest, base: str) -> dict[str, Any]:
+        document: dict[str, Any] = {"status": record.status, "request_id": record.request_id, "logs": []}
+        document.update(self._urls(record.request_id, base))
+        if record.status == IN_QUEUE:
+            document["queue_position"] = self._position(record)
+        if record.status == COMPLETED and record.error:
+            document["error"] = record.error
         return document
 
-    def _urls(self, request: QueuedRequest, base: str) -> dict[str, str]:
-        at = f"{base}/requests/{request.request_id}"
-        return {"request_id": request.request_id, "response_url": at, "status_url": f"{at}/status",
+    def _urls(self, request_id: str, base: str) -> dict[str, str]:
+        at = f"{base}/requests/{request_id}"
+        return {"request_id": request_id, "response_url": at, "status_url": f"{at}/status",
                 "cancel_url": f"{at}/cancel"}  # fmt: skip
 
-    def _position(self, request: QueuedRequest) -> int:
-        waiting = [r for r in self.requests.values() if r.route is request.route and r.status == "IN_QUEUE"]
-        return sum(1 for r in waiting if r.submitted < request.submitted)
+    def _position(self, record: FalRequest) -> int:
+        """How many of its app's requests, submitted before it, still wait for a runner."""
+        return sum(
+            1
+            for r in self.live.values()
+            if r.record.status == IN_QUEUE
+            and r.record.function_id == record.function_id
+            and r.record.seq < record.seq
+        )
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for request_id, request in list(self.requests.items()):
-            if request.finished_at and now - request.finished_at > KEEP:
-                del self.requests[request_id]
+        if now - self._expired_at >= _EXPIRY_EVERY:
+            self._expired_at = now
+            self.store.expire(KEEP)
 
     async def shutdown(self) -> None:
-        for request in self.requests.values():
-            if request.work is not None:
+        """Stop running requests and leave them unfinished in the store: the next server on this
+        KILN_HOME runs them again. (Before the core stops its runners, which would fail them.)"""
+        self._closing = True
+        works = [r.work for r in self.live.values() if r.work is not None]
+        for request in self.live.values():
+            if request.work is not None and not request.finishing:
                 request.work.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*(r.work for r in self.requests.values() if r.work), return_exceptions=True)
+        await asyncio.gather(*works, return_exceptions=True)
 
 
 async def _json(send: Send, status: int, document: MutableMapping[str, Any]) -> None:
