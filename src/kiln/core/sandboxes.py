@@ -201,6 +201,8 @@ class Sandbox(SandboxInfo):
     secure_tunnels: dict[int, int] = field(default_factory=dict)  # container port → TLS port
     raw_ports: set[int] = field(default_factory=set)  # ports whose plain TCP view is offered too
     on_end: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # `verbose=True`: what is done to it (created, each exec) goes to its app's logs.
+    narrate: Callable[[str], None] | None = None
     ended_by: str = ""
     ended_at: float = 0.0  # monotonic
     last_active: float = field(default_factory=time.monotonic)
@@ -401,6 +403,10 @@ class Sandboxes:
         )
         sandbox.ended_at = self._monotonic()
         sandbox.ended.set()
+        if sandbox.narrate is not None:
+            sandbox.narrate(
+                f"ended: exit code {result.exitcode}{f' ({result.message})' if result.message else ''}"
+            )
         ended = [(s.sandbox_id, s.ended_at) for s in self._live.values() if s.result is not None]
         for sandbox_id in to_forget(ended, self._monotonic(), KEEP_ENDED_SECONDS, KEEP_ENDED_COUNT):
             self._forget(sandbox_id)

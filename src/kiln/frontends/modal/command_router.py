@@ -10,6 +10,7 @@ the caller: the token is the capability to drive that one sandbox.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class CommandRouter:
             spec.pty = True
             terminal_env(spec.env, request.pty_info)
         window = (request.pty_info.winsz_rows, request.pty_info.winsz_cols)
+        if sandbox.narrate is not None and not spec.tool:
+            sandbox.narrate(f"exec: {shlex.join(spec.argv)}")
         await self.core.sandboxes.exec(
             request.task_id, request.exec_id, spec, float(request.timeout_secs), window
         )

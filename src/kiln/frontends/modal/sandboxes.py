@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
@@ -151,6 +152,11 @@ class SandboxHandlers:
             v1_ids=v1,
         )
         sandbox_task.append(sandbox.task_id)
+        if definition.verbose:
+            sandbox.narrate = lambda what: logs.append(
+                f"[{sandbox.sandbox_id}] {what}\n", 2, task_id=sandbox.task_id
+            )
+            sandbox.narrate(f"created: {shlex.join(spec.argv)}")
         sandbox.raw_ports = {p.port for p in definition.open_ports.ports if p.unencrypted}
         if sandbox.tunnels:
             context = await asyncio.to_thread(self._tls_context)
