@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 from isolate_proto import controller_pb2
 
 from kiln.containers import Runtime
+from kiln.core.apps import AppState
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.fal.apps import AppHandlers
@@ -62,10 +63,14 @@ class FalFrontend:
         )
 
     def restore_function(self, record: FunctionRecord) -> FunctionDef:
-        """A deployed fal app after a restart (or a rollback): its runners' definition, and its
-        URL on the run host again."""
+        """A fal app after a restart (or a rollback): its runners' definition, and, for a deployed
+        app, its URL on the run host again. A `fal run` app never has its URL back: its client's
+        Run stream ended with the old server, so nothing would give the URL up again, and it
+        would hide a deployed app of the same name meanwhile (the core stops the app after its
+        heartbeat grace)."""
         definition = RunnerDefinition.from_bytes(record.definition)
-        self.routes.add(definition.name, record.function_id, public=definition.public)
+        if self.core.app(record.app_id).state == AppState.DEPLOYED:
+            self.routes.add(definition.name, record.function_id, public=definition.public)
         return definition.function_def(record.function_id, record.app_id)
 
     def restore_class(self, class_id: str, app_id: str, meta: bytes) -> None:
