@@ -11,7 +11,11 @@ class Output(BaseModel):
     setups: int
 
 
-class Hello(fal.App, keep_alive=60):
+class Nap(BaseModel):
+    seconds: float
+
+
+class Hello(fal.App, keep_alive=60, request_timeout=8):
     requirements = ["six==1.16.0"]  # noqa: RUF012 (as fal users write it)
 
     def setup(self):
@@ -23,3 +27,10 @@ class Hello(fal.App, keep_alive=60):
     @fal.endpoint("/")
     def hello(self, request: Input) -> Output:
         return Output(greeting=f"hello {request.name}", setups=self.setups)
+
+    @fal.endpoint("/nap")
+    def nap(self, request: Nap) -> dict:
+        import time
+
+        time.sleep(request.seconds)
+        return {"slept": request.seconds}

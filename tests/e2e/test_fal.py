@@ -236,6 +236,27 @@ def test_the_queue_api_over_plain_http_clients(kiln: KilnServer, hello: tuple[Fa
     assert post(f"{queue}/requests/rq-unknown/status", None, method="GET")[0] == 404
 
 
+def test_request_timeout_ends_a_sync_and_a_queued_request_with_a_504(
+    kiln: KilnServer, hello: tuple[FalRun, str]
+) -> None:
+    _, url = hello
+    queue = f"https://{kiln.fal_exports['FAL_QUEUE_RUN_HOST']}/kiln/hello"
+    status, body = post(queue + "/nap", {"seconds": 12})
+    assert status == 200, body
+    submitted = json.loads(body)
+    assert post(url + "/nap", {"seconds": 12}) == (
+        504,
+        "The request ran past the app's request_timeout of 8 s\n",
+    )
+    deadline = time.monotonic() + 60
+    while json.loads(post(submitted["status_url"], None, method="GET")[1])["status"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    answer = post(submitted["response_url"], None, method="GET")
+    assert answer[0] == 504 and "request_timeout of 8 s" in answer[1], answer
+    assert post(url + "/nap", {"seconds": 0.1}) == (200, '{"slept":0.1}')
+
+
 def test_ctrl_c_ends_the_app_and_its_url(hello: tuple[FalRun, str]) -> None:
     run, url = hello
     run.interrupt()

@@ -184,19 +184,15 @@ class FalQueue(FalHost):
                 self.store.set_status(record.request_id, IN_PROGRESS)
                 record.status = IN_PROGRESS
                 self._moved.notify()
-                host, port = task.http_address
-                async with self.upstream.session().request(
-                    record.method,
-                    f"http://{host}:{port}{record.path}",
-                    headers=[*record.headers, ("x-fal-request-id", record.request_id)],
-                    data=body,
-                    allow_redirects=False,
-                ) as response:
-                    quick_ack(response)
-                    data = await response.read()
-                    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
-                    result = FalResponse(response.status, headers, data)
-        except (KilnError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                try:  # request_timeout bounds the request once a runner has it, as on the run host
+                    async with asyncio.timeout(server.function.timeout):
+                        result = await self._forward(record, body, task.http_address)
+                except TimeoutError:
+                    result = FalResponse.failure(
+                        504,
+                        f"The request ran past the app's request_timeout of {server.function.timeout:g} s",
+                    )
+        except (KilnError, aiohttp.ClientError) as exc:
             status = 503 if isinstance(exc, KilnError) else 502
             result = FalResponse.failure(status, str(exc) or type(exc).__name__)
         except asyncio.CancelledError:
@@ -213,6 +209,20 @@ class FalQueue(FalHost):
             record.status = COMPLETED
             self.live.pop(record.request_id, None)
             self._moved.notify()
+
+    async def _forward(self, record: FalRequest, body: bytes, address: tuple[str, int]) -> FalResponse:
+        host, port = address
+        async with self.upstream.session().request(
+            record.method,
+            f"http://{host}:{port}{record.path}",
+            headers=[*record.headers, ("x-fal-request-id", record.request_id)],
+            data=body,
+            allow_redirects=False,
+        ) as response:
+            quick_ack(response)
+            data = await response.read()
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
+            return FalResponse(response.status, headers, data)
 
     async def _about(self, scope: Scope, send: Send, request_id: str, what: list[str], base: str) -> None:
         live = self.live.get(request_id)
