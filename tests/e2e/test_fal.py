@@ -113,15 +113,24 @@ def test_an_unknown_app_gets_a_404_naming_the_apps(hello: tuple[FalRun, str]) ->
 def fal_python(
     kiln: KilnServer, *args: str, cwd: Path = APPS, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """A Python script run with the fal client's own interpreter, pointed at `kiln`."""
-    return subprocess.run(
+    """A Python script run with the fal client's own interpreter, pointed at `kiln`. One that
+    hangs past `timeout` is aborted with every thread's stack in the failure (faulthandler
+    prints them on SIGABRT), so a hang says where it was."""
+    process = subprocess.Popen(
         [str(FAL.parent / "python"), *args],
         cwd=cwd,
-        env=kiln.fal_env,
-        capture_output=True,
+        env={**kiln.fal_env, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(args)} hung for {timeout:g} s; its threads:\n{stderr}\n{stdout}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def fal(kiln: KilnServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -197,7 +206,7 @@ def _holds_no_credential(home: Path, fal_key: str) -> None:
 def test_a_fal_function_called_from_a_script_returns_its_value_raises_its_error_and_keeps_data(
     kiln: KilnServer,
 ) -> None:
-    result = fal_python(kiln, "fal_function_script.py")
+    result = fal_python(kiln, "fal_function_script.py", timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "adding with six 1.16.0" in result.stdout  # the function's output, streamed back
     assert "result {'sum': 42}" in result.stdout
