@@ -83,6 +83,11 @@ class LogBuffer:
     def _wake(self) -> None:
         self._changed.notify()
 
+    @property
+    def last_id(self) -> int:
+        """The newest entry's ID (0 before the first): a cursor that reads only what comes next."""
+        return self._first_id + len(self._entries) - 1
+
     def after(self, cursor: int) -> list[LogEntry]:
         start = max(0, cursor + 1 - self._first_id)
         return self._entries[start:]

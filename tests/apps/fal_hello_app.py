@@ -32,5 +32,6 @@ class Hello(fal.App, keep_alive=60, request_timeout=8):
     def nap(self, request: Nap) -> dict:
         import time
 
+        print("napping", request.seconds, flush=True)
         time.sleep(request.seconds)
         return {"slept": request.seconds}

@@ -245,7 +245,7 @@ def test_the_queue_api_over_plain_http_clients(kiln: KilnServer, hello: tuple[Fa
     assert post(f"{queue}/requests/rq-unknown/status", None, method="GET")[0] == 404
 
 
-def test_request_timeout_ends_a_sync_and_a_queued_request_with_a_504(
+def test_request_timeout_ends_a_sync_and_a_queued_request_with_a_504_and_its_logs_are_listed(
     kiln: KilnServer, hello: tuple[FalRun, str]
 ) -> None:
     _, url = hello
@@ -263,6 +263,10 @@ def test_request_timeout_ends_a_sync_and_a_queued_request_with_a_504(
         time.sleep(0.5)
     answer = post(submitted["response_url"], None, method="GET")
     assert answer[0] == 504 and "request_timeout of 8 s" in answer[1], answer
+    # What its runner printed while it had the request, with ?logs=1 only.
+    with_logs = json.loads(post(submitted["status_url"] + "?logs=1", None, method="GET")[1])
+    assert "napping 12.0" in [item["message"] for item in with_logs["logs"]], with_logs
+    assert json.loads(post(submitted["status_url"], None, method="GET")[1])["logs"] is None
     assert post(url + "/nap", {"seconds": 0.1}) == (200, '{"slept":0.1}')
 
 

@@ -91,12 +91,15 @@ def test_a_finished_response_is_kept_then_expires_from_disk(tmp_path: Path) -> N
     store = open_store(tmp_path, clock)
     store.add(request("rq-big"), b"b" * 5000)
     store.add(request("rq-small"), b"{}")
-    big = FalResponse(200, [("content-type", "application/json")], b"r" * 5000)
+    logs = [{"message": "loading", "level": "STDOUT", "source": "USER", "timestamp": "t"}]
+    big = FalResponse(200, [("content-type", "application/json")], b"r" * 5000, logs=logs)
     assert store.finish("rq-big", big) == 1000.0
     clock.advance(10)
     store.finish("rq-small", FalResponse.failure(503, "no runner"))
     assert store.unfinished() == []
-    assert store.response("rq-big") == big
+    assert store.response("rq-big") == big  # with the runner's lines
+    stored = store.get("rq-big")
+    assert stored is not None and stored.logs == logs
     small = store.get("rq-small")
     assert small is not None and small.status == COMPLETED and small.error == "no runner"
     assert store.response("rq-small") == FalResponse(

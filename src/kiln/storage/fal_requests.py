@@ -59,6 +59,7 @@ class FalRequest:
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     error: str = ""  # why kiln, not the app, ended it ("" when the runner answered)
     finished_at: float = 0.0
+    logs: list[dict[str, str]] = field(default_factory=list)  # its runner's lines, once finished
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class FalResponse:
     headers: list[tuple[str, str]]
     body: bytes
     error: str = ""
+    logs: list[dict[str, str]] = field(default_factory=list)  # fal's log items: what the runner printed
 
     @staticmethod
     def failure(status: int, error: str) -> FalResponse:
@@ -77,15 +79,30 @@ class FalResponse:
 
 _COLUMNS = (
     "request_id, function_id, app_path, path, method, headers, seq, status, submitted_at, "
-    "response_status, response_headers, error, finished_at"
+    "response_status, response_headers, error, finished_at, logs"
 )
 
 
 def _request_of(row: tuple[Any, ...]) -> FalRequest:
-    rid, fid, app_path, path, method, headers, seq, status, submitted, rstatus, rheaders, error, done = row
+    (
+        rid,
+        fid,
+        app_path,
+        path,
+        method,
+        headers,
+        seq,
+        status,
+        submitted,
+        rstatus,
+        rheaders,
+        error,
+        done,
+        logs,
+    ) = row
     return FalRequest(
         rid, fid, app_path, path, method, _pairs(headers), seq, status, submitted,
-        rstatus, _pairs(rheaders), error, done,
+        rstatus, _pairs(rheaders), error, done, json.loads(logs),
     )  # fmt: skip
 
 
@@ -139,10 +156,10 @@ class FalRequests:
         finished = self.clock()
         self.state.execute(
             "UPDATE fal_requests SET status = ?, response_status = ?, response_headers = ?, "
-            "response_body = ?, error = ?, finished_at = ? WHERE request_id = ?",
+            "response_body = ?, error = ?, finished_at = ?, logs = ? WHERE request_id = ?",
             (
                 COMPLETED, response.status, json.dumps(response.headers), inline, response.error,
-                finished, request_id,
+                finished, json.dumps(response.logs), request_id,
             ),
         )  # fmt: skip
         return finished
@@ -198,7 +215,9 @@ class FalRequests:
         if request is None or not request.finished_at:
             return None
         body = self._read(request_id, "response_body", ".response")
-        return FalResponse(request.response_status, request.response_headers, body, request.error)
+        return FalResponse(
+            request.response_status, request.response_headers, body, request.error, request.logs
+        )
 
     # --- bodies
 

@@ -210,6 +210,12 @@ def _v11_fal_requests(db: sqlite3.Connection) -> None:
     )
 
 
+def _v12_fal_request_logs(db: sqlite3.Connection) -> None:
+    """The lines a fal queue request's runner printed while it ran (a JSON list of fal's log
+    items), for its status with `logs=1`."""
+    db.execute("ALTER TABLE fal_requests ADD COLUMN logs TEXT NOT NULL DEFAULT '[]'")
+
+
 # MIGRATIONS[n] upgrades a database at version n. Append; never edit a released step.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_objects,
@@ -223,6 +229,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v9_volumes,
     _v10_sandboxes,
     _v11_fal_requests,
+    _v12_fal_request_logs,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -2,7 +2,7 @@
 
     POST /<owner>/<app>/<path>                  → {request_id, response_url, status_url, cancel_url}
     GET  /<owner>/<app>/requests/<id>/status    → 202 IN_QUEUE (with queue_position) | 202
-                                                  IN_PROGRESS | 200 COMPLETED (always with "logs")
+                                                  IN_PROGRESS | 200 COMPLETED (with ?logs=1: the runner's lines)
     GET  /<owner>/<app>/requests/<id>/status/stream  the same, as server-sent events, until done
     GET  /<owner>/<app>/requests/<id>           → the runner's status code, headers and body
     PUT  /<owner>/<app>/requests/<id>/cancel    → 202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED
@@ -23,10 +23,12 @@ kept `KEEP` seconds after they finish, then removed from disk too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ from kiln.core.apps import AppState
 from kiln.core.core import Core
 from kiln.errors import KilnError, NotFound
 from kiln.frontends.fal.keys import FalAuth
+from kiln.frontends.fal.request_logs import RunnerOutput
 from kiln.frontends.fal.routes import FalHost, FalRoutes, Refusal, Route
 from kiln.gateway.proxy import Upstream, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
@@ -57,6 +60,7 @@ class QueuedRequest:
 
     record: FalRequest
     work: asyncio.Task[None] | None = None
+    output: RunnerOutput | None = None  # its runner's lines, once a runner has it
     cancelled: bool = False  # by its caller (a stopping server's cancel leaves it to the next one)
     finishing: bool = False  # its response is being stored: too late to cancel
 
@@ -182,6 +186,9 @@ class FalQueue(FalHost):
             async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
                 assert task.http_address is not None
                 self.store.set_status(record.request_id, IN_PROGRESS)
+                request.output = RunnerOutput.from_now(
+                    self.core.app_logs(server.function.app_id), task.task_id
+                )
                 record.status = IN_PROGRESS
                 self._moved.notify()
                 try:  # request_timeout bounds the request once a runner has it, as on the run host
@@ -200,6 +207,8 @@ class FalQueue(FalHost):
                 raise  # the server is stopping: the request stays unfinished for the next one
             result = FalResponse.failure(499, "The request was cancelled.")
         request.finishing = True
+        if request.output is not None:
+            result = dataclasses.replace(result, logs=request.output.items())
         try:
             finished = asyncio.to_thread(self.store.finish, record.request_id, result)
             record.finished_at = await asyncio.shield(finished)
@@ -233,10 +242,10 @@ class FalQueue(FalHost):
             )
             return
         if what == ["status"] and scope["method"] == "GET":
-            document = self._status(record, base)
+            document = self._status(record, base, _wants_logs(scope))
             await _json(send, 200 if record.status == COMPLETED else 202, document)
         elif what == ["status", "stream"] and scope["method"] == "GET":
-            await self._stream_status(send, record, base)
+            await self._stream_status(send, record, base, _wants_logs(scope))
         elif what == ["cancel"] and scope["method"] == "PUT":
             if live is None or live.finishing:
                 await _json(send, 400, {"status": "ALREADY_COMPLETED"})
@@ -260,14 +269,14 @@ class FalQueue(FalHost):
                 send, 405, {"detail": "Use GET …/status, GET …/status/stream, GET …, or PUT …/cancel"}
             )
 
-    async def _stream_status(self, send: Send, record: FalRequest, base: str) -> None:
+    async def _stream_status(self, send: Send, record: FalRequest, base: str, logs: bool) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         last = ""
         while True:
             if record.status == COMPLETED:  # its error, if any, is in the stored record
                 record = self.store.get(record.request_id) or record
-            document = json.dumps(self._status(record, base))
+            document = json.dumps(self._status(record, base, logs))
             if document != last:
                 await send(
                     {
@@ -282,8 +291,14 @@ class FalQueue(FalHost):
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
 
-    def _status(self, record: FalRequest, base: str) -> dict[str, Any]:
-        document: dict[str, Any] = {"status": record.status, "request_id": record.request_id, "logs": []}
+    def _status(self, record: FalRequest, base: str, logs: bool = False) -> dict[str, Any]:
+        """fal's status document; with `logs`, what the runner printed for the request so far
+        (the key is always there: fal's client reads it; null when not asked for)."""
+        document: dict[str, Any] = {"status": record.status, "request_id": record.request_id, "logs": None}
+        if logs:
+            live = self.live.get(record.request_id)
+            output = live.output if live is not None else None
+            document["logs"] = output.items() if output is not None else record.logs
         document.update(self._urls(record.request_id, base))
         if record.status == IN_QUEUE:
             document["queue_position"] = self._position(record)
@@ -328,3 +343,9 @@ async def _json(send: Send, status: int, document: MutableMapping[str, Any]) -> 
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _wants_logs(scope: Scope) -> bool:
+    """`?logs=1` (fal_client sends `logs=true`)."""
+    values = urllib.parse.parse_qs(scope.get("query_string", b"").decode(errors="replace")).get("logs", [])
+    return bool(values) and values[-1].lower() in ("1", "true", "yes")
