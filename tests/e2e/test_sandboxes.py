@@ -686,18 +686,25 @@ def test_the_filesystem_can_be_watched(app: modal.App, image: modal.Image) -> No
         sb.terminate()
 
 
-def test_verbose_sandboxes_narrate_their_operations_in_the_app_logs(
+def test_verbose_sandboxes_narrate_their_operations_in_the_app_and_container_logs(
     kiln: KilnServer, app: modal.App, image: modal.Image
 ) -> None:
-    sb = modal.Sandbox.create("sleep", "300", app=app, image=image, verbose=True)
+    sb = modal.Sandbox.create(
+        "sh", "-c", "echo kiln-entry-out; sleep 300", app=app, image=image, verbose=True
+    )
     assert sb.exec("echo", "kiln-verbose-exec").stdout.read() == "kiln-verbose-exec\n"
+    task_id = sb._get_task_id()
     sb.terminate()
     sb.wait(raise_on_termination=False)
     quiet = modal.Sandbox.create("sleep", "300", app=app, image=image)
     quiet.exec("echo", "kiln-quiet-exec").wait()
     quiet.terminate()
     logs = run_modal(kiln, "app", "logs", "kiln-test-sandboxes-local", "--tail", "1000").stdout
-    assert f"[{sb.object_id}] created: sleep 300" in logs, logs
+    assert f"[{sb.object_id}] created: sh -c 'echo kiln-entry-out; sleep 300'" in logs, logs
     assert f"[{sb.object_id}] exec: echo kiln-verbose-exec" in logs, logs
     assert f"[{sb.object_id}] ended: exit code" in logs, logs
     assert quiet.object_id not in logs and "kiln-quiet-exec" not in logs, logs
+    # The sandbox is a container: its own logs are its entrypoint's output and its narration.
+    own = run_modal(kiln, "container", "logs", task_id).stdout
+    assert "kiln-entry-out" in own and f"[{sb.object_id}] ended" in own, own
+    assert "kiln-quiet-exec" not in own

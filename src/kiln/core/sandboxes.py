@@ -395,6 +395,10 @@ class Sandboxes:
         self._end(sandbox, result_of(exit, sandbox.ended_by, sandbox.timeout, sandbox.idle_timeout))
 
     def _end(self, sandbox: Sandbox, result: SandboxResult) -> None:
+        if sandbox.narrate is not None:  # before its end time: a container's logs stop there
+            sandbox.narrate(
+                f"ended: exit code {result.exitcode}{f' ({result.message})' if result.message else ''}"
+            )
         sandbox.result = result
         sandbox.finished_at = time.time()
         self._state.execute(
@@ -403,10 +407,6 @@ class Sandboxes:
         )
         sandbox.ended_at = self._monotonic()
         sandbox.ended.set()
-        if sandbox.narrate is not None:
-            sandbox.narrate(
-                f"ended: exit code {result.exitcode}{f' ({result.message})' if result.message else ''}"
-            )
         ended = [(s.sandbox_id, s.ended_at) for s in self._live.values() if s.result is not None]
         for sandbox_id in to_forget(ended, self._monotonic(), KEEP_ENDED_SECONDS, KEEP_ENDED_COUNT):
             self._forget(sandbox_id)
