@@ -188,6 +188,15 @@ def test_a_private_deploy_answers_with_the_key_survives_kill_9_with_its_queue_re
     assert post(url + "/", {"name": "scaled"}, key)[0] == 200
     runners = fal(kiln, "runners", "list")
     assert runners.returncode == 0 and "hello" in runners.stdout, runners.stdout + runners.stderr
+    revisions: list[str] = []
+    for strategy in ("recreate", "rolling"):  # each answers through the switch, on the same URL
+        again = fal(kiln, "deploy", "fal_hello_app.py::Hello", "--strategy", strategy, "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        revisions.append(json.loads(again.stdout.strip().splitlines()[-1])["revision"])
+        assert post(url + "/", {"name": strategy}, key)[0] == 200
+    history = fal(kiln, "apps", "list-rev", "hello")
+    listed_revisions = re.findall(r"fr-\w+", history.stdout)
+    assert listed_revisions[:2] == revisions[::-1] and len(listed_revisions) == 3, history.stdout
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404

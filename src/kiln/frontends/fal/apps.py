@@ -153,23 +153,37 @@ class AppHandlers:
     async def ListApplications(
         self, req: fal_pb.ListApplicationsRequest, ctx: CallContext
     ) -> fal_pb.ListApplicationsResult:
+        """The current revision of every deployed app, or, for one app (`fal apps list-rev`),
+        each of its revisions, newest first (from the core's deployment history)."""
         result = fal_pb.ListApplicationsResult()
         for app, definition in self._deployments(req.environment_name or "main"):
-            if req.application_name and app.name != req.application_name:
-                continue
-            info = fal_pb.ApplicationInfo(
-                application_id=definition.revision,
-                max_concurrency=definition.max_concurrency,
-                max_multiplexing=definition.max_multiplexing,
-                keep_alive=int(definition.keep_alive),
-                min_concurrency=definition.min_concurrency,
-                active_runners=self._runners(app),
-                machine_types=definition.machine_types,
-                environment_name=app.environment,
-            )
-            info.created_at.FromSeconds(int(app.created_at))
-            result.applications.append(info)
+            if not req.application_name:
+                result.applications.append(self._application_info(definition, app, app.created_at))
+            elif app.name == req.application_name:
+                for deployment in self.core.app_history(app.app_id):
+                    function_id = deployment.function_ids.get(app.name, "")
+                    record = next((f for f in deployment.functions if f.function_id == function_id), None)
+                    if record is not None:
+                        revision = RunnerDefinition.from_bytes(record.definition)
+                        if revision.revision == definition.revision:  # as scaled since, and serving
+                            info = self._application_info(definition, app, deployment.deployed_at)
+                        else:
+                            info = self._application_info(revision, None, deployment.deployed_at)
+                        result.applications.append(info)
         return result
+
+    def _application_info(
+        self, definition: RunnerDefinition, live: App | None, created_at: float
+    ) -> fal_pb.ApplicationInfo:
+        """A revision's settings; `live`: the app it serves now (for its runner count)."""
+        info = fal_pb.ApplicationInfo(
+            application_id=definition.revision,
+            active_runners=self._runners(live) if live is not None else 0,
+            environment_name=definition.environment,
+            **_settings(definition),
+        )
+        info.created_at.FromSeconds(int(created_at))
+        return info
 
     async def DeleteAlias(self, req: fal_pb.DeleteAliasRequest, ctx: CallContext) -> fal_pb.DeleteAliasResult:
         app = self._require(req.alias, req.environment_name or "main")
@@ -213,13 +227,21 @@ class AppHandlers:
             auth_mode=fal_pb.ApplicationAuthMode.PUBLIC
             if definition.public
             else fal_pb.ApplicationAuthMode.PRIVATE,
-            max_concurrency=definition.max_concurrency,
-            max_multiplexing=definition.max_multiplexing,
-            keep_alive=int(definition.keep_alive),
             active_runners=self._runners(app),
-            min_concurrency=definition.min_concurrency,
-            machine_types=definition.machine_types,
-            request_timeout=int(definition.request_timeout),
-            startup_timeout=int(definition.startup_timeout),
             environment_name=app.environment,
+            **_settings(definition),
         )
+
+
+def _settings(definition: RunnerDefinition) -> dict[str, Any]:
+    """A revision's scaling and timeouts, as fal's AliasInfo and ApplicationInfo both carry them."""
+    return {
+        "max_concurrency": definition.max_concurrency,
+        "max_multiplexing": definition.max_multiplexing,
+        "keep_alive": int(definition.keep_alive),
+        "min_concurrency": definition.min_concurrency,
+        "concurrency_buffer": definition.concurrency_buffer,
+        "machine_types": definition.machine_types,
+        "request_timeout": int(definition.request_timeout),
+        "startup_timeout": int(definition.startup_timeout),
+    }
