@@ -614,11 +614,13 @@ class Sandboxes:
     async def mount_image(self, task_id: str, path: str, layers: Sequence[Path]) -> None:
         """Mount the image of `layers` (topmost first; none: empty) at the sandbox's `path`."""
         sandbox, container, server = await self._running(task_id, "mount an image in")
-        await sandbox_mounts.mount(server, container, sandbox.mounts, path, [*layers])
+        async with sandbox.exec_lock:  # one mount change at a time, and none during a snapshot
+            await sandbox_mounts.mount(server, container, sandbox.mounts, path, [*layers])
 
     async def unmount_image(self, task_id: str, path: str) -> None:
         sandbox, _, server = await self._running(task_id, "unmount an image of")
-        await sandbox_mounts.unmount(server, sandbox.mounts, path)
+        async with sandbox.exec_lock:
+            await sandbox_mounts.unmount(server, sandbox.mounts, path)
 
     async def _running(self, task_id: str, what: str) -> tuple[Sandbox, Container, ExecServer]:
         sandbox = self.by_task(task_id)
