@@ -708,3 +708,114 @@ def test_verbose_sandboxes_narrate_their_operations_in_the_app_and_container_log
     own = run_modal(kiln, "container", "logs", task_id).stdout
     assert "kiln-entry-out" in own and f"[{sb.object_id}] ended" in own, own
     assert "kiln-quiet-exec" not in own
+
+
+@pytest.mark.timeout(120)
+def test_a_directory_snapshot_mounts_in_another_sandbox_at_another_path(
+    app: modal.App, image: modal.Image
+) -> None:
+    marker = f"inside-{uuid.uuid4().hex[:8]}"
+    assert not Path(f"/etc/{marker}").exists()
+    first = modal.Sandbox.create(app=app, image=image)
+    try:
+        first.exec(
+            "sh", "-c",
+            "mkdir -p /user_project/sub && echo top > /user_project/a.txt && echo nested > /user_project/sub/b.txt"
+            " && chmod 750 /user_project/sub && ln -s /etc /user_project/etc-link"
+            f" && echo only-in-the-sandbox > /etc/{marker} && ln -s /etc /evil",
+        ).wait()  # fmt: skip
+        project = first.snapshot_directory("/user_project")
+        # A link the sandbox planted leads where it leads inside it: its own /etc (which holds the
+        # marker; the host's /etc does not), never the host's.
+        evil = first.snapshot_directory("/evil")
+        # No magic link leads out of the sandbox's view (here: to the copy's own descriptors).
+        for magic in ("/proc/self/fd/0", "/proc/self/root/etc", "/proc/1/cwd"):
+            with pytest.raises(modal.exception.InvalidError, match="cannot copy"):
+                first.snapshot_directory(magic)
+        with pytest.raises(modal.exception.InvalidError, match="snapshot_filesystem"):
+            first.snapshot_directory("/")
+        with pytest.raises(modal.exception.InvalidError, match="does not exist in the sandbox"):
+            first.snapshot_directory("/nowhere")
+        assert first.exec("echo", "alive").stdout.read() == "alive\n"  # resumed after each copy
+    finally:
+        first.terminate()
+    second = modal.Sandbox.create(app=app, image=image)
+    try:
+        second.mount_image("/mnt/project", project)
+        second.mount_image("/mnt/evil", evil)
+        listing = second.exec(
+            "sh", "-c",
+            "cat /mnt/project/a.txt /mnt/project/sub/b.txt; readlink /mnt/project/etc-link;"
+            f" stat -c %a /mnt/project/sub; cat /mnt/evil/{marker}",
+        ).stdout.read()  # fmt: skip
+        assert listing == "top\nnested\n/etc\n750\nonly-in-the-sandbox\n"
+        assert second.filesystem.read_text("/mnt/project/sub/b.txt") == "nested\n"
+        # Writable through an upper directory of this sandbox's own; the image itself is not changed.
+        assert second.exec("sh", "-c", "echo new > /mnt/project/a.txt").wait() == 0
+        second.mount_image("/mnt/again", project)
+        assert second.exec("cat", "/mnt/project/a.txt", "/mnt/again/a.txt").stdout.read() == "new\ntop\n"
+    finally:
+        second.terminate()
+
+
+@pytest.mark.timeout(120)
+def test_a_mounted_image_replaces_a_directory_until_it_is_unmounted(
+    app: modal.App, image: modal.Image
+) -> None:
+    built = image.build(app)
+    sb = modal.Sandbox.create(app=app, image=image)
+    other = modal.Sandbox.create(app=app, image=image)
+    try:
+        capabilities = sb.exec("grep", "^Cap", "/proc/self/status").stdout.read()
+        sb.exec(
+            "sh", "-c", "mkdir -p /opt/data && echo original > /opt/data/mine.txt && ln -s /etc /linked"
+        ).wait()
+        sb.mount_image("/opt/data", built)
+        shown = "test -e /opt/data/mine.txt && echo mine; cat /opt/data/etc/debian_version >/dev/null && echo image"
+        assert sb.exec("sh", "-c", shown).stdout.read() == "image\n"
+        with pytest.raises(modal.exception.InvalidError, match="already mounted at /opt/data"):
+            sb.mount_image("/opt/data/", built)
+        sb.unmount_image("/opt/data")
+        assert sb.exec("sh", "-c", shown).stdout.read() == "mine\n"
+
+        # The sandbox's link leads to its own /etc: the empty image covers that, not the host's.
+        sb.mount_image("/linked", modal.Image.from_scratch())
+        assert (
+            sb.exec("sh", "-c", "ls -A /etc | wc -l; test -L /linked && echo link").stdout.read()
+            == "0\nlink\n"
+        )
+        assert Path("/etc/passwd").exists()
+        sb.unmount_image("/linked")
+        assert sb.exec("test", "-e", "/etc/passwd").wait() == 0
+
+        sb.mount_image("/made/for/it", modal.Image.from_scratch())  # a missing mount point is made
+        assert sb.exec("sh", "-c", "echo x > /made/for/it/f && cat /made/for/it/f").stdout.read() == "x\n"
+        # The mount is the sandbox's alone: neither the host nor another sandbox sees it.
+        assert " /made/for/it " not in Path("/proc/self/mountinfo").read_text()
+        assert other.exec("sh", "-c", "test -e /made/for/it/f || echo absent").stdout.read() == "absent\n"
+        # The sandbox gains no capability, and cannot undo or alter kiln's mount itself.
+        assert sb.exec("grep", "^Cap", "/proc/self/status").stdout.read() == capabilities
+        umount = "import ctypes; c = ctypes.CDLL(None, use_errno=True); print(c.umount2(b'/made/for/it', 2), ctypes.get_errno())"
+        assert sb.exec("python", "-c", umount).stdout.read() == "-1 1\n"  # EPERM
+        assert sb.exec("test", "-e", "/made/for/it/f").wait() == 0
+
+        # A mount point the sandbox moved away and replaced by a link to another mount (its
+        # /proc) is not what kiln mounted: kiln unmounts nothing else.
+        sb.exec("sh", "-c", "mv /made /moved && mkdir -p /made/for && ln -s /proc /made/for/it").wait()
+        with pytest.raises(modal.exception.InvalidError, match="no longer leads to the image kiln mounted"):
+            sb.unmount_image("/made/for/it")
+        assert sb.exec("sh", "-c", "test -e /proc/self/status && cat /moved/for/it/f").stdout.read() == "x\n"
+
+        with pytest.raises(modal.exception.InvalidError, match="in the sandbox"):  # no magic link
+            sb.mount_image("/proc/self/root/mnt", modal.Image.from_scratch())
+        with pytest.raises(modal.exception.InvalidError, match="cannot replace the sandbox's root"):
+            sb.mount_image("/", built)
+        with pytest.raises(modal.exception.InvalidError, match=r"holds '\.\.'"):
+            sb.mount_image("/opt/../etc", built)
+        with pytest.raises(modal.exception.InvalidError, match="absolute"):
+            sb.mount_image("opt/data", built)
+        with pytest.raises(modal.exception.NotFoundError, match="no image is mounted at /opt/data"):
+            sb.unmount_image("/opt/data")
+    finally:
+        sb.terminate()
+        other.terminate()

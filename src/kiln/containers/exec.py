@@ -96,6 +96,7 @@ class ExecServer:
         self._keys = itertools.count(1)
         self._execs: dict[int, ExecProcess] = {}
         self._started: dict[int, asyncio.Future[None]] = {}
+        self._answers: dict[int, asyncio.Future[dict[str, object]]] = {}
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -134,9 +135,10 @@ class ExecServer:
     def send(self, message: dict[str, object], fds: list[int] | None = None) -> None:
         socket.send_fds(self._channel, [json.dumps(message).encode()], fds or [])
 
-    async def run(self, spec: ExecSpec) -> ExecProcess:
+    async def run(self, spec: ExecSpec, stdin: int | None = None) -> ExecProcess:
         """Start `spec`; returns once the command's process exists (and, for a pty, its
-        terminal is open)."""
+        terminal is open). `stdin`: a descriptor of kiln's to give the command as its stdin
+        (a tool's output directory) instead of a pipe."""
         loop = asyncio.get_running_loop()
         run = ExecProcess(self, next(self._keys))
         ours: list[int] = []  # the child's ends, closed here once sent
@@ -159,9 +161,12 @@ class ExecServer:
                 run.stderr = await _reader(loop, errors_r)
                 fds = [null, null, errors_w, child_fd]
             else:
-                stdin_r, stdin_w = pipe()
-                ours.remove(stdin_w)
-                run.stdin = await _writer(loop, stdin_w)
+                if stdin is None:
+                    stdin_r, stdin_w = pipe()
+                    ours.remove(stdin_w)
+                    run.stdin = await _writer(loop, stdin_w)
+                else:
+                    stdin_r = stdin
                 stdout = stderr = null
                 if spec.stdout != "devnull":
                     out_r, stdout = pipe()
@@ -204,6 +209,38 @@ class ExecServer:
         self.send({"op": "netfilter", "key": key, "nft": nft, "rules": rules})
         await asyncio.wait_for(done, _SETUP_WAIT)
 
+    async def mount(self, path: str, lower: list[Path], upper: Path, work: Path) -> tuple[int, int]:
+        """Mount an overlay of `lower` (host directories, topmost first; read-only to the
+        container) with `upper`/`work` at `path` *inside* the container (its mount namespace,
+        resolved from its root); returns the mount root's (device, inode)."""
+        answer = await self._ask(
+            {
+                "op": "mount",
+                "path": path,
+                "lower": [str(p) for p in lower],
+                "upper": str(upper),
+                "work": str(work),
+            }
+        )
+        return int(str(answer["dev"])), int(str(answer["ino"]))
+
+    async def unmount(self, path: str, mounted: tuple[int, int]) -> None:
+        """Detach the mount at `path` inside the container, if it is still `mounted` (device, inode)."""
+        await self._ask({"op": "unmount", "path": path, "dev": mounted[0], "ino": mounted[1]})
+
+    async def _ask(self, request: dict[str, object]) -> dict[str, object]:
+        key = next(self._keys)
+        answer: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self._answers[key] = answer
+        try:
+            self.send({**request, "key": key})
+            result = await asyncio.wait_for(answer, _SETUP_WAIT)
+        finally:
+            self._answers.pop(key, None)
+        if result["error"]:
+            raise SandboxUnavailable(str(result["error"]))
+        return result
+
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -218,10 +255,17 @@ class ExecServer:
                 elif "netfilter" in news:
                     error = news["error"]
                     self._resolve(news["netfilter"], SandboxUnavailable(error) if error else None)
+                elif "mounted" in news:
+                    waiting = self._answers.get(news["mounted"])
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(news)
                 elif "exited" in news:
                     self._finish(news["exited"], news["code"] if "code" in news else -news["signal"])
         except (OSError, ValueError):
             pass
+        for waiting in self._answers.values():
+            if not waiting.done():
+                waiting.set_exception(ContainerStartError("the sandbox has ended"))
         for key in list(self._execs):  # the exec server is gone, and its children with it
             self._resolve(key, ContainerStartError("the sandbox has ended"))
             self._finish(key, -signal.SIGKILL)

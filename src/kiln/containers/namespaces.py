@@ -25,7 +25,8 @@ root (host 100000), keeps only Docker's capabilities (bounding, permitted, effec
 and ambient sets, as bubblewrap leaves them), sets no_new_privs, loads the same seccomp filter
 and execs the command. The server itself stays a plain root process of the host that only forks,
 waits and reports; its children die with it (PDEATHSIG). It also replaces a filtered sandbox's
-egress rules when asked (`netfilter`: nft in the container's network namespace alone).
+egress rules when asked (`netfilter`: nft in the container's network namespace alone), and
+mounts or unmounts an image inside it (`mount`/`unmount`, below).
 
 The overlay is mounted on a fixed, empty mount point (`/run/kiln-sandbox`: in the child's
 private mount namespace, so every container can use it) with layer paths relative to kiln's home,
@@ -496,6 +497,108 @@ def _prepare(plan: dict[str, Any]) -> tuple[dict[str, int], int, int, bytes, lis
     return namespaces, root, user, program, cgroups
 
 
+# The new mount API and openat2: the same numbers on x86_64 and aarch64 (asm-generic).
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT, _SYS_OPENAT2 = 429, 430, 431, 432, 437
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
+_MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
+_MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def _syscall(number: int, what: str, *args: Any) -> int:
+    _libc.syscall.restype = ctypes.c_long
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+    return result
+
+
+def _inside(root: int, path: str) -> int:
+    """An O_PATH descriptor of the directory `path` names in the container: resolved as if
+    `root` (the container's root) were `/`, its links leading where they lead inside, magic
+    links (/proc/self/fd/…, which could name this process's host descriptors) refused."""
+    how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    name = path.lstrip("/").encode() or b"."
+    return _syscall(
+        _SYS_OPENAT2, f"{path} in the sandbox", ctypes.c_int(root), ctypes.c_char_p(name),
+        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)),
+    )  # fmt: skip
+
+
+def _overlay(lower: list[str], upper: str, work: str) -> int:
+    """A detached overlay mount (nosuid, nodev) of host directories, made here on the host, as
+    root: only kiln's paths are resolved on the host."""
+    fs = _syscall(_SYS_FSOPEN, "opening overlayfs", ctypes.c_char_p(b"overlay"), ctypes.c_uint(1))
+    try:
+        # One "lowerdir+" per layer (topmost first): a string value is at most 256 bytes.
+        for key, value in (*(("lowerdir+", path) for path in lower), ("upperdir", upper), ("workdir", work)):
+            _syscall(
+                _SYS_FSCONFIG, f"overlay {key}", ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_STRING),
+                ctypes.c_char_p(key.encode()), ctypes.c_char_p(value.encode()), ctypes.c_int(0),
+            )  # fmt: skip
+        # Whiteouts and opaque directories in user.* xattrs, as the container's own overlay has them.
+        _syscall(
+            _SYS_FSCONFIG, "overlay userxattr", ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_FLAG),
+            ctypes.c_char_p(b"userxattr"), None, ctypes.c_int(0),
+        )  # fmt: skip
+        _syscall(
+            _SYS_FSCONFIG, "creating the overlay", ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE),
+            None, None, ctypes.c_int(0),
+        )  # fmt: skip
+        attrs = _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV
+        return _syscall(
+            _SYS_FSMOUNT, "mounting the overlay", ctypes.c_int(fs), ctypes.c_uint(1), ctypes.c_uint(attrs)
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}{_kernel_says(fs)}") from None
+    finally:
+        os.close(fs)
+
+
+def _kernel_says(fs: int) -> str:
+    """What the kernel logged on a file system context (why a mount was refused)."""
+    lines: list[str] = []
+    with contextlib.suppress(OSError):
+        while len(lines) < 8 and (line := os.read(fs, 512)):
+            lines.append(line.decode(errors="replace").strip())
+    return f" ({'; '.join(lines)})" if lines else ""
+
+
+def _mount_child(request: dict[str, Any], namespaces: dict[str, int], root: int) -> dict[str, Any]:
+    """`mount`: the image's overlay, made on the host, attached at `path` in the container's
+    mount namespace (resolved inside). `unmount`: the mount at `path`, if it is still the one
+    kiln attached (same device and inode), detached. Runs in a child of the server, as root of
+    the host; it runs nothing of the container's and joins only its mount namespace."""
+    path = request["path"]
+    mount = _overlay(request["lower"], request["upper"], request["work"]) if request["op"] == "mount" else -1
+    _check(_libc.setns(namespaces["mnt"], CLONE_NEWNS), "joining the container's mount namespace")
+    target = _inside(root, path)
+    if request["op"] == "mount":
+        _syscall(
+            _SYS_MOVE_MOUNT, f"mounting on {path}", ctypes.c_int(mount), ctypes.c_char_p(b""),
+            ctypes.c_int(target), ctypes.c_char_p(b""),
+            ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
+        )  # fmt: skip
+        st = os.fstat(mount)
+        return {"dev": st.st_dev, "ino": st.st_ino}
+    st = os.fstat(target)
+    if (st.st_dev, st.st_ino) != (request["dev"], request["ino"]):
+        raise OSError(
+            errno.EINVAL,
+            f"{path} no longer leads to the image kiln mounted there (the sandbox moved or replaced "
+            "it): nothing was unmounted; that mount ends with the sandbox",
+        )
+    os.fchdir(target)  # "." is the mount's root: nothing is looked up by name
+    _check(_libc.umount2(b".", _MNT_DETACH | _UMOUNT_NOFOLLOW), f"unmounting {path}")
+    return {}
+
+
 def serve(plan: dict[str, Any]) -> None:
     """An exec server for one container (`namespaces.py --serve PLAN_FD`): prepared once, it
     forks one confined child per request from the server (a JSON message on the channel with
@@ -514,7 +617,7 @@ def serve(plan: dict[str, Any]) -> None:
     except OSError as exc:
         _fail(125, f"cannot enter the container: {exc.strerror or exc}")
         return
-    tools = {name: _load_tool(name) for name in ("fs_tools", "probes")}
+    tools = {name: _load_tool(name) for name in ("fs_tools", "probes", "dir_copy")}
     channel = socket.socket(fileno=plan["channel"])
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -563,6 +666,23 @@ def serve(plan: dict[str, Any]) -> None:
                 os.close(fd)
             error = _load_rules(request["nft"], namespaces["net"], request["rules"])
             tell({"netfilter": request["key"], "error": error or ""})
+            continue
+        if request["op"] in ("mount", "unmount"):
+            for fd in fds:
+                os.close(fd)
+            if os.fork() == 0:
+                signal.set_wakeup_fd(-1)
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                try:
+                    answer = {
+                        "mounted": request["key"],
+                        "error": "",
+                        **_mount_child(request, namespaces, root),
+                    }
+                except OSError as exc:
+                    answer = {"mounted": request["key"], "error": str(exc.strerror or exc)}
+                tell(answer)
+                os._exit(0)
             continue
         if request["op"] == "kill":
             pid = next((p for p, k in running.items() if k == request["key"]), 0)

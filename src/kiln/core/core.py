@@ -29,6 +29,7 @@ from kiln.core.journal import Deployment, Journal, TaskRecord
 from kiln.core.placement import Placer, gpu_request
 from kiln.core.pool import Pool, Scheduler, Task
 from kiln.core.results import Result, Status
+from kiln.core.sandbox_paths import sandbox_path
 from kiln.core.sandboxes import Sandboxes
 from kiln.core.schedules import next_run
 from kiln.core.servers import ServerPool
@@ -669,6 +670,30 @@ class Core:
         sandbox = self.sandboxes.by_task(task_id)
         async with self.sandboxes.paused(task_id) as upper:
             return await self.images.snapshot(upper, sandbox.image_id, sandbox.sandbox_id)
+
+    async def snapshot_directory(self, task_id: str, path: str) -> str:
+        """The sandbox's directory `path` now, as an image whose root holds its contents (its ID):
+        what `mount_image` of another sandbox shows at its mount point."""
+        path = sandbox_path(path, "snapshot")
+        sandbox = self.sandboxes.by_task(task_id)
+
+        async def copy(fs: Path) -> None:
+            await self.sandboxes.snapshot_directory(task_id, path, fs)
+
+        return await self.images.one_layer_image(copy, step=f"directory {path} of {sandbox.sandbox_id}")
+
+    async def mount_image(self, task_id: str, path: str, image_id: str) -> None:
+        """Mount a built image (`""`: an empty one) at the sandbox's `path`, until unmounted."""
+        path = sandbox_path(path, "mount")
+        self.sandboxes.by_task(task_id)
+        layers = []
+        if image_id:
+            image_layers, _ = self.images.layers(image_id)
+            layers = [self.images.builder.store.fs_path(layer.key) for layer in image_layers]
+        await self.sandboxes.mount_image(task_id, path, layers)
+
+    async def unmount_image(self, task_id: str, path: str) -> None:
+        await self.sandboxes.unmount_image(task_id, sandbox_path(path, "unmount"))
 
     def _sandbox_task(self, task_id: str) -> TaskRecord:
         try:

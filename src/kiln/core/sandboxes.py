@@ -21,16 +21,18 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from kiln.containers import Container, ContainerSpec, ExitStatus
 from kiln.containers.exec import ExecProcess, ExecServer, ExecSpec
+from kiln.core import sandbox_mounts
 from kiln.core.functions import Resources
 from kiln.core.placement import Placement, Placer
 from kiln.core.results import Status
+from kiln.core.sandbox_mounts import ImageMount
 from kiln.core.stdio import OutputLog, StdinPipe, Terminal
 from kiln.errors import ContainerStartError, InvalidRequest, KilnError, NotFound
 from kiln.ids import new_id
@@ -201,6 +203,7 @@ class Sandbox(SandboxInfo):
     secure_tunnels: dict[int, int] = field(default_factory=dict)  # container port → TLS port
     raw_ports: set[int] = field(default_factory=set)  # ports whose plain TCP view is offered too
     on_end: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    mounts: dict[str, ImageMount] = field(default_factory=dict)  # path → an image mounted there
     # `verbose=True`: what is done to it (created, each exec) goes to its app's logs.
     narrate: Callable[[str], None] | None = None
     ended_by: str = ""
@@ -392,6 +395,8 @@ class Sandboxes:
         for close in sandbox.on_end:
             with contextlib.suppress(Exception):
                 await close()
+        for mounted in sandbox.mounts.values():
+            sandbox_mounts.release(mounted)
         self._end(sandbox, result_of(exit, sandbox.ended_by, sandbox.timeout, sandbox.idle_timeout))
 
     def _end(self, sandbox: Sandbox, result: SandboxResult) -> None:
@@ -598,6 +603,32 @@ class Sandboxes:
                 for pid in stopped:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGCONT)
+
+    async def snapshot_directory(self, task_id: str, path: str, target: Path) -> None:
+        """Copy the sandbox's directory `path` (resolved inside it) into the empty directory
+        `target`, with every process of the sandbox stopped meanwhile."""
+        _, container, server = await self._running(task_id, "snapshot a directory of")
+        async with self.paused(task_id):
+            await sandbox_mounts.copy_directory(server, container, path, target)
+
+    async def mount_image(self, task_id: str, path: str, layers: Sequence[Path]) -> None:
+        """Mount the image of `layers` (topmost first; none: empty) at the sandbox's `path`."""
+        sandbox, container, server = await self._running(task_id, "mount an image in")
+        async with sandbox.exec_lock:  # one mount change at a time, and none during a snapshot
+            await sandbox_mounts.mount(server, container, sandbox.mounts, path, [*layers])
+
+    async def unmount_image(self, task_id: str, path: str) -> None:
+        sandbox, _, server = await self._running(task_id, "unmount an image of")
+        async with sandbox.exec_lock:
+            await sandbox_mounts.unmount(server, sandbox.mounts, path)
+
+    async def _running(self, task_id: str, what: str) -> tuple[Sandbox, Container, ExecServer]:
+        sandbox = self.by_task(task_id)
+        if sandbox.result is not None or sandbox.container is None:
+            raise SandboxFinished(f"the sandbox has finished: {what} a running sandbox")
+        if sandbox.exec_server is None:
+            sandbox.exec_server = _exec_server(sandbox.container)
+        return sandbox, sandbox.container, await asyncio.shield(sandbox.exec_server)
 
     # --- egress
 

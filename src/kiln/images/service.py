@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,15 +121,12 @@ class ImageService:
     async def snapshot(self, upper: Path, parent_image_id: str, label: str) -> str:
         """A new image: `parent_image_id` with a container's writes (its overlay upper directory,
         whiteouts and all) as one more layer in the same store. Returns its image ID."""
-        parent = self.top_key(parent_image_id)
-        config = self.config(parent_image_id)
-        key = hashlib.sha256(f"snapshot\n{parent}\n{label}\n{uuid.uuid4()}".encode()).hexdigest()
-        store = self.builder.store
-        with store.staging(key) as staging:
+
+        async def copy_upper(fs: Path) -> None:
             # As root: owners (the containers' ids), modes, overlay's whiteout devices and its
             # user.* xattrs (opaque directories) come along.
             copy = await asyncio.create_subprocess_exec(
-                "cp", "-a", "--no-target-directory", str(upper), str(staging / "fs"),
+                "cp", "-a", "--no-target-directory", str(upper), str(fs),
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             _, error = await copy.communicate()
@@ -136,7 +134,26 @@ class ImageService:
                 raise ImageBuildError(
                     f"cannot snapshot the sandbox's files: {error.decode(errors='replace')[-500:]}"
                 )
-            store.commit(staging, key, parent, f"snapshot: {label}", config)
+
+        parent = self.top_key(parent_image_id)
+        return await self.one_layer_image(
+            copy_upper, parent, self.config(parent_image_id), f"snapshot: {label}"
+        )
+
+    async def one_layer_image(
+        self,
+        fill: Callable[[Path], Awaitable[None]],
+        parent: str | None = None,
+        config: ImageConfig | None = None,
+        step: str = "snapshot",
+    ) -> str:
+        """A new image of one more layer over `parent` (a layer key; None: a first layer), whose
+        files `fill(fs)` writes into the empty directory `fs`. Returns its image ID."""
+        key = hashlib.sha256(f"{step}\n{parent}\n{uuid.uuid4()}".encode()).hexdigest()
+        store = self.builder.store
+        with store.staging(key) as staging:
+            await fill(staging / "fs")
+            store.commit(staging, key, parent, step, config or ImageConfig())
         build = ImageBuild(stable_id("im", key), key)
         build.finish()
         self._builds[build.image_id] = build

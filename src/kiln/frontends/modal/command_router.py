@@ -18,6 +18,7 @@ from typing import Any
 
 import grpclib.const
 import grpclib.server
+from google.protobuf import empty_pb2
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from modal_proto import api_pb2
@@ -155,6 +156,31 @@ class CommandRouter:
         image_id = await self.core.snapshot_sandbox(request.task_id)
         return sr_pb2.TaskSnapshotFilesystemResponse(image_id=image_id)
 
+    async def TaskSnapshotDirectory(
+        self, request: sr_pb2.TaskSnapshotDirectoryRequest, ctx: Any
+    ) -> sr_pb2.TaskSnapshotDirectoryResponse:
+        """`Sandbox.snapshot_directory(path)`: the directory's contents, as an image's root."""
+        _no_sidecar(request.container_id)
+        _no_encryption_key(request.customer_supplied_encryption_key)
+        image_id = await self.core.snapshot_directory(request.task_id, _path(request.path))
+        return sr_pb2.TaskSnapshotDirectoryResponse(image_id=image_id)
+
+    async def TaskMountDirectory(
+        self, request: sr_pb2.TaskMountDirectoryRequest, ctx: Any
+    ) -> empty_pb2.Empty:
+        """`Sandbox.mount_image(path, image)`; an empty image ID is `Image.from_scratch()`."""
+        _no_sidecar(request.container_id)
+        _no_encryption_key(request.customer_supplied_encryption_key)
+        await self.core.mount_image(request.task_id, _path(request.path), request.image_id)
+        return empty_pb2.Empty()
+
+    async def TaskUnmountDirectory(
+        self, request: sr_pb2.TaskUnmountDirectoryRequest, ctx: Any
+    ) -> empty_pb2.Empty:
+        _no_sidecar(request.container_id)
+        await self.core.unmount_image(request.task_id, _path(request.path))
+        return empty_pb2.Empty()
+
     async def TaskReloadVolumes(
         self, request: sr_pb2.TaskReloadVolumesRequest, ctx: Any
     ) -> sr_pb2.TaskReloadVolumesResponse:
@@ -209,6 +235,21 @@ class CommandRouter:
 def _no_sidecar(container_id: str) -> None:
     if container_id:
         raise errors.Unsupported("kiln's sandboxes have no sidecar containers")
+
+
+def _no_encryption_key(key: bytes) -> None:
+    if key:
+        raise errors.Unsupported(
+            "kiln does not encrypt snapshots or mounted images with a customer key; leave out "
+            "_experimental_encryption_key"
+        )
+
+
+def _path(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("the path is not UTF-8; give a UTF-8 absolute path") from None
 
 
 async def _read(sandbox: Sandbox, output: OutputLog, offset: int) -> AsyncIterator[tuple[int, bytes]]:
