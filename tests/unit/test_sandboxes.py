@@ -10,7 +10,8 @@ import pytest
 
 from kiln.containers import ExitStatus
 from kiln.core.results import Status
-from kiln.core.sandboxes import RESTARTED, Sandboxes, expired, result_of, tags_match, to_forget
+from kiln.core.sandbox_records import expired, result_of, tags_match, to_forget
+from kiln.core.sandboxes import RESTARTED, Sandboxes
 from kiln.core.stdio import OutputLog, StdinClosed, StdinPipe
 from kiln.errors import InvalidRequest, NotFound
 from kiln.storage.state import StateStore

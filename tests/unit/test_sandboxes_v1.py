@@ -18,7 +18,8 @@ from kiln.core.functions import Resources
 from kiln.core.gpus import GpuDevice
 from kiln.core.placement import Placer
 from kiln.core.results import Status
-from kiln.core.sandboxes import Sandboxes, SandboxRuntime, _new_ids
+from kiln.core.sandbox_records import new_ids
+from kiln.core.sandboxes import Sandboxes, SandboxRuntime
 from kiln.core.stdio import OutputLog, StdinPipe
 from kiln.errors import ContainerStartError
 from kiln.frontends.modal.sandboxes_v1 import _text, utf8_boundary
@@ -28,9 +29,9 @@ from kiln.testing import InMemoryRuntime, settle
 
 def test_a_sandbox_created_over_v1_has_ids_the_client_routes_to_v1() -> None:
     for _ in range(200):  # a random task ID ends in "V" one time in 62
-        sandbox_id, task_id = _new_ids(v1=True)
+        sandbox_id, task_id = new_ids(v1=True)
         assert _is_v1_sandbox_id(sandbox_id) and not _is_v2_task_id(task_id)
-    sandbox_id, task_id = _new_ids(v1=False)
+    sandbox_id, task_id = new_ids(v1=False)
     assert not _is_v1_sandbox_id(sandbox_id) and _is_v2_task_id(task_id)
 
 

@@ -8,8 +8,8 @@ or when the server shuts down, and journals it: its record is written before its
 and its end as it ends. A sandbox never outlives its server (its container dies with it); after
 a restart its record says so, and `result` tells the client why it is gone.
 
-The decisions (when a sandbox expires, what its end is called, which sandboxes a listing shows)
-are pure functions with the clock passed in.
+Its records and the decisions about it (when it expires, what its end is called, which ended
+ones stop keeping their output) are in `sandbox_records.py`, pure, with the clock passed in.
 """
 
 from __future__ import annotations
@@ -33,9 +33,20 @@ from kiln.core.functions import Resources
 from kiln.core.placement import Placement, Placer
 from kiln.core.results import Status
 from kiln.core.sandbox_mounts import ImageMount
+from kiln.core.sandbox_records import (
+    SandboxFinished,
+    SandboxInfo,
+    SandboxNameTaken,
+    SandboxResult,
+    expired,
+    info_from_row,
+    new_ids,
+    result_of,
+    tags_match,
+    to_forget,
+)
 from kiln.core.stdio import OutputLog, StdinPipe, Terminal
 from kiln.errors import ContainerStartError, InvalidRequest, KilnError, NotFound
-from kiln.ids import new_id
 from kiln.storage.state import StateStore
 
 log = logging.getLogger("kiln.sandboxes")
@@ -51,9 +62,6 @@ KEEP_ENDED_COUNT = 100
 # A finished exec's output stays readable this long (a sandbox may run thousands).
 KEEP_EXEC_SECONDS = 300.0
 _EXEC_BUFFER = 8 << 20  # unread output an exec may have before it waits for its reader
-# A sandbox's task ID ends with "V": the client routes `modal container exec` of such a task
-# to the V2 sandbox protocol. A sandbox created over the V1 protocol has IDs of the V1 shape.
-TASK_MARKER = "V"
 # What a sandbox whose entrypoint runs on a terminal runs as its container's command: the
 # entrypoint itself is started beside it on a terminal of the sandbox's own (as a pty exec is).
 _HOLD = ["sleep", "2147483647"]
@@ -65,79 +73,6 @@ class SandboxRuntime(Protocol):
     async def start(
         self, spec: ContainerSpec, sink: Callable[[int, bytes], None] | None = None
     ) -> Container: ...
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """How a sandbox ended."""
-
-    status: Status
-    exitcode: int = 0
-    message: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps([int(self.status), self.exitcode, self.message])
-
-    @classmethod
-    def from_json(cls, text: str) -> SandboxResult:
-        status, exitcode, message = json.loads(text)
-        return cls(Status(status), exitcode, message)
-
-
-# --- decisions
-
-
-def expired(
-    now: float,
-    started: float,
-    timeout: float,
-    last_active: float,
-    idle_timeout: float,
-    busy: bool,
-) -> str:
-    """Why a sandbox must end now ("timeout", "idle") or "" if it may run on. `busy`: an exec is
-    running; a sandbox is idle when no exec runs and nothing was written to it or read from it
-    for `idle_timeout` seconds (0: never idle)."""
-    if timeout > 0 and now - started >= timeout:
-        return "timeout"
-    if idle_timeout > 0 and not busy and now - last_active >= idle_timeout:
-        return "idle"
-    return ""
-
-
-def result_of(exit: ExitStatus, ended_by: str, timeout: float, idle_timeout: float) -> SandboxResult:
-    """What a sandbox's end is called: by whom it was ended, else how its entrypoint exited."""
-    if ended_by == "timeout":
-        return SandboxResult(Status.TIMEOUT, 124, f"the sandbox reached its timeout of {timeout:g} s")
-    if ended_by == "idle":
-        return SandboxResult(
-            Status.TIMEOUT, 124, f"the sandbox was idle for its idle_timeout of {idle_timeout:g} s"
-        )
-    if ended_by == "terminated":
-        return SandboxResult(Status.TERMINATED, 137, "the sandbox was terminated")
-    if ended_by:
-        return SandboxResult(Status.TERMINATED, 137, ended_by)
-    if exit.oom_killed:
-        return SandboxResult(Status.FAILURE, 137, exit.describe())
-    if exit.signal is not None:
-        return SandboxResult(Status.FAILURE, 128 + exit.signal, f"the entrypoint was {exit.describe()}")
-    code = exit.code or 0
-    return SandboxResult(Status.SUCCESS if code == 0 else Status.FAILURE, code)
-
-
-def to_forget(ended: list[tuple[str, float]], now: float, keep_seconds: float, keep_count: int) -> list[str]:
-    """Which ended sandboxes (id, when it ended) no longer keep their output in memory: those
-    ended more than `keep_seconds` ago, and the oldest beyond the newest `keep_count`."""
-    newest_first = sorted(ended, key=lambda item: item[1], reverse=True)
-    return [
-        sandbox_id
-        for n, (sandbox_id, ended_at) in enumerate(newest_first)
-        if n >= keep_count or now - ended_at > keep_seconds
-    ]
-
-
-def tags_match(tags: dict[str, str], wanted: dict[str, str]) -> bool:
-    return all(tags.get(k) == v for k, v in wanted.items())
 
 
 # --- live sandboxes
@@ -156,25 +91,6 @@ class Exec:
     terminal: int | None = None  # a pty exec's master side (its output is stdout)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Future[None]] = field(default_factory=list)  # what pumps its stdio
-
-
-@dataclass
-class SandboxInfo:
-    """A sandbox as listings and lookups see it, live or from the journal."""
-
-    sandbox_id: str
-    task_id: str
-    app_id: str
-    environment: str
-    name: str
-    tags: dict[str, str]
-    created_at: float
-    image_id: str
-    timeout: float
-    idle_timeout: float
-    tunnels: dict[int, int]  # container port → host loopback port
-    result: SandboxResult | None
-    finished_at: float  # wall-clock time it ended (0: running)
 
 
 @dataclass
@@ -274,7 +190,7 @@ class Sandboxes:
             raise SandboxNameTaken(
                 f"a running sandbox named {name!r} already exists in this app; terminate it or choose another name"
             )
-        sandbox_id, task_id = _new_ids(v1_ids)
+        sandbox_id, task_id = new_ids(v1_ids)
         sandbox = Sandbox(
             sandbox_id=sandbox_id,
             task_id=task_id,
@@ -473,7 +389,7 @@ class Sandboxes:
         rows = self._state.query(_SELECT + " WHERE task_id = ?", (task_id,))
         if not rows:
             raise NotFound(f"no sandbox runs as task {task_id}")
-        return _info_from_row(rows[0])
+        return info_from_row(rows[0])
 
     def info(self, sandbox_id: str) -> SandboxInfo:
         sandbox = self._live.get(sandbox_id)
@@ -482,7 +398,7 @@ class Sandboxes:
         rows = self._state.query(_SELECT + " WHERE id = ?", (sandbox_id,))
         if not rows:
             raise NotFound(f"no sandbox has the ID {sandbox_id}")
-        return _info_from_row(rows[0])
+        return info_from_row(rows[0])
 
     def list(
         self, app_id: str = "", environment: str | None = None, tags: dict[str, str] | None = None,
@@ -504,7 +420,7 @@ class Sandboxes:
         )
         found = []
         for row in rows:
-            info = self.info(row[0]) if row[0] in self._live else _info_from_row(row)
+            info = self.info(row[0]) if row[0] in self._live else info_from_row(row)
             if tags_match(info.tags, tags or {}):
                 found.append(info)
                 if len(found) >= limit:
@@ -520,7 +436,7 @@ class Sandboxes:
                 _SELECT + " WHERE app_id = ? AND name = ? ORDER BY created_at DESC LIMIT 1", (app_id, name)
             )
             if rows:
-                return _info_from_row(rows[0])
+                return info_from_row(rows[0])
         raise NotFound(f"no running sandbox is named {name!r} in this app")
 
     def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
@@ -790,47 +706,7 @@ def _exec_server(container: Container) -> asyncio.Future[ExecServer]:
     return starting
 
 
-class SandboxNameTaken(InvalidRequest):
-    """A running sandbox of the app already has the name."""
-
-
-class SandboxFinished(InvalidRequest):
-    """An operation that needs a running sandbox, on one that has ended."""
-
-
 _SELECT = "SELECT id, task_id, app_id, environment, name, data, created_at, result, ended_at FROM sandboxes"
-
-
-def _new_ids(v1: bool) -> tuple[str, str]:
-    """A new sandbox's ID and task ID. The client picks the protocol of a sandbox by its ID:
-    `sb-` + 22 characters is V1, anything else V2 (kiln adds a "V"); a task ID ending in "V" is
-    a V2 sandbox's, so a V1 sandbox's must not."""
-    if not v1:
-        return new_id("sb") + "V", new_id("ta") + TASK_MARKER
-    task_id = new_id("ta")
-    while task_id.endswith(TASK_MARKER):
-        task_id = new_id("ta")
-    return new_id("sb"), task_id
-
-
-def _info_from_row(row: tuple[object, ...]) -> SandboxInfo:
-    sandbox_id, task_id, app_id, environment, name, data, created_at, result, ended_at = row
-    fields = json.loads(str(data))
-    return SandboxInfo(
-        sandbox_id=str(sandbox_id),
-        task_id=str(task_id),
-        app_id=str(app_id),
-        environment=str(environment),
-        name=str(name or ""),
-        tags=dict(fields.get("tags", {})),
-        created_at=float(created_at),  # type: ignore[arg-type]
-        image_id=str(fields.get("image_id", "")),
-        timeout=float(fields.get("timeout", 0)),
-        idle_timeout=float(fields.get("idle_timeout", 0)),
-        tunnels={int(k): int(v) for k, v in fields.get("tunnels", {}).items()},
-        result=SandboxResult.from_json(str(result)) if result else None,
-        finished_at=float(ended_at or 0),  # type: ignore[arg-type]
-    )
 
 
 def _info_of(sandbox: Sandbox) -> SandboxInfo:

@@ -23,14 +23,8 @@ from kiln.config import host_network_env
 from kiln.containers import MOUNT, ContainerSpec, Layer, PortForward, Runtime
 from kiln.core.apps import AppState
 from kiln.core.core import Core
-from kiln.core.sandboxes import (
-    Sandbox,
-    SandboxFinished,
-    SandboxInfo,
-    SandboxNameTaken,
-    SandboxResult,
-    SandboxRuntime,
-)
+from kiln.core.sandbox_records import SandboxFinished, SandboxInfo, SandboxNameTaken, SandboxResult
+from kiln.core.sandboxes import Sandbox, SandboxRuntime
 from kiln.core.stdio import StdinClosed
 from kiln.errors import InvalidRequest, NotFound, Unsupported
 from kiln.frontends.modal.dispatch import _STATUS_OF, CallContext, empty
