@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, KilnServer, RestartableServer
+from tests.conftest import APPS, KilnServer, RestartableServer, run_modal
 
 pytestmark = pytest.mark.e2e
 FAL = Path(__file__).parents[2] / ".venv-fal" / "bin" / "fal"
@@ -197,9 +197,30 @@ def test_a_private_deploy_answers_with_the_key_survives_kill_9_with_its_queue_re
     history = fal(kiln, "apps", "list-rev", "hello")
     listed_revisions = re.findall(r"fr-\w+", history.stdout)
     assert listed_revisions[:2] == revisions[::-1] and len(listed_revisions) == 3, history.stdout
+    first = listed_revisions[2]
+    assert post(url + "/", {"name": "x"})[0] == 401  # private, as deployed
+    back = fal(kiln, "apps", "set-rev", "hello", first, "--auth", "public")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert post(url + "/", {"name": "public"}) == (200, '{"greeting":"hello public","setups":1}')
+    history = fal(kiln, "apps", "list-rev", "hello")
+    assert re.findall(r"fr-\w+", history.stdout) == [first, *revisions[::-1]], history.stdout
+    rollout = fal(kiln, "apps", "rollout", "hello")
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+    assert post(url + "/", {"name": "fresh"})[0] == 200  # answered through the change of runners
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404
+
+
+def test_fal_environments_are_kilns_environments(kiln: KilnServer) -> None:
+    created = fal(kiln, "environments", "create", "fal-staging", "--description", "for tests")
+    assert created.returncode == 0, created.stdout + created.stderr
+    listed = fal(kiln, "environments", "list")
+    assert "fal-staging" in listed.stdout and "main" in listed.stdout, listed.stdout + listed.stderr
+    assert "fal-staging" in run_modal(kiln, "environment", "list").stdout  # one set of names
+    deleted = fal(kiln, "environments", "delete", "fal-staging", "--yes")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert "fal-staging" not in fal(kiln, "environments", "list").stdout
 
 
 def _holds_no_credential(home: Path, fal_key: str) -> None:

@@ -1,5 +1,6 @@
 """fal deployments: `fal deploy` (RegisterApplication), `fal apps list` (ListAliases),
-`fal apps list-rev` (ListApplications) and `fal apps delete` (DeleteAlias).
+`fal apps list-rev` (ListApplications), `fal apps set-rev` (SetAlias), `fal apps rollout`,
+`fal apps scale` (UpdateApplication), `fal apps delete` (DeleteAlias), and their runners.
 
 A deployed fal app is a DEPLOYED kiln app named by its alias, in its environment, with one server
 function whose ID stays the same across deploys: a new revision replaces the definition, and the
@@ -53,32 +54,44 @@ class AppHandlers:
             async for lines in self.runs.build(environment, req.environment_name, allowed_secrets(req)):
                 yield fal_pb.RegisterApplicationResult(env_id=env_id, logs=build_logs(lines))
         image_id = self.runs.image_of(env_id)
-        env_name = req.environment_name or "main"
-        app = self._deployed(alias, env_name)
-        if app is None:
-            app = self.core.create_app(alias, AppState.INITIALIZING, env_name, frontend="fal")
-        function_id = app.function_ids.get(alias) or new_id("fu")
+        app, function_id = self._alias_app(alias, req.environment_name or "main")
         revision = new_id("fr")
         definition = RunnerDefinition.from_request(alias, image_id, req, revision=revision)
         if not req.scale and function_id in app.function_ids.values():
             # `fal deploy` without --reset-scale keeps the scaling the alias has now.
             current = RunnerDefinition.from_bytes(self.core.function(function_id).definition)
             definition = dataclasses.replace(definition, **{k: getattr(current, k) for k in SCALING})
-        self.core.register_function(definition.function_def(function_id, app.app_id), b"")
-        self.core.publish_app(
-            app.app_id,
-            name=alias,
-            state=AppState.DEPLOYED,
-            function_ids={alias: function_id},
-            class_ids={},
-            tag=revision,
-        )
-        urls = self.routes.add(alias, function_id, public=definition.public)
+        urls = self._serve(app, function_id, definition)
         yield fal_pb.RegisterApplicationResult(
             result=fal_pb.RegisterApplicationResultType(application_id=revision),
             service_urls=urls,
             env_id=env_id,
         )
+
+    async def SetAlias(self, req: fal_pb.SetAliasRequest, ctx: CallContext) -> fal_pb.SetAliasResult:
+        """`fal apps set-rev <app> <revision> [--auth]`: the alias serves that revision (of any
+        fal app of the environment) again, as a new deployment; its runners drain to it as after
+        a deploy. Without `--auth` the revision keeps its own."""
+        environment = req.environment_name or "main"
+        definition = dataclasses.replace(self._revision(req.revision, environment), name=req.alias)
+        if req.HasField("auth_mode"):
+            definition = dataclasses.replace(
+                definition, public=req.auth_mode != fal_pb.ApplicationAuthMode.PRIVATE
+            )
+        app, function_id = self._alias_app(req.alias, environment)
+        self._serve(app, function_id, definition)
+        return fal_pb.SetAliasResult(alias_info=self._alias_info(app, definition))
+
+    async def RolloutApplication(
+        self, req: fal_pb.RolloutApplicationRequest, ctx: CallContext
+    ) -> fal_pb.RolloutApplicationResult:
+        """`fal apps rollout <app> [--force]`: fresh runners. The current ones finish their
+        requests and stop (with --force: stop now); new ones start on demand and for
+        `min_concurrency`, as after a deploy."""
+        app = self._require(req.application_name, req.environment_name or "main")
+        for task in self.core.tasks(app.app_id):
+            self.core.stop_container(task.task_id, graceful=not req.force)
+        return fal_pb.RolloutApplicationResult()
 
     async def UpdateApplication(
         self, req: fal_pb.UpdateApplicationRequest, ctx: CallContext
@@ -160,7 +173,11 @@ class AppHandlers:
             if not req.application_name:
                 result.applications.append(self._application_info(definition, app, app.created_at))
             elif app.name == req.application_name:
+                listed: set[str] = set()  # `set-rev` serves a revision again: list it once, newest
                 for deployment in self.core.app_history(app.app_id):
+                    if deployment.tag in listed:
+                        continue
+                    listed.add(deployment.tag)
                     function_id = deployment.function_ids.get(app.name, "")
                     record = next((f for f in deployment.functions if f.function_id == function_id), None)
                     if record is not None:
@@ -192,6 +209,45 @@ class AppHandlers:
         self.routes.remove(req.alias, function_id)
         await self.core.stop_app(app.app_id, "The fal app was deleted.")
         return fal_pb.DeleteAliasResult(revision=definition.revision)
+
+    def _alias_app(self, alias: str, environment: str) -> tuple[App, str]:
+        """The deployed app of the alias (a new one if none) and its server function's ID (which
+        stays the same across its revisions)."""
+        app = self._deployed(alias, environment)
+        if app is None:
+            app = self.core.create_app(alias, AppState.INITIALIZING, environment, frontend="fal")
+        return app, app.function_ids.get(alias) or new_id("fu")
+
+    def _serve(self, app: App, function_id: str, definition: RunnerDefinition) -> fal_pb.ServiceURLs:
+        """Make `definition` the alias's revision: its runners' definition, a deployment in the
+        app's history (tagged with the revision), and its URL."""
+        alias = definition.name
+        self.core.register_function(definition.function_def(function_id, app.app_id), b"")
+        self.core.publish_app(
+            app.app_id,
+            name=alias,
+            state=AppState.DEPLOYED,
+            function_ids={alias: function_id},
+            class_ids={},
+            tag=definition.revision,
+        )
+        return self.routes.add(alias, function_id, public=definition.public)
+
+    def _revision(self, revision: str, environment: str) -> RunnerDefinition:
+        """A revision of any fal app of the environment, from the apps' deployment histories."""
+        for app in self.core.apps(environment):
+            if app.frontend != "fal":
+                continue
+            for deployment in self.core.app_history(app.app_id):
+                if deployment.tag == revision:
+                    function_id = deployment.function_ids.get(app.name, "")
+                    for record in deployment.functions:
+                        if record.function_id == function_id:
+                            return RunnerDefinition.from_bytes(record.definition)
+        raise NotFound(
+            f"No revision {revision!r} of a fal app in environment {environment!r}; "
+            "`fal apps list-rev <app>` lists an app's revisions"
+        )
 
     def _require(self, alias: str, environment: str) -> App:
         app = self._deployed(alias, environment)

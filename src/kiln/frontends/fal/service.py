@@ -19,6 +19,7 @@ from kiln.core.apps import AppState
 from kiln.core.core import Core
 from kiln.core.functions import FunctionDef, FunctionRecord
 from kiln.frontends.fal.apps import AppHandlers
+from kiln.frontends.fal.environment_names import EnvironmentHandlers
 from kiln.frontends.fal.files import FileStore
 from kiln.frontends.fal.keys import FalAuth, KeyHandlers
 from kiln.frontends.fal.launcher import FalLauncher
@@ -45,6 +46,7 @@ class FalFrontend:
             runs,
             AppHandlers(core, routes, runs),
             SecretHandlers(core),
+            EnvironmentHandlers(core),
             KeyHandlers(auth),
         ]
 
