@@ -204,9 +204,13 @@ def test_a_private_deploy_answers_with_the_key_survives_kill_9_with_its_queue_re
     assert post(url + "/", {"name": "public"}) == (200, '{"greeting":"hello public","setups":1}')
     history = fal(kiln, "apps", "list-rev", "hello")
     assert re.findall(r"fr-\w+", history.stdout) == [first, *revisions[::-1]], history.stdout
+    before = set(re.findall(r"ta-\w+", fal(kiln, "apps", "runners", "hello").stdout))
+    assert before  # the runner that answered
     rollout = fal(kiln, "apps", "rollout", "hello")
     assert rollout.returncode == 0, rollout.stdout + rollout.stderr
     assert post(url + "/", {"name": "fresh"})[0] == 200  # answered through the change of runners
+    after = set(re.findall(r"ta-\w+", fal(kiln, "apps", "runners", "hello").stdout))
+    assert after and not after & before, (before, after)
     deleted = fal(kiln, "apps", "delete", "hello")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert post(url + "/", {}, key)[0] == 404
