@@ -556,7 +556,12 @@ def _overlay(lower: list[str], upper: str, work: str) -> int:
             _SYS_FSMOUNT, "mounting the overlay", ctypes.c_int(fs), ctypes.c_uint(1), ctypes.c_uint(attrs)
         )
     except OSError as exc:
-        raise OSError(exc.errno, f"{exc.strerror}{_kernel_says(fs)}") from None
+        said = _kernel_says(fs)
+        if exc.errno == errno.EINVAL and "lowerdir+" in said:
+            said += (
+                f"; mounting an image in a sandbox needs Linux 6.8 or later (this is {os.uname().release})"
+            )
+        raise OSError(exc.errno, f"{exc.strerror}{said}") from None
     finally:
         os.close(fs)
 
