@@ -131,7 +131,12 @@ class ServerPool(Pool):
             self.reconcile()
 
     async def _acquire(self, session: str, wait: float, queue_when_full: bool = False) -> Task:
+        """A ready container with room. `wait` bounds waiting on a busy pool (every container
+        full, no more may start: math.inf waits as long as it stays busy); while the pool has
+        room, a container must become ready within `wait` and the startup timeout, counted from
+        when the room appeared."""
         deadline = self.clock() + wait
+        room_since = self.clock()
         self.waiting += 1
         try:
             while True:
@@ -150,15 +155,17 @@ class ServerPool(Pool):
                         f"Every container of {self.function.tag} is serving its max_concurrency="
                         f"{self.function.max_inputs} requests and no more may start; retry later"
                     )
-                remaining = deadline - self.clock()
-                if remaining <= 0 and self._full():
-                    raise ServerUnavailable(
-                        f"Every container of {self.function.tag} stayed busy for {wait:g} s and no more "
-                        "may start; retry later, or allow more concurrency"
-                    )
-                if remaining <= 0:
+                now = self.clock()
+                if self._full():
+                    room_since = now
+                    if now >= deadline:
+                        raise ServerUnavailable(
+                            f"Every container of {self.function.tag} stayed busy for {wait:g} s and no "
+                            "more may start; retry later, or allow more concurrency"
+                        )
+                elif now - room_since >= min(wait, self.function.startup_timeout):
                     raise ServerUnavailable(self._not_ready_message())
-                await self.changed.wait(min(remaining, 1.0))
+                await self.changed.wait(1.0)
         finally:
             self.waiting -= 1
 

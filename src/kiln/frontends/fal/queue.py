@@ -9,9 +9,10 @@
 
 No acknowledged request is lost: a submit is answered once the request is stored
 (`storage/fal_requests.py`, credentials stripped), and its moves to IN_PROGRESS and COMPLETED
-(with the response) are stored as they happen. Requests of an app wait their turn in submission
-order (the first one waits for a runner with room; runners start on demand and scale), so
-`queue_position` is the number of the app's requests ahead.
+(with the response) are stored as they happen. Each waits in the app's server pool for a runner
+with room, as long as the runners stay busy (the pool sees the whole backlog, so runners start
+for it, up to the app's limits); waiters are served in the order they came, and `queue_position`
+is the number of the app's requests submitted earlier that still wait.
 
 After a restart (`restore`), the unfinished requests of a still-deployed app run again in
 submission order — one interrupted mid-run runs again from the start: at least once, as fal's
@@ -26,6 +27,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import sqlite3
 import time
 import urllib.parse
@@ -45,7 +47,6 @@ from kiln.gateway.proxy import Upstream, quick_ack
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
 from kiln.storage.fal_requests import COMPLETED, IN_PROGRESS, IN_QUEUE, FalRequest, FalRequests, FalResponse
-from kiln.streams import Changed
 
 MAX_BODY = 64 * 2**20  # bytes of a queued request's body
 KEEP = 3600.0  # seconds a finished request's result is kept
@@ -91,7 +92,6 @@ class FalQueue(FalHost):
         super().__init__(core, routes, upstream, auth)
         self.store = store
         self.live: dict[str, QueuedRequest] = {}  # unfinished requests; finished ones are in the store
-        self._moved = Changed()  # a live request started or finished: the next of its app may go
         self._closing = False
         self._expired_at = 0.0
 
@@ -133,7 +133,7 @@ class FalQueue(FalHost):
         base = f"{self.routes.queue_url}/{'/'.join(app_path)}"
         parts = rest.strip("/").split("/")
         if parts[0] == "requests" and len(parts) >= 2:
-            await self._about(scope, send, parts[1], parts[2:], base)
+            await self._about(scope, send, route, parts[1], parts[2:], base)
         elif scope["method"] == "POST":
             await self._submit(scope, receive, send, route, "/".join(app_path), rest, base)
         else:
@@ -172,6 +172,8 @@ class FalQueue(FalHost):
         await _json(send, 200, {**document, "queue_position": self._position(record)})
 
     def _start(self, record: FalRequest) -> None:
+        if self._closing:  # stored, but the server stops: it stays IN_QUEUE for the next one
+            return
         request = QueuedRequest(record)
         self.live[record.request_id] = request
         request.work = asyncio.ensure_future(self._run(request))
@@ -179,18 +181,17 @@ class FalQueue(FalHost):
     async def _run(self, request: QueuedRequest) -> None:
         record = request.record
         try:
-            while self._position(record):  # the app's requests submitted earlier go first
-                await self._moved.wait(None)
             body = await asyncio.to_thread(self.store.body, record.request_id)
             server = self.core.server(record.function_id)
-            async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
+            # Queued: it waits as long as the app's runners stay busy (its place is kept), and a
+            # runner must still become ready within the startup timeout.
+            async with server.request(queue_when_full=True, wait=math.inf) as task:
                 assert task.http_address is not None
                 self.store.set_status(record.request_id, IN_PROGRESS)
                 request.output = RunnerOutput.from_now(
                     self.core.app_logs(server.function.app_id), task.task_id
                 )
                 record.status = IN_PROGRESS
-                self._moved.notify()
                 try:  # request_timeout bounds the request once a runner has it, as on the run host
                     async with asyncio.timeout(server.function.timeout):
                         result = await self._forward(record, body, task.http_address)
@@ -206,18 +207,22 @@ class FalQueue(FalHost):
             if not request.cancelled:
                 raise  # the server is stopping: the request stays unfinished for the next one
             result = FalResponse.failure(499, "The request was cancelled.")
+        except Exception as exc:  # a kiln bug, or its disk: the caller still gets an answer
+            log.exception("fal queue request %s failed", record.request_id)
+            result = FalResponse.failure(
+                500, f"kiln could not run the request ({type(exc).__name__}); see its log"
+            )
         request.finishing = True
         if request.output is not None:
             result = dataclasses.replace(result, logs=request.output.items())
         try:
             finished = asyncio.to_thread(self.store.finish, record.request_id, result)
-            record.finished_at = await asyncio.shield(finished)
+            await asyncio.shield(finished)
         except (OSError, sqlite3.Error):  # it stays unfinished on disk: the next server runs it again
             log.exception("could not store the response of fal queue request %s", record.request_id)
         finally:
             record.status = COMPLETED
             self.live.pop(record.request_id, None)
-            self._moved.notify()
 
     async def _forward(self, record: FalRequest, body: bytes, address: tuple[str, int]) -> FalResponse:
         host, port = address
@@ -233,10 +238,12 @@ class FalQueue(FalHost):
             headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
             return FalResponse(response.status, headers, data)
 
-    async def _about(self, scope: Scope, send: Send, request_id: str, what: list[str], base: str) -> None:
+    async def _about(
+        self, scope: Scope, send: Send, route: Route, request_id: str, what: list[str], base: str
+    ) -> None:
         live = self.live.get(request_id)
         record = live.record if live is not None else self.store.get(request_id)
-        if record is None:
+        if record is None or record.function_id != route.function_id:  # only through its own app's URL
             await _json(
                 send, 404, {"detail": f"Request {request_id} not found (results are kept {KEEP:g} s)"}
             )
@@ -275,7 +282,8 @@ class FalQueue(FalHost):
         last = ""
         while True:
             if record.status == COMPLETED:  # its error, if any, is in the stored record
-                record = self.store.get(record.request_id) or record
+                stored = self.store.get(record.request_id)  # (not if storing it failed)
+                record = stored if stored is not None and stored.status == COMPLETED else record
             document = json.dumps(self._status(record, base, logs))
             if document != last:
                 await send(
