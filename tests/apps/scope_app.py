@@ -24,7 +24,9 @@ async def _outcome(call) -> str:
 
 
 @app.function(image=image)
-async def probe(other_app_id: str, deployed_app: str) -> dict:
+async def probe(
+    other_app_id: str, deployed_app: str, own_app_id: str = "", foreign_volume_id: str = ""
+) -> dict:
     """Raw requests on the container's own socket (MODAL_SERVER_URL), with the official client's
     grpclib stub, as any code in the container could send them."""
     import os
@@ -60,6 +62,12 @@ async def probe(other_app_id: str, deployed_app: str) -> dict:
             )
         ),
     }
+    if foreign_volume_id:  # a sandbox of its own app, mounting a Volume of another environment
+        mount = api_pb2.VolumeMount(volume_id=foreign_volume_id, mount_path="/mnt/v")
+        definition = api_pb2.Sandbox(entrypoint_args=["true"], volume_mounts=[mount])
+        outcomes["Sandbox with a Volume of another environment"] = await _outcome(
+            stub.SandboxCreateV2(api_pb2.SandboxCreateV2Request(app_id=own_app_id, definition=definition))
+        )
     channel.close()
     outcomes["own function"] = await double.remote.aio(21)
     echo = modal.Function.from_name(deployed_app, "echo")

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import modal
 import pytest
 from google.protobuf import empty_pb2
 from grpclib.client import Channel
@@ -134,9 +135,16 @@ def test_a_container_is_scoped_to_its_own_app_and_environment(kiln: KilnServer, 
     other_app_id = _deployed_app_id(kiln, "kiln-scope-target")
     assert other_app_id.startswith("ap-")
 
+    run_modal(kiln, "environment", "create", "kiln-scope-elsewhere")  # (kept from an earlier run)
+    foreign = modal.Volume.from_name(
+        "kiln-scope-volume", environment_name="kiln-scope-elsewhere", create_if_missing=True
+    )
+    foreign.hydrate()
     scope_app = importlib.import_module("scope_app")
     with scope_app.app.run():
-        outcomes = scope_app.probe.remote(other_app_id, "kiln-scope-target")
+        own_app_id = scope_app.app.app_id
+        assert own_app_id is not None
+        outcomes = scope_app.probe.remote(other_app_id, "kiln-scope-target", own_app_id, foreign.object_id)
 
     for name in (
         "AppList",
@@ -148,6 +156,8 @@ def test_a_container_is_scoped_to_its_own_app_and_environment(kiln: KilnServer, 
     ):
         assert outcomes[name].startswith("PERMISSION_DENIED: kiln: "), (name, outcomes[name])
     assert outcomes["FunctionGet other environment"].startswith("PERMISSION_DENIED"), outcomes
+    volume = outcomes["Sandbox with a Volume of another environment"]
+    assert volume.startswith("PERMISSION_DENIED") and "Volumes of its own environment" in volume, outcomes
     assert "own environment" in outcomes["FunctionGet other environment"], outcomes
     assert outcomes["own function"] == 42
     assert outcomes["deployed function"] == "echo hi"

@@ -205,6 +205,13 @@ def _volume(scope: ContainerScope, request: Any) -> None:
     scope.object_in_environment(scope.core.volumes, request.volume_id)
 
 
+def _sandbox_create(scope: ContainerScope, request: Any) -> None:
+    """Sandboxes of its own app, mounting Volumes of its own environment (as every Volume RPC)."""
+    scope.own_app(request.app_id, "create sandboxes for")
+    for mount in request.definition.volume_mounts:
+        scope.object_in_environment(scope.core.volumes, mount.volume_id)
+
+
 def _image(scope: ContainerScope, request: Any) -> None:
     if request.app_id:
         scope.own_app(request.app_id, "build images for")
@@ -299,8 +306,8 @@ RULES: dict[str, Check] = {
     # Sandboxes of its own app (`Sandbox.create()` inside a function uses the function's app).
     "AuthTokenGet": _any,
     "AppGetOrCreate": _named,
-    "SandboxCreateV2": _own_app("create sandboxes for"),
-    "SandboxCreate": _own_app("create sandboxes for"),
+    "SandboxCreateV2": _sandbox_create,
+    "SandboxCreate": _sandbox_create,
     "SandboxListV2": _own_app("list the sandboxes of"),
     "SandboxList": _own_app("list the sandboxes of"),
     "SandboxGetFromNameV2": _named,
