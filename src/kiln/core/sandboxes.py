@@ -46,7 +46,7 @@ from kiln.core.sandbox_records import (
     to_forget,
 )
 from kiln.core.stdio import OutputLog, StdinPipe, Terminal
-from kiln.errors import ContainerStartError, InvalidRequest, KilnError, NotFound
+from kiln.errors import ContainerStartError, InvalidRequest, KilnError, NotFound, SandboxUnavailable
 from kiln.storage.state import StateStore
 
 log = logging.getLogger("kiln.sandboxes")
@@ -509,10 +509,13 @@ class Sandboxes:
         container = sandbox.container
         if container is None or sandbox.result is not None:
             raise SandboxFinished("the sandbox has finished: snapshot a running sandbox")
-        async with sandbox.exec_lock:
-            stopped = await asyncio.to_thread(
-                _stop_all, container.cgroup.procs_files if container.cgroup else []
+        if container.cgroup is None:  # its processes could not all be found, so not all stopped
+            raise SandboxUnavailable(
+                "snapshots need the sandbox in a cgroup of its own, which this machine could not give "
+                "it (no usable cpu, memory or pids controller: the kiln server's log says why)"
             )
+        async with sandbox.exec_lock:
+            stopped = await asyncio.to_thread(_stop_all, container.cgroup.procs_files)
             try:
                 yield container.scratch / "upper"
             finally:
@@ -539,11 +542,10 @@ class Sandboxes:
             await sandbox_mounts.unmount(server, sandbox.mounts, path)
 
     async def _running(self, task_id: str, what: str) -> tuple[Sandbox, Container, ExecServer]:
+        """The running sandbox, its container and its exec server (started with the container)."""
         sandbox = self.by_task(task_id)
-        if sandbox.result is not None or sandbox.container is None:
+        if sandbox.result is not None or sandbox.container is None or sandbox.exec_server is None:
             raise SandboxFinished(f"the sandbox has finished: {what} a running sandbox")
-        if sandbox.exec_server is None:
-            sandbox.exec_server = _exec_server(sandbox.container)
         return sandbox, sandbox.container, await asyncio.shield(sandbox.exec_server)
 
     # --- egress
@@ -551,10 +553,7 @@ class Sandboxes:
     async def set_egress(self, task_id: str, allowlist: tuple[str, ...] | None) -> None:
         """Replace a running sandbox's egress rules: only the networks of `allowlist` (None: any).
         Only a sandbox created with an allowlist has rules to replace (see `containers/egress.py`)."""
-        sandbox = self.by_task(task_id)
-        container = sandbox.container
-        if sandbox.result is not None or container is None:
-            raise SandboxFinished("the sandbox has finished: its network policy can no longer change")
+        _, container, server = await self._running(task_id, "change the egress of")
         if container.egress is None:
             raise InvalidRequest(
                 "only a sandbox created with an outbound CIDR allowlist can change its egress later: one "
@@ -562,9 +561,6 @@ class Sandboxes:
                 "one created with block_network=True has no network. Create the sandbox with "
                 "outbound_cidr_allowlist=[...] (an empty list for no egress yet)"
             )
-        if sandbox.exec_server is None:
-            sandbox.exec_server = _exec_server(container)
-        server = await asyncio.shield(sandbox.exec_server)
         await server.netfilter(container.egress.nft, container.egress.ruleset(allowlist))
 
     # --- exec
@@ -579,16 +575,13 @@ class Sandboxes:
     ) -> Exec:
         """Run `spec` in the sandbox (once per `exec_id`); a pty exec's terminal, of `window`
         (rows, cols), is its stdout and its stdin."""
-        sandbox = self.by_task(task_id)
-        existing = sandbox.execs.get(exec_id)
+        existing = self.by_task(task_id).execs.get(exec_id)
         if existing is not None:
             return existing  # the client re-sent its start (same exec ID): it runs once
-        if sandbox.result is not None or sandbox.container is None:
-            raise SandboxFinished("the sandbox has finished: exec needs a running sandbox")
-        if sandbox.exec_server is None:
-            sandbox.exec_server = _exec_server(sandbox.container)
-        server = await asyncio.shield(sandbox.exec_server)
+        sandbox, _, server = await self._running(task_id, "exec in")
         async with sandbox.exec_lock:  # not while a snapshot has the sandbox paused
+            if (existing := sandbox.execs.get(exec_id)) is not None:
+                return existing  # re-sent while this one waited for the lock
             process = await server.run(spec)
         sandbox.touch()
         output = (OutputLog(_EXEC_BUFFER, backpressure=True), OutputLog(_EXEC_BUFFER, backpressure=True))
@@ -604,22 +597,18 @@ class Sandboxes:
     async def wait_ready(self, task_id: str, timeout: float) -> bool:
         """Whether the sandbox's readiness probe succeeds within `timeout` seconds (a sandbox
         without one is ready once it runs)."""
-        sandbox = self.by_task(task_id)
         deadline = self._monotonic() + timeout
         while True:
-            if sandbox.result is not None or sandbox.container is None:
-                raise SandboxFinished("the sandbox has finished")
+            sandbox, _, server = await self._running(task_id, "wait for")
             if not sandbox.ready_command and not sandbox.ready_port:
                 return True
-            if sandbox.exec_server is None:
-                sandbox.exec_server = _exec_server(sandbox.container)
-            server = await asyncio.shield(sandbox.exec_server)
             if sandbox.ready_port:
                 spec = ExecSpec(["probe", json.dumps({"TcpConnect": sandbox.ready_port})], tool="probes")
             else:
                 spec = ExecSpec(list(sandbox.ready_command), env=dict(sandbox.env), cwd=sandbox.workdir)
             spec.stdout = spec.stderr = "devnull"
-            probe = await server.run(spec)
+            async with sandbox.exec_lock:  # a probe runs the sandbox's code: not while it is paused
+                probe = await server.run(spec)
             if probe.stdin is not None:
                 probe.stdin.close()
             if await probe.wait() == 0:
@@ -687,6 +676,11 @@ def _stop_all(procs_files: list[str]) -> list[int]:
                 os.kill(pid, signal.SIGSTOP)
             stopped.add(pid)
         time.sleep(0.002)
+    else:  # still forking after 100 rounds: give up rather than copy a tree that changes
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        raise SandboxUnavailable("the sandbox's processes kept forking while it was being paused; try again")
     return sorted(stopped)
 
 
