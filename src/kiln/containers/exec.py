@@ -203,11 +203,7 @@ class ExecServer:
     async def netfilter(self, nft: str, rules: str) -> None:
         """Load `rules` (an nft script) into the container's network namespace; it replaces the
         container's egress rules in one transaction."""
-        key = next(self._keys)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._started[key] = done
-        self.send({"op": "netfilter", "key": key, "nft": nft, "rules": rules})
-        await asyncio.wait_for(done, _SETUP_WAIT)
+        await self._ask({"op": "netfilter", "nft": nft, "rules": rules})
 
     async def mount(self, path: str, lower: list[Path], upper: Path, work: Path) -> tuple[int, int]:
         """Mount an overlay of `lower` (host directories, topmost first; read-only to the
@@ -252,11 +248,8 @@ class ExecServer:
                 elif "failed" in news:
                     self._resolve(news["failed"], ContainerStartError(news["error"]))
                     self._finish(news["failed"], 126)
-                elif "netfilter" in news:
-                    error = news["error"]
-                    self._resolve(news["netfilter"], SandboxUnavailable(error) if error else None)
-                elif "mounted" in news:
-                    waiting = self._answers.get(news["mounted"])
+                elif "answer" in news:  # to a request of `_ask`
+                    waiting = self._answers.get(news["answer"])
                     if waiting is not None and not waiting.done():
                         waiting.set_result(news)
                 elif "exited" in news:

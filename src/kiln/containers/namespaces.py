@@ -498,16 +498,11 @@ def _prepare(plan: dict[str, Any]) -> tuple[dict[str, int], int, int, bytes, lis
 
 
 # The new mount API and openat2: the same numbers on x86_64 and aarch64 (asm-generic).
-_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT, _SYS_OPENAT2 = 429, 430, 431, 432, 437
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
-_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _syscall(number: int, what: str, *args: Any) -> int:
@@ -517,18 +512,6 @@ def _syscall(number: int, what: str, *args: Any) -> int:
         error = ctypes.get_errno()
         raise OSError(error, f"{what}: {os.strerror(error)}")
     return result
-
-
-def _inside(root: int, path: str) -> int:
-    """An O_PATH descriptor of the directory `path` names in the container: resolved as if
-    `root` (the container's root) were `/`, its links leading where they lead inside, magic
-    links (/proc/self/fd/…, which could name this process's host descriptors) refused."""
-    how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    name = path.lstrip("/").encode() or b"."
-    return _syscall(
-        _SYS_OPENAT2, f"{path} in the sandbox", ctypes.c_int(root), ctypes.c_char_p(name),
-        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)),
-    )  # fmt: skip
 
 
 def _overlay(lower: list[str], upper: str, work: str) -> int:
@@ -575,7 +558,9 @@ def _kernel_says(fs: int) -> str:
     return f" ({'; '.join(lines)})" if lines else ""
 
 
-def _mount_child(request: dict[str, Any], namespaces: dict[str, int], root: int) -> dict[str, Any]:
+def _mount_child(
+    request: dict[str, Any], namespaces: dict[str, int], root: int, dir_copy: Any
+) -> dict[str, Any]:
     """`mount`: the image's overlay, made on the host, attached at `path` in the container's
     mount namespace (resolved inside). `unmount`: the mount at `path`, if it is still the one
     kiln attached (same device and inode), detached. Runs in a child of the server, as root of
@@ -583,7 +568,10 @@ def _mount_child(request: dict[str, Any], namespaces: dict[str, int], root: int)
     path = request["path"]
     mount = _overlay(request["lower"], request["upper"], request["work"]) if request["op"] == "mount" else -1
     _check(_libc.setns(namespaces["mnt"], CLONE_NEWNS), "joining the container's mount namespace")
-    target = _inside(root, path)
+    try:  # resolved as if the container's root were `/`, magic links refused (`dir_copy`)
+        target = dir_copy.open_in_root(root, path, os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path} in the sandbox: {os.strerror(exc.errno or 0)}") from None
     if request["op"] == "mount":
         _syscall(
             _SYS_MOVE_MOUNT, f"mounting on {path}", ctypes.c_int(mount), ctypes.c_char_p(b""),
@@ -670,7 +658,7 @@ def serve(plan: dict[str, Any]) -> None:
             for fd in fds:
                 os.close(fd)
             error = _load_rules(request["nft"], namespaces["net"], request["rules"])
-            tell({"netfilter": request["key"], "error": error or ""})
+            tell({"answer": request["key"], "error": error or ""})
             continue
         if request["op"] in ("mount", "unmount"):
             for fd in fds:
@@ -680,12 +668,12 @@ def serve(plan: dict[str, Any]) -> None:
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
                 try:
                     answer = {
-                        "mounted": request["key"],
+                        "answer": request["key"],
                         "error": "",
-                        **_mount_child(request, namespaces, root),
+                        **_mount_child(request, namespaces, root, tools["dir_copy"]),
                     }
                 except OSError as exc:
-                    answer = {"mounted": request["key"], "error": str(exc.strerror or exc)}
+                    answer = {"answer": request["key"], "error": str(exc.strerror or exc)}
                 tell(answer)
                 os._exit(0)
             continue
