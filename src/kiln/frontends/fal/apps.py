@@ -20,6 +20,7 @@ import isolate_proto as fal_pb
 
 from kiln.core.apps import App, AppState
 from kiln.core.core import Core
+from kiln.core.journal import Deployment
 from kiln.errors import InvalidRequest, NotFound
 from kiln.frontends.fal.routes import FalRoutes
 from kiln.frontends.fal.runner import RunnerDefinition
@@ -178,15 +179,14 @@ class AppHandlers:
                     if deployment.tag in listed:
                         continue
                     listed.add(deployment.tag)
-                    function_id = deployment.function_ids.get(app.name, "")
-                    record = next((f for f in deployment.functions if f.function_id == function_id), None)
-                    if record is not None:
-                        revision = RunnerDefinition.from_bytes(record.definition)
-                        if revision.revision == definition.revision:  # as scaled since, and serving
-                            info = self._application_info(definition, app, deployment.deployed_at)
-                        else:
-                            info = self._application_info(revision, None, deployment.deployed_at)
-                        result.applications.append(info)
+                    revision = _definition_in(app, deployment)
+                    if revision is None:
+                        continue
+                    if revision.revision == definition.revision:  # as scaled since, and serving
+                        info = self._application_info(definition, app, deployment.deployed_at)
+                    else:
+                        info = self._application_info(revision, None, deployment.deployed_at)
+                    result.applications.append(info)
         return result
 
     def _application_info(
@@ -239,11 +239,9 @@ class AppHandlers:
             if app.frontend != "fal":
                 continue
             for deployment in self.core.app_history(app.app_id):
-                if deployment.tag == revision:
-                    function_id = deployment.function_ids.get(app.name, "")
-                    for record in deployment.functions:
-                        if record.function_id == function_id:
-                            return RunnerDefinition.from_bytes(record.definition)
+                found = _definition_in(app, deployment) if deployment.tag == revision else None
+                if found is not None:
+                    return found
         raise NotFound(
             f"No revision {revision!r} of a fal app in environment {environment!r}; "
             "`fal apps list-rev <app>` lists an app's revisions"
@@ -301,3 +299,10 @@ def _settings(definition: RunnerDefinition) -> dict[str, Any]:
         "request_timeout": int(definition.request_timeout),
         "startup_timeout": int(definition.startup_timeout),
     }
+
+
+def _definition_in(app: App, deployment: Deployment) -> RunnerDefinition | None:
+    """The runners' definition a deployment of the app froze (its one server function's)."""
+    function_id = deployment.function_ids.get(app.name, "")
+    record = next((f for f in deployment.functions if f.function_id == function_id), None)
+    return RunnerDefinition.from_bytes(record.definition) if record is not None else None

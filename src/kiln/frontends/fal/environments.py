@@ -44,7 +44,6 @@ class FalEnvironment:
 
     python_version: str
     layers: list[list[str]] = field(default_factory=list)
-    compile_bytecode: bool = False
     force: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # as sent (for isolate's key)
 
@@ -68,7 +67,7 @@ class FalEnvironment:
             layers = [list(layer) for layer in raw]
         else:
             raise InvalidRequest("requirements must be a list of strings, or a list of lists of strings")
-        return cls(python, layers, bool(config.get("compile_bytecode")), force, dict(config))
+        return cls(python, layers, force, dict(config))
 
     @property
     def env_id(self) -> str:
@@ -105,7 +104,7 @@ class FalEnvironment:
 
     def dockerfile(self) -> list[str]:
         """The image's Dockerfile: Modal's `Image.debian_slim(python_version)`, then each layer as
-        `.uv_pip_install(...)` writes it (bytecode compiled, whatever `compile_bytecode` says), so
+        `.uv_pip_install(...)` writes it (bytecode compiled, whatever the definition's `compile_bytecode` says), so
         a layer of plain packages is the very layer a Modal image installing them on debian_slim
         has (`frontends/modal/standard_images.py`). A layer with options keeps its items' order
         (an option's value follows it). `${NAME}` stays as a shell expansion of the RUN step's

@@ -43,7 +43,7 @@ from kiln.errors import KilnError, NotFound
 from kiln.frontends.fal.keys import FalAuth
 from kiln.frontends.fal.request_logs import RunnerOutput
 from kiln.frontends.fal.routes import FalHost, FalRoutes, Refusal, Route
-from kiln.gateway.proxy import Upstream, quick_ack
+from kiln.gateway.proxy import Upstream
 from kiln.gateway.types import Receive, Scope, Send
 from kiln.ids import new_id
 from kiln.storage.fal_requests import COMPLETED, IN_PROGRESS, IN_QUEUE, FalRequest, FalRequests, FalResponse
@@ -51,7 +51,6 @@ from kiln.storage.fal_requests import COMPLETED, IN_PROGRESS, IN_QUEUE, FalReque
 MAX_BODY = 64 * 2**20  # bytes of a queued request's body
 KEEP = 3600.0  # seconds a finished request's result is kept
 _EXPIRY_EVERY = 10.0  # seconds between removals of expired results
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 log = logging.getLogger(__name__)
 
 
@@ -194,7 +193,11 @@ class FalQueue(FalHost):
                 record.status = IN_PROGRESS
                 try:  # request_timeout bounds the request once a runner has it, as on the run host
                     async with asyncio.timeout(server.function.timeout):
-                        result = await self._forward(record, body, task.http_address)
+                        headers = [*record.headers, ("x-fal-request-id", record.request_id)]
+                        answer = await self.forward(
+                            task.http_address, record.method, record.path, headers, body
+                        )
+                        result = FalResponse(*answer)
                 except TimeoutError:
                     result = FalResponse.failure(
                         504,
@@ -223,20 +226,6 @@ class FalQueue(FalHost):
         finally:
             record.status = COMPLETED
             self.live.pop(record.request_id, None)
-
-    async def _forward(self, record: FalRequest, body: bytes, address: tuple[str, int]) -> FalResponse:
-        host, port = address
-        async with self.upstream.session().request(
-            record.method,
-            f"http://{host}:{port}{record.path}",
-            headers=[*record.headers, ("x-fal-request-id", record.request_id)],
-            data=body,
-            allow_redirects=False,
-        ) as response:
-            quick_ack(response)
-            data = await response.read()
-            headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
-            return FalResponse(response.status, headers, data)
 
     async def _about(
         self, scope: Scope, send: Send, route: Route, request_id: str, what: list[str], base: str

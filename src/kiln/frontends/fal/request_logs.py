@@ -10,7 +10,7 @@ ID to tell them apart. fal's default (one request per runner) attributes every l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from kiln.streams import STDERR, LogBuffer, LogEntry
@@ -24,14 +24,19 @@ class RunnerOutput:
 
     logs: LogBuffer
     task_id: str
-    cursor: int
+    cursor: int  # the app's log entries read so far (each is read once, however often one asks)
+    mine: list[LogEntry] = field(default_factory=list)  # those of its runner
 
     @classmethod
     def from_now(cls, logs: LogBuffer, task_id: str) -> RunnerOutput:
         return cls(logs, task_id, logs.last_id)
 
     def items(self) -> list[dict[str, str]]:
-        return log_items([e for e in self.logs.after(self.cursor) if e.task_id == self.task_id])
+        new = self.logs.after(self.cursor)
+        if new:
+            self.cursor = new[-1].entry_id
+            self.mine.extend(e for e in new if e.task_id == self.task_id)
+        return log_items(self.mine)
 
 
 def log_items(entries: list[LogEntry], max_lines: int = MAX_LINES) -> list[dict[str, str]]:

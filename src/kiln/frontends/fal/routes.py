@@ -109,6 +109,23 @@ class FalHost:
             return Refusal(401, "This app is private: send `Authorization: Key <FAL_KEY>`.")
         return found
 
+    async def forward(
+        self, address: tuple[str, int], method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One buffered request to a runner: its status, headers (hop-by-hop ones dropped) and body."""
+        host, port = address
+        async with self.upstream.session().request(
+            method, f"http://{host}:{port}{path}", headers=headers, data=body, allow_redirects=False
+        ) as response:
+            quick_ack(response)
+            data = await response.read()
+            kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
+            return response.status, kept, data
+
+
+# Of a runner's buffered answer, what described its own connection and encoding.
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
 
 class FalGateway(FalHost):
     """The ASGI app of the run host."""
@@ -192,9 +209,10 @@ class FalWsGateway(FalHost):
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
-            body = message.get("text") or (message.get("bytes") or b"").decode(errors="replace")
+            raw = message.get("bytes")  # a binary frame is relayed as it came
+            body = raw if raw is not None else (message.get("text") or "").encode()
             request_id = new_id("rq")
-            data = await self._request(route, path, body.encode(), request_id)
+            data = await self._request(route, path, body, request_id)
             await send(
                 {"type": "websocket.send", "text": json.dumps({"type": "start", "request_id": request_id})}
             )
@@ -211,13 +229,9 @@ class FalWsGateway(FalHost):
             server = self.core.server(route.function_id)
             async with server.request(queue_when_full=True, wait=server.function.startup_timeout) as task:
                 assert task.http_address is not None
-                host, port = task.http_address
-                headers = {"content-type": "application/json", "x-fal-request-id": request_id}
+                headers = [("content-type", "application/json"), ("x-fal-request-id", request_id)]
                 async with asyncio.timeout(server.function.timeout):
-                    async with self.upstream.session().post(
-                        f"http://{host}:{port}{path}", data=body, headers=headers
-                    ) as response:
-                        quick_ack(response)
-                        return await response.read()
+                    _, _, data = await self.forward(task.http_address, "POST", path, headers, body)
+                    return data
         except (KilnError, aiohttp.ClientError, TimeoutError) as exc:
             return json.dumps({"type": "x-fal-error", "reason": str(exc) or type(exc).__name__}).encode()
