@@ -366,9 +366,10 @@ def _tags(tags: dict[str, str]) -> list[api_pb2.SandboxTag]:
 def _tunnel_data(info: SandboxInfo) -> list[api_pb2.TunnelData]:
     """Each port's TLS view (kiln's loopback certificate in front) and, for `unencrypted_ports`,
     its plain TCP view too, both on this machine's loopback."""
-    live = isinstance(info, Sandbox)
-    secure = info.secure_tunnels if isinstance(info, Sandbox) else {}
-    raw = info.raw_ports if isinstance(info, Sandbox) else set()
+    sandbox = info if isinstance(info, Sandbox) else None
+    live = sandbox is not None
+    secure = sandbox.secure_tunnels if sandbox is not None else {}
+    raw = sandbox.raw_ports if sandbox is not None else set()
     return [
         api_pb2.TunnelData(
             host="127.0.0.1",
