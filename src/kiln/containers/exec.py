@@ -278,11 +278,17 @@ class ExecServer:
             run.exited.set_result(returncode)
 
     async def close(self) -> None:
-        self._channel.close()
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         await self.process.wait()
+        # Its reader ends (failing whatever still waits) before the channel is closed: a socket
+        # closed while the loop still watches it for a read leaves a watcher on a dead descriptor,
+        # and the next pipe given that number fails with EEXIST ("File exists").
+        await asyncio.wait({self._reader}, timeout=1.0)
         self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self._channel.close()
 
 
 async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
